@@ -1,0 +1,97 @@
+# Behind the Pipeline: every step from a fresh clone.
+#   make book   build the website into _build/html (creates the environment and local assets first)
+#   make test   lint, unit tests, nbval over every notebook (what CI runs)
+#   make lab    open the book in JupyterLab
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE := $(CURDIR)/.cache
+
+# Every cache inside the project: nothing is written under the home directory.
+export HF_HOME := $(CACHE)/huggingface
+export HF_DATASETS_CACHE := $(CACHE)/huggingface/datasets
+export XDG_CACHE_HOME := $(CACHE)/xdg
+export MPLCONFIGDIR := $(CACHE)/matplotlib
+export TORCH_HOME := $(CACHE)/torch
+export PIP_CACHE_DIR := $(CACHE)/pip
+export IPYTHONDIR := $(CACHE)/ipython
+export JUPYTER_CONFIG_DIR := $(CACHE)/jupyter/config
+export JUPYTER_DATA_DIR := $(CACHE)/jupyter/data
+export JUPYTER_RUNTIME_DIR := $(CACHE)/jupyter/runtime
+export JUPYTER_PLATFORM_DIRS := 1
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+INSTALLED := $(VENV)/.installed
+ASSETS := $(CACHE)/assets/.ready
+CLASSIFIER := $(CACHE)/models/minilm-rotten-tomatoes/training_summary.json
+NBVAL := --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
+
+.PHONY: install assets prepare test test-unit test-notebooks test-exercises book lab execute runtimes \
+        exercises clean-notebooks lint clean
+
+install: $(INSTALLED)
+$(INSTALLED): requirements.txt pyproject.toml
+	@start=$$(date +%s); set -e; \
+	$(PYTHON) -m venv $(VENV); \
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt; \
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .; \
+	$(PYTHON) tools/record_time.py install $$start
+	touch $@
+
+assets: $(ASSETS)
+$(ASSETS): $(INSTALLED) behind_pipeline/assets.py
+	@start=$$(date +%s); set -e; \
+	$(BIN)/python -m behind_pipeline.assets; \
+	$(BIN)/python tools/record_time.py assets $$start
+	touch $@
+
+prepare: $(CLASSIFIER)
+$(CLASSIFIER): | $(ASSETS)
+	$(BIN)/python -m behind_pipeline.prepare
+
+test: $(CLASSIFIER)
+	@start=$$(date +%s); set -e; \
+	$(MAKE) --no-print-directory test-unit test-notebooks test-exercises; \
+	$(BIN)/python tools/record_time.py test $$start
+
+test-unit: $(CLASSIFIER)
+	$(BIN)/pytest tests
+
+test-notebooks: $(CLASSIFIER)
+	$(BIN)/pytest $(NBVAL) --nbval notebooks solutions
+
+test-exercises: $(CLASSIFIER)
+	$(BIN)/pytest --nbval-current-env --nbval-lax exercises
+
+book: $(CLASSIFIER)
+	$(BIN)/python tools/check_site_inputs.py
+	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	$(BIN)/python tools/check_site_offline.py _build/html
+
+lab: $(CLASSIFIER)
+	$(BIN)/jupyter lab --allow-root --notebook-dir=.
+
+# Re-execute every notebook in place (after editing one) and store fresh outputs.
+NOTEBOOKS ?= $(wildcard notebooks/*.ipynb solutions/*.ipynb)
+execute: $(CLASSIFIER)
+	$(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS)
+	$(MAKE) exercises clean-notebooks
+
+# Run time of every notebook on this machine, written to results/runtimes.json and the README table.
+runtimes: $(CLASSIFIER)
+	$(BIN)/python tools/execute_notebooks.py --measure $(NOTEBOOKS)
+	$(BIN)/python tools/gather_timings.py
+	$(BIN)/python tools/chapter_table.py
+
+exercises: $(INSTALLED)
+	$(BIN)/python tools/make_exercises.py
+
+clean-notebooks: $(INSTALLED)
+	$(BIN)/python tools/clean_notebooks.py
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf _build

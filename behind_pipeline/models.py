@@ -1,0 +1,39 @@
+"""Which checkpoint each chapter loads: the local copies by default, Hub ids when ``BTP_ONLINE=1``.
+
+Chapters pass these ids straight to ``from_pretrained`` / ``pipeline``, exactly as they would pass a Hub id,
+so the loading code a reader sees is the real one.
+"""
+
+import os
+
+from behind_pipeline import assets, paths
+
+HUB_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# A reader online gets a ready-made sentiment model from the Hub. It is a DistilBERT, so the chapters that
+# rebuild BERT's layers by hand keep using the local encoder's architecture only in offline mode.
+HUB_CLASSIFIER_ID = "distilbert-base-uncased-finetuned-sst-2-english"
+
+
+def encoder_id() -> str:
+    """all-MiniLM-L6-v2: the extracted wheel folder offline, its Hub id online."""
+    if paths.is_online():
+        return HUB_ENCODER_ID
+    return str(assets.ensure_encoder())
+
+
+def classifier_id() -> str:
+    """The course's fresh/rotten classifier written by ``make prepare`` (or a Hub classifier online)."""
+    if "BTP_CLASSIFIER_ID" in os.environ:
+        return os.environ["BTP_CLASSIFIER_ID"]
+    if paths.is_online():
+        return HUB_CLASSIFIER_ID
+    if not (paths.CLASSIFIER_DIR / "model.safetensors").exists():
+        raise FileNotFoundError("The course classifier is missing: run `make prepare` in the project folder first.")
+    return str(paths.CLASSIFIER_DIR)
+
+
+def describe(model_id: str) -> str:
+    """A printable name for a model id that never shows this machine's folders."""
+    if os.path.isdir(model_id):
+        return "local:" + os.path.relpath(model_id, paths.PROJECT_ROOT)
+    return model_id

@@ -1,0 +1,44 @@
+"""Where the book keeps its files: every cache and downloaded asset lives inside the project folder.
+
+``configure_environment`` is called on import of the package (and the Makefile exports the same variables),
+so Hugging Face, datasets, matplotlib and Jupyter never write to the reader's home directory.
+"""
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = PROJECT_ROOT / ".cache"
+WHEELS_DIR = CACHE_DIR / "wheels"
+ASSETS_DIR = CACHE_DIR / "assets"
+ENCODER_DIR = ASSETS_DIR / "all-MiniLM-L6-v2"
+CORPUS_FILE = ASSETS_DIR / "rotten_tomatoes_corpus_full.csv.bz2"
+# The course's fine-tuned sentiment classifier, written by `make prepare`.
+CLASSIFIER_DIR = CACHE_DIR / "models" / "minilm-rotten-tomatoes"
+RESULTS_DIR = PROJECT_ROOT / "results"
+
+# Environment variables that would otherwise default to somewhere under the home directory.
+_CACHE_VARIABLES = {
+    "HF_HOME": CACHE_DIR / "huggingface",
+    "HF_DATASETS_CACHE": CACHE_DIR / "huggingface" / "datasets",
+    "XDG_CACHE_HOME": CACHE_DIR / "xdg",
+    "MPLCONFIGDIR": CACHE_DIR / "matplotlib",
+    "TORCH_HOME": CACHE_DIR / "torch",
+    "PIP_CACHE_DIR": CACHE_DIR / "pip",
+}
+
+
+def configure_environment() -> None:
+    """Point caches into the project unless the caller already chose a place."""
+    for name, folder in _CACHE_VARIABLES.items():
+        os.environ.setdefault(name, str(folder))
+    if not is_online():
+        # Offline is the default: the Hub is never contacted, even for a metadata check.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def is_online() -> bool:
+    """True when the reader asked for Hub models with ``BTP_ONLINE=1``."""
+    return os.environ.get("BTP_ONLINE", "0").strip().lower() in {"1", "true", "yes"}

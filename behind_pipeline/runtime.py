@@ -1,0 +1,79 @@
+"""One call at the top of every notebook: fixed seed and threads, quiet progress bars, printed versions."""
+
+import platform
+import random
+import time
+import warnings
+from contextlib import contextmanager
+from importlib.metadata import version
+
+import numpy as np
+
+# Two threads match the 2-core machines the book is measured on; a fixed count also fixes the order of
+# floating-point reductions, so results repeat from run to run.
+NUM_THREADS = 2
+VERSIONED_PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "numpy")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch in one place."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup_chapter(seed: int = 0, packages: tuple[str, ...] = ()) -> None:
+    """Fix seed and thread count, silence progress bars that would change stored outputs, print versions."""
+    import datasets
+    import torch
+    import transformers
+
+    seed_everything(seed)
+    torch.set_num_threads(NUM_THREADS)
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    names = VERSIONED_PACKAGES + tuple(packages)
+    print(f"python {platform.python_version()} | " + " | ".join(f"{name} {version(name)}" for name in names))
+    print(f"seed {seed} | torch threads {torch.get_num_threads()} | device cpu")
+
+
+def format_ms(seconds: float) -> str:
+    """Timings are printed through this one helper: milliseconds, one decimal."""
+    return f"{seconds * 1000:.1f} ms"
+
+
+@contextmanager
+def stopwatch():
+    """``with stopwatch() as elapsed: ...`` then ``elapsed()`` gives seconds since the block started."""
+    start = time.perf_counter()
+    end = None
+
+    def elapsed() -> float:
+        return (end if end is not None else time.perf_counter()) - start
+
+    try:
+        yield elapsed
+    finally:
+        end = time.perf_counter()
+
+
+def show_source(obj) -> None:
+    """Print the source of a package function, so a chapter shows the exact code that its tests check."""
+    import inspect
+
+    print(inspect.getsource(obj).rstrip())
+
+
+def rounded(value, digits: int = 4):
+    """Round every float inside nested lists/dicts/tuples, so printed results repeat across CPUs."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {key: rounded(item, digits) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(rounded(item, digits) for item in value)
+    return value

