@@ -1,0 +1,82 @@
+"""Calibration by hand: reliability bins, expected calibration error and temperature scaling (chapter 4)."""
+
+import math
+
+import torch
+
+from behind_pipeline.softmax import log_softmax, stable_softmax
+
+GOLDEN = (math.sqrt(5) - 1) / 2  # 0.618...: the shrink factor that lets each step reuse one evaluation
+
+
+def confidences_and_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probability of the predicted label, and whether that prediction is right (1.0) or wrong (0.0)."""
+    probs = stable_softmax(logits.double())
+    confidences, predictions = probs.max(dim=-1)
+    return confidences, (predictions == labels).double()
+
+
+def bin_index(confidences: torch.Tensor, n_bins: int = 10) -> torch.Tensor:
+    """Bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 joins bin 0."""
+    return (torch.ceil(confidences * n_bins).long() - 1).clamp(0, n_bins - 1)
+
+
+def reliability_table(confidences: torch.Tensor, correct: torch.Tensor, n_bins: int = 10) -> list[dict]:
+    """One row per non-empty bin: its edges, how many predictions fall in it, their mean confidence and accuracy."""
+    bins = bin_index(confidences, n_bins)
+    rows = []
+    for b in range(n_bins):
+        in_bin = bins == b
+        count = int(in_bin.sum())
+        if count == 0:
+            continue  # an empty bin has no accuracy; it also weighs nothing in the ECE
+        rows.append({
+            "lower": b / n_bins,
+            "upper": (b + 1) / n_bins,
+            "count": count,
+            "confidence": float(confidences[in_bin].mean()),
+            "accuracy": float(correct[in_bin].mean()),
+        })
+    return rows
+
+
+def expected_calibration_error(confidences: torch.Tensor, correct: torch.Tensor, n_bins: int = 10) -> float:
+    """sum over bins of (bin size / total) * |accuracy - confidence|: a gap in a crowded bin costs more."""
+    total = len(confidences)
+    return sum(row["count"] / total * abs(row["accuracy"] - row["confidence"])
+               for row in reliability_table(confidences, correct, n_bins))
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Divide the logits by T: T > 1 flattens the probabilities, T < 1 sharpens them, the argmax never moves."""
+    return logits / temperature
+
+
+def negative_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean of -log p(true label): the loss the temperature is fitted to (the same as cross-entropy)."""
+    return float(-log_softmax(logits.double()).gather(-1, labels.view(-1, 1)).mean())
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, low: float = 0.05, high: float = 20.0,
+                    tolerance: float = 1e-6) -> float:
+    """The T in [low, high] that minimises the NLL of softmax(logits / T), by golden-section search on log T.
+
+    The NLL is convex in 1/T, hence has a single minimum along log T, which golden-section search brackets
+    deterministically (no learning rate, no random start). Fit it on validation logits, never on the test set.
+    """
+    def loss(log_t: float) -> float:
+        return negative_log_likelihood(apply_temperature(logits, math.exp(log_t)), labels)
+
+    a, b = math.log(low), math.log(high)
+    c, d = b - GOLDEN * (b - a), a + GOLDEN * (b - a)
+    loss_c, loss_d = loss(c), loss(d)
+    while b - a > tolerance:
+        if loss_c < loss_d:  # the minimum lies left of d
+            b, d, loss_d = d, c, loss_c
+            c = b - GOLDEN * (b - a)
+            loss_c = loss(c)
+        else:  # the minimum lies right of c
+            a, c, loss_c = c, d, loss_d
+            d = a + GOLDEN * (b - a)
+            loss_d = loss(d)
+    return math.exp((a + b) / 2)
