@@ -8,12 +8,15 @@ truncation, padding and the ``WordPiece`` decoder. Chapter 1 and its tests check
 """
 
 import os
+import re
 import string
 import unicodedata
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 CONTINUATION = "##"
+# The library finds special tokens in the raw text before normalizing it, so a typed "[SEP]" stays one token.
+SPECIAL_TOKEN_PATTERN = re.compile("(" + "|".join(re.escape(token) for token in SPECIAL_TOKENS) + ")")
 # BERT's limit: a "word" longer than this (a URL, a row of dashes) becomes one [UNK] instead of dozens of pieces.
 MAX_INPUT_CHARS_PER_WORD = 100
 # Unicode blocks of CJK ideographs: Chinese is written without spaces, so BERT makes each ideograph a word.
@@ -144,9 +147,16 @@ class WordPieceTokenizer:
         return cls(load_vocab(model_id), lowercase=lowercase)
 
     def tokenize(self, text: str) -> list[str]:
-        """Text -> word pieces, without special tokens."""
-        words = pre_tokenize(normalize(text, self.lowercase))
-        return [piece for word in words for piece in wordpiece(word, self.vocab)]
+        """Text -> word pieces, without the [CLS]/[SEP] frame (a special token typed in the text is kept whole)."""
+        tokens = []
+        # re.split with a group returns the text between matches at even positions and the matches at odd ones.
+        for position, part in enumerate(SPECIAL_TOKEN_PATTERN.split(text)):
+            if position % 2:
+                tokens.append(part)
+            else:
+                tokens += [piece for word in pre_tokenize(normalize(part, self.lowercase))
+                           for piece in wordpiece(word, self.vocab)]
+        return tokens
 
     def convert_tokens_to_ids(self, tokens: list[str]) -> list[int]:
         return [self.vocab.get(token, self.unk_id) for token in tokens]

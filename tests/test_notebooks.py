@@ -87,7 +87,7 @@ def test_nbval_fails_when_a_stored_output_is_wrong(tmp_path):
     """Proof that the comparison is on: a notebook whose stored output is wrong must fail under our settings."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    cell = nbformat.v4.new_code_cell("print(round(2 / 3, 4))")
+    cell = nbformat.v4.new_code_cell("print(round(2 / 3, 4))", execution_count=1)
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="0.6667\n")]
     nb.cells = [cell]
     nbval_args = ["-m", "pytest", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
