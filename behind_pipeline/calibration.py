@@ -64,6 +64,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, low: float = 0.0
     The NLL is convex in 1/T, hence has a single minimum along log T, which golden-section search brackets
     deterministically (no learning rate, no random start). Fit it on validation logits, never on the test set.
     """
+    logits = logits.double()  # in float32 the NLL is too noisy to locate a flat minimum to 1e-6
+
     def loss(log_t: float) -> float:
         return negative_log_likelihood(apply_temperature(logits, math.exp(log_t)), labels)
 

@@ -183,12 +183,12 @@ class WordPieceTokenizer:
             token_type_ids = [0] * len(first) + [1] * len(second or [])
         return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": [1] * len(input_ids)}
 
-    def __call__(self, texts, text_pairs=None, add_special_tokens=True, padding=False, truncation=False,
+    def __call__(self, texts, text_pair=None, add_special_tokens=True, padding=False, truncation=False,
                  max_length=None, return_tensors=None):
         """Like ``tokenizer(texts, ...)``: a string gives flat lists, a list of strings gives one list per text."""
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
-        pairs = [text_pairs] if single and text_pairs is not None else text_pairs
+        pairs = [text_pair] if single and text_pair is not None else text_pair
         pairs = pairs if pairs is not None else [None] * len(texts)
         rows = [
             self.encode_one(text, pair, add_special_tokens, truncation, max_length)
