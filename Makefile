@@ -83,6 +83,7 @@ runtimes: $(CLASSIFIER)
 	$(BIN)/python tools/execute_notebooks.py --measure $(NOTEBOOKS)
 	$(BIN)/python tools/gather_timings.py
 	$(BIN)/python tools/chapter_table.py
+	$(MAKE) --no-print-directory exercises clean-notebooks
 
 exercises: $(INSTALLED)
 	$(BIN)/python tools/make_exercises.py

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from behind_pipeline.batching import length_sorted_batches
+
 # Large enough to keep a 1,445-review corpus to a few dozen forward passes, small enough for a laptop's memory:
 # the longest test review is 78 tokens, so a batch is at most 64 x 78 x 384 floats (about 7.7 MB).
 EMBED_BATCH_SIZE = 64
@@ -40,18 +42,14 @@ def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def embed(texts: list[str], tokenizer, encoder, batch_size: int = EMBED_BATCH_SIZE) -> torch.Tensor:
     """Unit-length sentence embeddings, shape (len(texts), hidden): tokenizer, body, mean pooling, L2 norm."""
     texts = list(texts)
+    embeddings = torch.empty(len(texts), encoder.config.hidden_size)
     # Batching texts of similar length wastes little compute on padding (chapter 6); the mask makes the result
     # independent of the batch a text lands in, so sorting changes only the speed. Characters approximate tokens.
-    order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
-    batches = []
-    for start in range(0, len(texts), batch_size):
-        batch = [texts[index] for index in order[start : start + batch_size]]
-        encoding = tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+    for batch in length_sorted_batches([len(text) for text in texts], batch_size):
+        encoding = tokenizer([texts[index] for index in batch], padding=True, truncation=True, return_tensors="pt")
         with torch.no_grad():
             token_vectors = encoder(**encoding).last_hidden_state
-        batches.append(l2_normalize(mean_pool(token_vectors, encoding["attention_mask"])))
-    embeddings = torch.empty(len(texts), encoder.config.hidden_size)
-    embeddings[order] = torch.cat(batches)  # back to the order of ``texts``
+        embeddings[batch] = l2_normalize(mean_pool(token_vectors, encoding["attention_mask"]))  # original order
     return embeddings
 
 

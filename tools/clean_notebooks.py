@@ -29,6 +29,19 @@ FORBIDDEN_OUTPUT = {
 }
 
 
+def merged_streams(outputs: list) -> list:
+    """Join consecutive prints to the same stream: how a kernel chunks them depends on the machine's speed."""
+    merged = []
+    for output in outputs:
+        previous = merged[-1] if merged else None
+        if (output.output_type == "stream" and previous is not None and previous.output_type == "stream"
+                and previous.name == output.name):
+            previous.text += output.text
+        else:
+            merged.append(output)
+    return merged
+
+
 def clean(nb) -> None:
     nb.metadata = {key: value for key, value in nb.metadata.items() if key in NOTEBOOK_METADATA}
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
@@ -40,6 +53,7 @@ def clean(nb) -> None:
         if cell.cell_type != "code":
             continue
         count += 1
+        cell.outputs = merged_streams(cell.outputs)
         cell.execution_count = count if cell.outputs else None
         for output in cell.outputs:
             output.pop("execution_count", None) if output.output_type != "execute_result" else None
