@@ -1,6 +1,7 @@
 """Where the book keeps its files: every cache and downloaded asset lives inside the project folder.
 
-``configure_environment`` is called on import of the package (and the Makefile exports the same variables),
+``configure_environment`` is called on import of the package, by the root ``conftest.py`` before pytest starts any
+kernel, and the Makefile exports the same variables (a test keeps the two lists equal),
 so Hugging Face, datasets, matplotlib and Jupyter never write to the reader's home directory.
 """
 
@@ -25,6 +26,10 @@ _CACHE_VARIABLES = {
     "MPLCONFIGDIR": CACHE_DIR / "matplotlib",
     "TORCH_HOME": CACHE_DIR / "torch",
     "PIP_CACHE_DIR": CACHE_DIR / "pip",
+    "IPYTHONDIR": CACHE_DIR / "ipython",
+    "JUPYTER_CONFIG_DIR": CACHE_DIR / "jupyter" / "config",
+    "JUPYTER_DATA_DIR": CACHE_DIR / "jupyter" / "data",
+    "JUPYTER_RUNTIME_DIR": CACHE_DIR / "jupyter" / "runtime",
 }
 
 

@@ -68,3 +68,12 @@ def test_classifier_accuracy_matches_its_summary(classifier, tokenizer, splits):
 
     summary = json.loads((paths.CLASSIFIER_DIR / "training_summary.json").read_text())
     assert accuracy(classifier, tokenizer, splits["test"]) == pytest.approx(summary["test_accuracy"], abs=2e-3)
+
+
+def test_makefile_exports_every_cache_variable_the_package_sets():
+    import re
+
+    makefile = (paths.PROJECT_ROOT / "Makefile").read_text()
+    exported = dict(re.findall(r"^export (\w+) := \$\(CACHE\)/(\S+)$", makefile, re.MULTILINE))
+    for name, folder in paths._CACHE_VARIABLES.items():
+        assert exported.get(name) == str(folder.relative_to(paths.CACHE_DIR)), name

@@ -16,6 +16,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+import behind_pipeline  # noqa: F401  (importing points Jupyter and IPython caches inside the project)
+
 from clean_notebooks import clean
 from notebook_files import ROOT
 
