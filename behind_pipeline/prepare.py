@@ -8,6 +8,7 @@ already present the command does nothing. Same seed, same thread count, same dat
 
 import json
 import shutil
+import sys
 import time
 
 import torch
@@ -58,7 +59,9 @@ def train(output_dir=paths.CLASSIFIER_DIR) -> dict:
     generator = torch.Generator().manual_seed(SEED)
     started = time.perf_counter()
     classifier.train()
-    with tqdm(total=steps, desc="fine-tuning MiniLM on fresh/rotten", unit="batch") as progress:
+    # In a terminal the bar redraws often; in a CI log every redraw is a line, so redraw every 30 s there.
+    redraw_seconds = 0.1 if sys.stderr.isatty() else 30
+    with tqdm(total=steps, desc="fine-tuning MiniLM on fresh/rotten", unit="batch", mininterval=redraw_seconds) as progress:
         for _ in range(EPOCHS):
             for encoding, labels in batches(splits["train"], tokenizer, BATCH_SIZE, generator):
                 loss = classifier(**encoding, labels=labels).loss

@@ -35,3 +35,27 @@ def test_all_expectations_met_passes():
 
 def test_empty_report_does_not_pass():
     assert not CheckReport("demo").passed
+
+
+def test_allclose_never_raises_and_needs_the_same_shape():
+    import torch
+
+    from behind_pipeline.checks._core import allclose, as_tensor
+
+    expected = torch.tensor([[0.25, 0.75]])
+    assert allclose([[0.25, 0.75]], expected)
+    assert not allclose([0.25, 0.75], expected)  # right values, wrong shape
+    assert not allclose({"a": 1}, expected) and not allclose(Ellipsis, expected) and not allclose("x", expected)
+    assert as_tensor([[1, 2], [3]]) is None  # ragged lists cannot be a tensor
+
+
+def test_tensor_of_shape_names_what_is_wrong():
+    import torch
+
+    from behind_pipeline.checks._core import tensor_of_shape
+
+    report = CheckReport("demo")
+    assert not tensor_of_shape(report, [1, 2], (2,), "probs")
+    assert not tensor_of_shape(report, torch.zeros(3), (2,), "probs")
+    assert tensor_of_shape(report, torch.zeros(2), (2,), "probs")
+    assert "should be a torch.Tensor" in repr(report) and "expected (2,)" in repr(report)

@@ -1,6 +1,9 @@
-"""The report every exercise checker returns, and safe calls into a learner's code."""
+"""The report every exercise checker returns, safe calls into a learner's code, and the comparisons checkers share."""
 
 import traceback
+from functools import cache
+
+import torch
 
 NOT_DONE_HINT = "still `...`: replace it with your answer"
 
@@ -58,3 +61,49 @@ class CheckReport:
     def __repr__(self) -> str:
         verdict = "all checks passed" if self.passed else f"{self.failures} thing(s) to fix"
         return "\n".join([f"{self.exercise}: {verdict}", *self.lines])
+
+
+def as_tensor(value, dtype=torch.float64) -> torch.Tensor | None:
+    """A learner's result as a tensor, or None when it cannot be one (a dict, ragged lists, strings...)."""
+    if value is None or value is Ellipsis:
+        return None
+    try:
+        return torch.as_tensor(value, dtype=dtype).detach()
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def allclose(value, expected: torch.Tensor, atol: float = 1e-5) -> bool:
+    """Same shape and values within ``atol``; anything that is not a tensor is simply not equal. Never raises."""
+    tensor = as_tensor(value, dtype=torch.float64)
+    return (tensor is not None and tensor.shape == expected.shape
+            and bool(torch.allclose(tensor, expected.double(), atol=atol)))
+
+
+def tensor_of_shape(report: CheckReport, value, shape: tuple, name: str) -> bool:
+    """Record whether the learner returned a tensor of the expected shape (checked before its values)."""
+    if not isinstance(value, torch.Tensor):
+        report.fail(f"{name} should be a torch.Tensor, got {type(value).__name__}")
+        return False
+    return report.expect(tuple(value.shape) == tuple(shape), f"{name} has shape {tuple(shape)}",
+                         f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+
+
+@cache
+def course_tokenizer():
+    """The course classifier's tokenizer, loaded once for all checkers."""
+    from transformers import AutoTokenizer
+
+    from behind_pipeline.models import classifier_id
+
+    return AutoTokenizer.from_pretrained(classifier_id())
+
+
+@cache
+def course_encoder():
+    """The plain all-MiniLM-L6-v2 body in eval mode, loaded once for all checkers."""
+    from transformers import AutoModel
+
+    from behind_pipeline.models import encoder_id
+
+    return AutoModel.from_pretrained(encoder_id()).eval()

@@ -2,7 +2,7 @@
 
 from functools import cache
 
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.checks._core import CheckReport, course_tokenizer
 
 # Words chosen so that each typical mistake shows: several pieces (forgotten ##, shortest match), a whole word
 # that must not be cut, characters the vocabulary lacks (whole word [UNK]) and a word over 100 characters.
@@ -20,15 +20,6 @@ def _vocab() -> dict[str, int]:
     from behind_pipeline.wordpiece import load_vocab
 
     return load_vocab(encoder_id())
-
-
-@cache
-def _tokenizer():
-    from transformers import AutoTokenizer
-
-    from behind_pipeline.models import classifier_id
-
-    return AutoTokenizer.from_pretrained(classifier_id())
 
 
 @cache
@@ -68,7 +59,7 @@ def check_wordpiece(wordpiece) -> CheckReport:
 def check_build_inputs(build_inputs) -> CheckReport:
     """``build_inputs(ids, max_length)`` must frame ids as ``padding="max_length", truncation=True`` would."""
     report = CheckReport("Special tokens and attention mask")
-    tokenizer = _tokenizer()
+    tokenizer = course_tokenizer()
     for text, max_length in zip(FRAME_TEXTS, (8, 12, 12), strict=True):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         expected = tokenizer(text, padding="max_length", truncation=True, max_length=max_length)
@@ -101,7 +92,7 @@ def check_build_inputs(build_inputs) -> CheckReport:
 def check_longest_review(longest_review) -> CheckReport:
     """``longest_review(texts, tokenizer)`` must return (text, number of tokens with [CLS] and [SEP])."""
     report = CheckReport("Longest review in tokens")
-    tokenizer = _tokenizer()
+    tokenizer = course_tokenizer()
     # Longest in characters is not longest in tokens: punctuation and rare words cost more tokens per character.
     trap = ["wonderful wonderful wonderful", "a, b, c! d? e."]
     cases = [("two short texts", trap), ("the test split", list(_test_texts()))]
@@ -129,7 +120,7 @@ def check_longest_review(longest_review) -> CheckReport:
 def check_decode(decode) -> CheckReport:
     """``decode(ids)`` must equal ``tokenizer.decode(ids, skip_special_tokens=True)``."""
     report = CheckReport("Decode")
-    tokenizer = _tokenizer()
+    tokenizer = course_tokenizer()
     padded = tokenizer(list(DECODE_TEXTS), padding=True)["input_ids"]
     for ids in padded:
         expected = tokenizer.decode(ids, skip_special_tokens=True)

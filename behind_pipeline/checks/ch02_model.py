@@ -1,36 +1,13 @@
 """Checkers for chapter 2's exercises: attention with a mask, heads, parameter counts, embeddings, GELU."""
 
 import math
-from functools import lru_cache
 
 import torch
 
 from behind_pipeline import bert_by_hand
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.checks._core import CheckReport, allclose, course_encoder, tensor_of_shape
 
 TOLERANCE = 1e-4
-
-
-@lru_cache(maxsize=1)
-def _encoder():
-    """The plain all-MiniLM-L6-v2 body, loaded once per session for the checkers that compare with it."""
-    from transformers import AutoModel
-
-    from behind_pipeline.models import encoder_id
-
-    return AutoModel.from_pretrained(encoder_id()).eval()
-
-
-def _is_tensor(report: CheckReport, value, name: str, shape: tuple) -> bool:
-    if not report.expect(isinstance(value, torch.Tensor), f"{name} is a tensor",
-                         f"{name} should be a torch.Tensor, got {type(value).__name__}"):
-        return False
-    return report.expect(tuple(value.shape) == shape, f"{name} has shape {shape}",
-                         f"{name} has shape {tuple(value.shape)}, expected {shape}")
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and (a - b).abs().max().item() < TOLERANCE
 
 
 def check_scaled_dot_product_attention(scaled_dot_product_attention) -> CheckReport:
@@ -47,7 +24,8 @@ def check_scaled_dot_product_attention(scaled_dot_product_attention) -> CheckRep
                          "return two things: `return context, probs`"):
         return report
     context, probs = result
-    if not (_is_tensor(report, probs, "probs", (2, 3, 5, 5)) and _is_tensor(report, context, "context", (2, 3, 5, 16))):
+    if not (tensor_of_shape(report, probs, (2, 3, 5, 5), "probs")
+            and tensor_of_shape(report, context, (2, 3, 5, 16), "context")):
         return report
     expected_context, expected_probs = bert_by_hand.scaled_dot_product_attention(query, key, value, mask)
     report.expect(torch.allclose(probs.sum(-1), torch.ones(2, 3, 5), atol=TOLERANCE), "each row of probs sums to 1",
@@ -55,12 +33,13 @@ def check_scaled_dot_product_attention(scaled_dot_product_attention) -> CheckRep
     report.expect(probs[1, :, :, 3:].abs().max().item() < 1e-6, "padding keys get weight 0",
                   "padding keys get weight > 0: add the mask to the scores before the softmax")
     unscaled = torch.softmax(query @ key.transpose(-2, -1) + mask, dim=-1)
-    if _close(probs, unscaled):
+    if allclose(probs, unscaled, atol=TOLERANCE):
         report.fail("probs are those of unscaled scores: divide Q K^T by sqrt(d_head) = sqrt(query.shape[-1])")
     else:
-        report.expect(_close(probs, expected_probs), "probs equal softmax(Q K^T / sqrt(d_head) + mask)",
+        report.expect(allclose(probs, expected_probs, atol=TOLERANCE),
+                      "probs equal softmax(Q K^T / sqrt(d_head) + mask)",
                       "probs differ from softmax(Q K^T / sqrt(d_head) + mask)")
-    report.expect(_close(context, expected_context), "context equals probs @ value",
+    report.expect(allclose(context, expected_context, atol=TOLERANCE), "context equals probs @ value",
                   "context should be probs @ value, shape (batch, heads, seq, d_head)")
     return report
 
@@ -70,14 +49,14 @@ def check_split_and_merge_heads(split_heads, merge_heads) -> CheckReport:
     report = CheckReport("Split and merge heads")
     x = torch.randn(2, 5, 384, generator=torch.Generator().manual_seed(0))
     split = report.call(split_heads, x, 12, name="split_heads")
-    if split is not Ellipsis and _is_tensor(report, split, "split_heads(x, 12)", (2, 12, 5, 32)):
+    if split is not Ellipsis and tensor_of_shape(report, split, (2, 12, 5, 32), "split_heads(x, 12)"):
         report.expect(torch.equal(split, bert_by_hand.split_heads(x, 12)),
                       "head h of token t holds x[:, t, 32*h : 32*(h+1)]",
                       "right shape, wrong values: view as (batch, seq, heads, d_head) first, then swap seq and "
                       "heads with .transpose(1, 2) (a straight view to (batch, heads, seq, d_head) mixes tokens)")
     heads = bert_by_hand.split_heads(x, 12)
     merged = report.call(merge_heads, heads, name="merge_heads")
-    if merged is not Ellipsis and _is_tensor(report, merged, "merge_heads(heads)", (2, 5, 384)):
+    if merged is not Ellipsis and tensor_of_shape(report, merged, (2, 5, 384), "merge_heads(heads)"):
         report.expect(torch.equal(merged, x), "merge_heads(split_heads(x)) gives x back",
                       "merge_heads should undo split_heads: transpose(1, 2) back, then reshape to (batch, seq, hidden)")
     return report
@@ -114,22 +93,22 @@ def check_layer_parameter_count(layer_parameter_count) -> CheckReport:
 def check_embed(embed) -> CheckReport:
     """``embed(weights, input_ids, token_type_ids, eps)``: the embeddings sum, then LayerNorm."""
     report = CheckReport("Embeddings: sum and LayerNorm")
-    encoder = _encoder()
+    encoder = course_encoder()
     weights = encoder.state_dict()
     # A sentence pair, so segment B's token-type embedding matters: [CLS] a b [SEP] c d [SEP].
     input_ids = torch.tensor([[101, 1996, 2143, 2001, 2146, 1012, 102, 1045, 3866, 2009, 1012, 102]])
     token_type_ids = torch.tensor([[0] * 7 + [1] * 5])
     result = report.call(embed, weights, input_ids, token_type_ids, encoder.config.layer_norm_eps, name="embed")
-    if result is Ellipsis or not _is_tensor(report, result, "embed(...)", (1, 12, 384)):
+    if result is Ellipsis or not tensor_of_shape(report, result, (1, 12, 384), "embed(...)"):
         return report
     with torch.no_grad():
         expected = encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
     summed = (weights["embeddings.word_embeddings.weight"][input_ids]
               + weights["embeddings.position_embeddings.weight"][torch.arange(12)]
               + weights["embeddings.token_type_embeddings.weight"][token_type_ids])
-    if _close(result, summed):
+    if allclose(result, summed, atol=TOLERANCE):
         report.fail("this is the raw sum: finish with LayerNorm (weights 'embeddings.LayerNorm.weight' / '.bias')")
-    elif report.expect(_close(result, expected), "equals the library's encoder.embeddings(...)",
+    elif report.expect(allclose(result, expected, atol=TOLERANCE), "equals the library's encoder.embeddings(...)",
                        "differs from encoder.embeddings(...): sum word + position + token-type rows, then LayerNorm"):
         report.ok(f"max abs diff {(result - expected).abs().max().item():.1e}")
     return report
@@ -140,7 +119,7 @@ def check_gelu(gelu) -> CheckReport:
     report = CheckReport("Exact GELU")
     x = torch.linspace(-6, 6, 1201)
     result = report.call(gelu, x, name="gelu")
-    if result is Ellipsis or not _is_tensor(report, result, "gelu(x)", (1201,)):
+    if result is Ellipsis or not tensor_of_shape(report, result, (1201,), "gelu(x)"):
         return report
     exact = 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
     tanh_form = torch.nn.functional.gelu(x, approximate="tanh")

@@ -2,7 +2,7 @@
 
 import torch
 
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.checks._core import CheckReport, allclose, tensor_of_shape
 from behind_pipeline.head import linear_by_hand, pooler_by_hand
 
 BATCH, SEQ_LEN, HIDDEN, NUM_LABELS = 3, 5, 8, 2
@@ -14,37 +14,21 @@ def _tensors(*shapes, seed: int = 0) -> list[torch.Tensor]:
     return [torch.randn(*shape, generator=generator) for shape in shapes]
 
 
-def _close(result, expected: torch.Tensor) -> bool:
-    result = torch.as_tensor(result, dtype=expected.dtype)
-    return result.shape == expected.shape and torch.allclose(result, expected, atol=1e-5)
-
-
-def _shape_ok(report: CheckReport, result, expected_shape: tuple[int, ...], what: str) -> bool:
-    if not isinstance(result, torch.Tensor):
-        report.fail(f"{what} should be a torch.Tensor, got {type(result).__name__}")
-        return False
-    return report.expect(
-        tuple(result.shape) == expected_shape,
-        f"{what} has shape {expected_shape}",
-        f"{what} has shape {tuple(result.shape)}, expected {expected_shape}",
-    )
-
-
 def check_pooler(pooler) -> CheckReport:
     """``pooler(last_hidden_state, weight, bias)`` must equal tanh(dense(hidden state of [CLS]))."""
     report = CheckReport("Pooler by hand")
     hidden, weight, bias = _tensors((BATCH, SEQ_LEN, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN,))
     result = report.call(pooler, hidden, weight, bias, name="pooler")
-    if result is Ellipsis or not _shape_ok(report, result, (BATCH, HIDDEN), "the pooled output"):
+    if result is Ellipsis or not tensor_of_shape(report, result, (BATCH, HIDDEN), "the pooled output"):
         return report
     expected = pooler_by_hand(hidden, weight, bias)
-    if _close(result, expected):
+    if allclose(result, expected):
         report.ok("equals tanh(dense(last_hidden_state[:, 0])), as BertPooler computes it")
-    elif _close(result, linear_by_hand(hidden[:, 0], weight, bias)):
+    elif allclose(result, linear_by_hand(hidden[:, 0], weight, bias)):
         report.fail("the values miss the tanh: BertPooler applies tanh after the dense layer")
-    elif _close(result, torch.tanh(linear_by_hand(hidden.mean(dim=1), weight, bias))):
+    elif allclose(result, torch.tanh(linear_by_hand(hidden.mean(dim=1), weight, bias))):
         report.fail("you pooled the mean of all tokens; BertPooler takes the first token, [CLS]: [:, 0]")
-    elif _close(result, torch.tanh(hidden[:, 0] @ weight + bias)):
+    elif allclose(result, torch.tanh(hidden[:, 0] @ weight + bias)):
         report.fail("the weight is used untransposed: nn.Linear computes x @ weight.T + bias")
     else:
         report.fail("the values differ from tanh(last_hidden_state[:, 0] @ weight.T + bias)")
@@ -56,14 +40,14 @@ def check_logits_from_pooled(logits_from_pooled) -> CheckReport:
     report = CheckReport("Logits from the pooled output")
     pooled, weight, bias = _tensors((BATCH, HIDDEN), (NUM_LABELS, HIDDEN), (NUM_LABELS,), seed=1)
     result = report.call(logits_from_pooled, pooled, weight, bias, name="logits_from_pooled")
-    if result is Ellipsis or not _shape_ok(report, result, (BATCH, NUM_LABELS), "the logits tensor"):
+    if result is Ellipsis or not tensor_of_shape(report, result, (BATCH, NUM_LABELS), "the logits tensor"):
         return report
     expected = linear_by_hand(pooled, weight, bias)
-    if _close(result, expected):
+    if allclose(result, expected):
         report.ok("equals pooled @ weight.T + bias, as nn.Linear computes it")
-    elif _close(result, pooled @ weight.T):
+    elif allclose(result, pooled @ weight.T):
         report.fail("the bias is missing: nn.Linear adds it after the matrix product")
-    elif _close(result, torch.tanh(expected)):
+    elif allclose(result, torch.tanh(expected)):
         report.fail("no tanh here: the classifier layer returns raw logits")
     else:
         report.fail("the values differ from pooled @ weight.T + bias")

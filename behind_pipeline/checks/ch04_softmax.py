@@ -2,7 +2,7 @@
 
 import torch
 
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.checks._core import CheckReport, allclose, as_tensor
 from behind_pipeline.runtime import rounded
 
 # Logits big enough that exp overflows (1000) or underflows (-1000) in float32 and float64: the naive formula
@@ -13,11 +13,10 @@ LARGE_LOGITS = torch.tensor([[1000.0, 1001.0], [-1000.0, -1001.0]])
 
 def _as_tensor(report: CheckReport, value, name: str):
     """The learner's result as a float64 tensor, or None (with a FIX line) if it cannot be one."""
-    try:
-        return torch.as_tensor(value).detach().double()
-    except Exception as error:  # a list of strings, a dict...: say so instead of crashing the notebook
-        report.fail(f"{name} should be a tensor; got {type(value).__name__} ({type(error).__name__})")
-        return None
+    tensor = as_tensor(value)
+    if tensor is None:  # a list of strings, a dict...: say so instead of crashing the notebook
+        report.fail(f"{name} should be a tensor; got {type(value).__name__}")
+    return tensor
 
 
 def _close(report: CheckReport, value, expected: torch.Tensor, name: str, ok: str, atol: float = 1e-5) -> bool:
@@ -35,15 +34,6 @@ def _close(report: CheckReport, value, expected: torch.Tensor, name: str, ok: st
     diff = (tensor - expected).abs().max().item()
     return report.expect(diff < atol, ok, f"{name} is off by up to {diff:.1e}: got {rounded(tensor.tolist())}, "
                                           f"expected {rounded(expected.tolist())}")
-
-
-def _quietly_close(value, expected: torch.Tensor) -> bool:
-    """Whether a result equals a known wrong answer, to name the mistake; never records anything."""
-    try:
-        tensor = torch.as_tensor(value).detach().double()
-        return tensor.shape == expected.shape and torch.allclose(tensor, expected.double(), atol=1e-5)
-    except Exception:  # anything that is not a tensor is simply not that mistake
-        return False
 
 
 def check_stable_softmax(stable_softmax) -> CheckReport:
@@ -151,7 +141,7 @@ def check_softmax_with_temperature(softmax_with_temperature) -> CheckReport:
             return report
         if not _close(report, result, torch.softmax(logits / temperature, dim=-1), f"T={temperature}",
                       f"T={temperature}: equals torch.softmax(logits / {temperature})"):
-            if _quietly_close(result, torch.softmax(logits * temperature, dim=-1)):
+            if allclose(result, torch.softmax(logits * temperature, dim=-1)):
                 report.fail("that is softmax(logits * T): divide the logits by the temperature")
             return report
     hot = report.call(softmax_with_temperature, logits.clone(), 1000.0)

@@ -1,22 +1,11 @@
 """Checkers for the exercises of chapter 6 (padding by hand, counting padding, length-sorted batching)."""
 
-from functools import lru_cache
-
 import torch
 
 from behind_pipeline.batching import batches_in_order, pad_batch, padding_tokens
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.checks._core import CheckReport, course_tokenizer
 
 PAD_TEXTS = ["A masterpiece.", "Too long, too loud and far too pleased with itself.", "Dull."]
-
-
-@lru_cache(maxsize=1)
-def _tokenizer():
-    from transformers import AutoTokenizer
-
-    from behind_pipeline.models import classifier_id
-
-    return AutoTokenizer.from_pretrained(classifier_id())
 
 
 def _tensor_field(report: CheckReport, result, key: str):
@@ -31,7 +20,7 @@ def _tensor_field(report: CheckReport, result, key: str):
 def check_pad_batch(pad_batch_answer) -> CheckReport:
     """``pad_batch(sequences, pad_id) -> {"input_ids", "attention_mask"}``: equal to ``tokenizer.pad``."""
     report = CheckReport("Pad a batch by hand")
-    tokenizer = _tokenizer()
+    tokenizer = course_tokenizer()
     sequences = tokenizer(PAD_TEXTS)["input_ids"]
     expected = tokenizer.pad({"input_ids": sequences}, return_tensors="pt")
     result = report.call(pad_batch_answer, [list(ids) for ids in sequences], tokenizer.pad_token_id, name="pad_batch")

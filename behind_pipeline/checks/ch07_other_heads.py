@@ -2,7 +2,7 @@
 
 import torch
 
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.checks._core import CheckReport, as_tensor
 from behind_pipeline.pooling import l2_normalize, mean_pool
 
 # Three texts of 5, 3 and 2 real tokens padded to 5, like a tokenizer's output (int64 mask, padding at the end).
@@ -22,13 +22,6 @@ def _shape_text(tensor: torch.Tensor | None) -> str:
     return "something that is not a tensor" if tensor is None else str(tuple(tensor.shape))
 
 
-def _as_tensor(value) -> torch.Tensor | None:
-    try:
-        return torch.as_tensor(value, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError):
-        return None
-
-
 def check_mean_pool(mean_pool_fn) -> CheckReport:
     """``mean_pool_fn(token_vectors, attention_mask)`` must average only the real tokens of each row."""
     report = CheckReport("Mean pooling with the attention mask")
@@ -36,7 +29,7 @@ def check_mean_pool(mean_pool_fn) -> CheckReport:
     result = report.call(mean_pool_fn, token_vectors.clone(), attention_mask.clone(), name="mean_pool")
     if result is Ellipsis:
         return report
-    result = _as_tensor(result)
+    result = as_tensor(result, dtype=torch.float32)
     if not report.expect(result is not None and tuple(result.shape) == (3, 4), "shape (batch, hidden) = (3, 4)",
                          f"expected shape (3, 4), one vector per text, got {_shape_text(result)}"):
         return report
@@ -67,7 +60,7 @@ def check_cosine_similarity(cosine_fn) -> CheckReport:
     result = report.call(cosine_fn, a.clone(), b.clone(), name="cosine_similarity")
     if result is Ellipsis:
         return report
-    result = _as_tensor(result)
+    result = as_tensor(result, dtype=torch.float32)
     if not report.expect(result is not None and tuple(result.shape) == (3, 4), "shape (len(a), len(b)) = (3, 4)",
                          f"expected shape (3, 4), got {_shape_text(result)}"):
         return report
@@ -78,7 +71,8 @@ def check_cosine_similarity(cosine_fn) -> CheckReport:
     report.expect(torch.allclose(result, expected, atol=1e-5), "equals torch.nn.functional.cosine_similarity",
                   f"max abs diff to the cosines is {(result - expected).abs().max().item():.1e}")
     itself = report.call(cosine_fn, a.clone(), a.clone(), name="cosine_similarity")
-    if itself is not Ellipsis and (itself := _as_tensor(itself)) is not None and itself.shape == (3, 3):
+    itself = None if itself is Ellipsis else as_tensor(itself, dtype=torch.float32)
+    if itself is not None and itself.shape == (3, 3):
         report.expect(torch.allclose(itself.diagonal(), torch.ones(3), atol=1e-5),
                       "every vector has cosine 1 with itself", "cosine_similarity(a, a) should have 1 on its diagonal")
     return report
