@@ -61,7 +61,8 @@ def train(output_dir=paths.CLASSIFIER_DIR) -> dict:
     classifier.train()
     # In a terminal the bar redraws often; in a CI log every redraw is a line, so redraw every 30 s there.
     redraw_seconds = 0.1 if sys.stderr.isatty() else 30
-    with tqdm(total=steps, desc="fine-tuning MiniLM on fresh/rotten", unit="batch", mininterval=redraw_seconds) as progress:
+    progress = tqdm(total=steps, desc="fine-tuning MiniLM on fresh/rotten", unit="batch", mininterval=redraw_seconds)
+    with progress:
         for _ in range(EPOCHS):
             for encoding, labels in batches(splits["train"], tokenizer, BATCH_SIZE, generator):
                 loss = classifier(**encoding, labels=labels).loss
