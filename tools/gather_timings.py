@@ -1,6 +1,8 @@
-"""Copy the step timings recorded by the Makefile (.cache/timings/) into results/setup.json, keeping old ones."""
+"""Gather measured set-up numbers into results/: step timings recorded by the Makefile (.cache/timings/, kept
+when absent) into setup.json, and the prepared classifier's training summary into prepare.json."""
 
 import json
+import shutil
 
 from notebook_files import ROOT
 
@@ -11,4 +13,6 @@ if __name__ == "__main__":
         timings[recorded.name] = float(recorded.read_text())
     target.parent.mkdir(exist_ok=True)
     target.write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
-    print(json.dumps(timings))
+    summary = ROOT / ".cache" / "models" / "minilm-rotten-tomatoes" / "training_summary.json"
+    shutil.copyfile(summary, ROOT / "results" / "prepare.json")
+    print(json.dumps(timings), summary.read_text())
