@@ -63,6 +63,9 @@ def setup_lines() -> list[str]:
                      f"{prepare['epochs']} epoch): training {about(prepare['train_seconds'])}, "
                      f"validation accuracy {prepare['validation_accuracy']:.3f}, test accuracy "
                      f"{prepare['test_accuracy']:.3f}")
+    if prepare and {"install", "assets", "test"} <= set(setup):
+        total = setup["install"] + setup["assets"] + prepare["train_seconds"] + setup["test"]
+        lines.append(f"- from a fresh clone, `make test` in all (the sum of the steps above): about {about(total)}")
     return lines
 
 
