@@ -19,6 +19,8 @@ from notebook_files import ROOT, notebooks
 
 SOLUTION_SUFFIX = "_solutions.ipynb"
 EXERCISE_SUFFIX = "_exercises.ipynb"
+# "# 1. Tokenizer: exercises with solutions" becomes "# 1. Tokenizer: exercises" in the learner's copy.
+SOLUTION_TITLE_SUFFIX = " with solutions"
 
 
 def exercise_for(solution_nb):
@@ -30,6 +32,8 @@ def exercise_for(solution_nb):
         ClearOutput(),
     ):
         nb, resources = preprocessor.preprocess(nb, resources)
+    title, _, rest = nb.cells[0].source.partition("\n")
+    nb.cells[0].source = title.removesuffix(SOLUTION_TITLE_SUFFIX) + _ + rest
     clean(nb)
     return nb
 
