@@ -46,8 +46,10 @@ $(ASSETS): $(INSTALLED) behind_pipeline/assets.py
 	$(BIN)/python tools/record_time.py assets $$start
 	touch $@
 
+# Trains again only when the code that shapes the weights changed (prepare.py compares a fingerprint).
+PREPARE_SOURCES := $(addprefix behind_pipeline/,prepare.py training.py batching.py data.py)
 prepare: $(CLASSIFIER)
-$(CLASSIFIER): | $(ASSETS)
+$(CLASSIFIER): $(PREPARE_SOURCES) | $(ASSETS)
 	$(BIN)/python -m behind_pipeline.prepare
 
 test: $(CLASSIFIER)

@@ -1,11 +1,8 @@
 """Shared helpers of "Behind the Pipeline": offline assets, data, setup, and the hand-built pieces.
 
-Importing the package first points every cache (Hugging Face, matplotlib, Jupyter) inside the project,
-so nothing a chapter does writes to ``~/.cache``.
+Importing the package changes nothing outside it. The entry points (the Makefile, the root ``conftest.py``,
+``setup_chapter`` and the command-line modules) call :func:`behind_pipeline.paths.configure_environment`,
+which points every cache inside the project so nothing writes to ``~/.cache``.
 """
-
-from behind_pipeline import paths as _paths
-
-_paths.configure_environment()
 
 __version__ = "0.1.0"

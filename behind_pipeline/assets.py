@@ -96,6 +96,7 @@ def ensure_corpus() -> Path:
 
 
 def main() -> None:
+    paths.configure_environment()
     print(f"encoder: {ensure_encoder().relative_to(paths.PROJECT_ROOT)}")
     print(f"corpus:  {ensure_corpus().relative_to(paths.PROJECT_ROOT)}")
 

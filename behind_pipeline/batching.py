@@ -1,4 +1,8 @@
-"""Batching by hand: dynamic padding, padding counts, length-sorted batches and latency per example (chapter 6)."""
+"""Batching by hand: dynamic padding, padding counts, length-sorted and length-grouped batches, timing (chapter 6).
+
+The book's prediction path (:mod:`behind_pipeline.predict`) and its training loop (:mod:`behind_pipeline.prepare`)
+batch with these functions.
+"""
 
 from collections.abc import Callable, Sequence
 
@@ -23,11 +27,30 @@ def batches_in_order(count: int, batch_size: int) -> list[list[int]]:
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices sorted by length, then cut into batches: neighbours have similar lengths, so little padding.
 
-    ``sorted`` is stable, so reviews of equal length keep their dataset order and the batches are the same on
-    every run.
+    ``sorted`` is stable, so texts of equal length keep their original order and the batches are the same on
+    every run: ``length_sorted_batches([5, 2, 9, 2], 2) -> [[1, 3], [0, 2]]``.
     """
     order = sorted(range(len(lengths)), key=lambda index: lengths[index])
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
+                           group_factor: int = 50) -> list[list[int]]:
+    """Shuffled batches of similar-length texts, for training: little padding, yet every batch a random draw.
+
+    Sorting the whole split would give every epoch the same batches, from shortest to longest, which trains
+    badly. Instead: shuffle, cut the shuffled order into groups of ``group_factor * batch_size`` texts, sort each
+    group by length, cut it into batches, then shuffle the order of all batches. Trainer's ``group_by_length=True``
+    sorts within random groups ("megabatches", at most 50 batches each) in the same way; it keeps each group's
+    batches together, longest first, where this function also shuffles them.
+    """
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    group_size = group_factor * batch_size
+    batches = []
+    for start in range(0, len(order), group_size):
+        group = sorted(order[start:start + group_size], key=lambda index: lengths[index])
+        batches += [group[first:first + batch_size] for first in range(0, len(group), batch_size)]
+    return [batches[index] for index in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 def padding_tokens(lengths: Sequence[int], batches: Sequence[Sequence[int]], pad_to: int | None = None) -> int:
@@ -37,20 +60,6 @@ def padding_tokens(lengths: Sequence[int], batches: Sequence[Sequence[int]], pad
         target = pad_to if pad_to is not None else max(lengths[index] for index in batch)
         total += sum(target - lengths[index] for index in batch)
     return total
-
-
-def predict_logits(classifier, tokenizer, texts: Sequence[str], batches: Sequence[Sequence[int]]) -> torch.Tensor:
-    """The classifier's logits for ``texts``, batch by batch, each row written back at its text's original index."""
-    logits = None
-    with torch.no_grad():
-        for batch in batches:
-            encoding = tokenizer([texts[index] for index in batch], padding=True, return_tensors="pt")
-            batch_logits = classifier(**encoding).logits
-            if logits is None:
-                logits = batch_logits.new_empty(len(texts), batch_logits.shape[-1])
-            # Writing by index undoes any reordering, so row i always belongs to texts[i].
-            logits[torch.tensor(batch)] = batch_logits
-    return logits
 
 
 def seconds_per_example(run_batch: Callable[[list[str]], object], texts: Sequence[str], batch_size: int,

@@ -18,9 +18,17 @@ from behind_pipeline.softmax import stable_softmax
 Weights = dict[str, torch.Tensor]
 
 
+def linear_by_hand(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``nn.Linear`` by hand, ``x @ W.T + b``: PyTorch stores the weight as (out_features, in_features).
+
+    The book's one affine map: the encoder's layers (below) and the heads of chapter 3 all call it.
+    """
+    return x @ weight.T + bias  # (..., in) @ (in, out) + (out,) -> (..., out)
+
+
 def linear(x: torch.Tensor, weights: Weights, name: str) -> torch.Tensor:
-    """``x @ W.T + b``: PyTorch stores a Linear's weight as (out_features, in_features), hence the transpose."""
-    return x @ weights[f"{name}.weight"].T + weights[f"{name}.bias"]
+    """The Linear layer called ``name`` in a state_dict (``name.weight``, ``name.bias``) applied to ``x``."""
+    return linear_by_hand(x, weights[f"{name}.weight"], weights[f"{name}.bias"])
 
 
 def layer_norm(x: torch.Tensor, weights: Weights, name: str, eps: float) -> torch.Tensor:

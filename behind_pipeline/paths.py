@@ -1,8 +1,9 @@
 """Where the book keeps its files: every cache and downloaded asset lives inside the project folder.
 
-``configure_environment`` is called on import of the package, by the root ``conftest.py`` before pytest starts any
-kernel, and the Makefile exports the same variables (a test keeps the two lists equal),
-so Hugging Face, datasets, matplotlib and Jupyter never write to the reader's home directory.
+``configure_environment`` is called by every entry point (the root ``conftest.py`` before pytest starts any
+kernel, ``setup_chapter`` in each notebook, the tools and the ``python -m`` commands), and the Makefile exports the
+same variables (a test keeps the two lists equal), so Hugging Face, datasets, matplotlib and Jupyter never write to
+the reader's home directory. Importing the package sets nothing.
 """
 
 import os

@@ -1,7 +1,8 @@
 """The whole text-classification pipeline by hand: tokenizer, body, head, softmax, id2label (chapter 5).
 
 ``classify`` returns what ``pipeline("text-classification")`` returns, built only from the pieces of chapters 1-4:
-the tokenizer, the model's body (``classifier.bert``), the head of chapter 3 and the softmax of chapter 4.
+the tokenizer, the model's body (``classifier.base_model``: ``.bert`` for BERT, ``.distilbert`` for DistilBERT),
+the head of chapter 3 and the softmax of chapter 4.
 """
 
 import torch
@@ -44,7 +45,7 @@ def classify(texts, tokenizer, classifier, top_k: int | None = 1, function_to_ap
     for start in range(0, len(texts), batch_size):
         encoding = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
         with torch.inference_mode():
-            last_hidden_state = classifier.bert(**encoding).last_hidden_state
+            last_hidden_state = classifier.base_model(**encoding).last_hidden_state
             logits = logits_by_hand(last_hidden_state, classifier)
         for scores in scores_from_logits(logits, function_to_apply):
             ranked = ranked_labels(scores, classifier.config.id2label, top_k)

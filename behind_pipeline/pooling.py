@@ -13,7 +13,7 @@ import torch
 
 from behind_pipeline.batching import length_sorted_batches
 
-# Large enough to keep a 1,445-review corpus to a few dozen forward passes, small enough for a laptop's memory:
+# Large enough to keep a 1,445-review corpus to a few dozen forward passes, small enough for any machine's memory:
 # the longest test review is 78 tokens, so a batch is at most 64 x 78 x 384 floats (about 7.7 MB).
 EMBED_BATCH_SIZE = 64
 

@@ -26,6 +26,9 @@ def seed_everything(seed: int) -> None:
 
 def setup_chapter(seed: int = 0, packages: tuple[str, ...] = ()) -> None:
     """Fix seed and thread count, silence progress bars that would change stored outputs, print versions."""
+    from behind_pipeline.paths import configure_environment
+
+    configure_environment()  # before the libraries below read their cache folders
     import datasets
     import torch
     import transformers

@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-import behind_pipeline  # noqa: F401  (importing points Jupyter and IPython caches inside the project)
+from behind_pipeline.paths import configure_environment
 
 from clean_notebooks import clean
 from notebook_files import ROOT
@@ -36,6 +36,7 @@ def execute(path: Path) -> float:
 
 
 def main() -> int:
+    configure_environment()  # Jupyter and IPython caches inside the project, for the kernels this starts
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measure", action="store_true", help="write run times to results/runtimes.json")
     parser.add_argument("paths", nargs="+")

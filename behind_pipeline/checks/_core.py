@@ -54,6 +54,23 @@ class CheckReport:
             return Ellipsis
         return result
 
+    def tensor(self, value, name: str, shape: tuple | None = None, dtype=torch.float64) -> torch.Tensor | None:
+        """The one way a checker turns a learner's answer into a tensor: the tensor, or None and a FIX line.
+
+        Lists, NumPy arrays and tensors of any dtype are accepted; ``shape`` (when given) must match exactly.
+        Never raises.
+        """
+        if not self.answered(value, name):
+            return None
+        tensor = as_tensor(value, dtype=dtype)
+        if tensor is None:
+            self.fail(f"{name} should be a tensor (or numbers in nested lists), got {type(value).__name__}")
+            return None
+        if shape is not None and tuple(tensor.shape) != tuple(shape):
+            self.fail(f"{name} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+            return None
+        return tensor
+
     @property
     def passed(self) -> bool:
         return self.failures == 0 and bool(self.lines)

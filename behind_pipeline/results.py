@@ -1,0 +1,50 @@
+"""Numbers the book renders as tables: each experiment notebook records its rows here, never typed by hand.
+
+A training notebook has two settings (papermill ``parameters``): ``RUN = "small"``, what the stored notebook
+and the tests execute, and ``RUN = "full"``, what ``make full`` executes. It records its results only when its
+``RESULTS_DIR`` parameter is set (``make small`` / ``make full`` set it; the stored notebooks and nbval leave it
+empty, so running the tests never rewrites a results file):
+
+    record(RESULTS_DIR, "10_baselines", "TF-IDF + logistic regression", {"accuracy": 0.788, "macro_f1": 0.776})
+
+writes ``results/<run>/10_baselines.json``; ``tools/results_tables.py`` renders every such file into the book's
+results page and the README.
+"""
+
+import json
+import platform
+from datetime import date
+from pathlib import Path
+
+import torch
+
+
+def record(results_dir: str | Path | None, source: str, model: str, metrics: dict) -> dict:
+    """Add (or replace) the row ``model`` in ``<results_dir>/<source>.json``; a no-op when ``results_dir`` is empty.
+
+    Returns the row, so a notebook can print what it recorded.
+    """
+    row = {"model": model, **metrics}
+    if not results_dir:
+        return row
+    path = Path(results_dir) / f"{source}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    content["rows"] = [existing for existing in content["rows"] if existing["model"] != model] + [row]
+    content["machine"] = machine_description()
+    content["measured_on"] = date.today().isoformat()
+    path.write_text(json.dumps(content, indent=2) + "\n")
+    return row
+
+
+def machine_description() -> str:
+    """What the numbers were measured on, e.g. ``x86_64, 2 torch threads, torch 2.13.0+cpu``."""
+    return f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def load_rows(results_dir: str | Path) -> list[dict]:
+    """Every recorded row under ``results_dir``, file by file in name order (so chapter order)."""
+    rows = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        rows += [{"source": path.stem, **row} for row in json.loads(path.read_text())["rows"]]
+    return rows
