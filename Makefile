@@ -28,7 +28,7 @@ CLASSIFIER := $(CACHE)/models/minilm-rotten-tomatoes/training_summary.json
 NBVAL := --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 
 .PHONY: install assets prepare test test-unit test-notebooks test-exercises book lab execute runtimes \
-        exercises clean-notebooks lint clean
+        exercises clean-notebooks lint clean small full
 
 install: $(INSTALLED)
 $(INSTALLED): requirements.txt pyproject.toml
@@ -86,6 +86,12 @@ runtimes: $(CLASSIFIER)
 	$(BIN)/python tools/gather_timings.py
 	$(BIN)/python tools/chapter_table.py
 	$(MAKE) --no-print-directory exercises clean-notebooks
+
+# Experiment notebooks (Part II) through papermill: their results files and the tables rendered from them.
+# `make small` uses the stored notebooks' settings (seconds per chapter); `make full` trains on all the data.
+small full: $(CLASSIFIER)
+	$(BIN)/python tools/run_experiments.py --run $@
+	$(BIN)/python tools/results_tables.py
 
 exercises: $(INSTALLED)
 	$(BIN)/python tools/make_exercises.py

@@ -21,7 +21,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from behind_pipeline import batching, data, models, paths, predict, runtime, training
 
-SETTINGS = training.TrainingSettings(epochs=1, batch_size=32, learning_rate=1e-4, warmup_fraction=0.1, seed=0)
+# Batch 64 at twice the learning rate trains as fast as batch 32 on 2 cores and scored higher on validation.
+SETTINGS = training.TrainingSettings(epochs=1, batch_size=64, learning_rate=2e-4, warmup_fraction=0.1, seed=0)
 SUMMARY_FILE = "training_summary.json"
 
 

@@ -77,3 +77,59 @@ def test_makefile_exports_every_cache_variable_the_package_sets():
     exported = dict(re.findall(r"^export (\w+) := \$\(CACHE\)/(\S+)$", makefile, re.MULTILINE))
     for name, folder in paths._CACHE_VARIABLES.items():
         assert exported.get(name) == str(folder.relative_to(paths.CACHE_DIR)), name
+
+
+def test_importing_the_package_changes_no_environment_variable():
+    import os
+    import subprocess
+    import sys
+
+    script = ("import os; before = dict(os.environ); import behind_pipeline, behind_pipeline.models, "
+              "behind_pipeline.predict; print(sorted(set(os.environ.items()) ^ set(before.items())))")
+    clean_env = {name: value for name, value in os.environ.items() if name not in paths._CACHE_VARIABLES}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=clean_env,
+                            cwd=paths.PROJECT_ROOT, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def _imported_top_level_modules() -> set[str]:
+    """Top-level names imported by the package, tools, tests and every notebook's code cells."""
+    import ast
+
+    import nbformat
+
+    sources = [p.read_text() for folder in ("behind_pipeline", "tools", "tests")
+               for p in (paths.PROJECT_ROOT / folder).rglob("*.py")]
+    for folder in ("notebooks", "solutions"):
+        for notebook in (paths.PROJECT_ROOT / folder).glob("*.ipynb"):
+            for cell in nbformat.read(notebook, as_version=4).cells:
+                if cell.cell_type == "code":
+                    # IPython magics and shell escapes are not Python.
+                    sources.append("\n".join(line for line in cell.source.splitlines()
+                                             if not line.lstrip().startswith(("%", "!"))))
+    names = set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_directly_imported_package_is_pinned():
+    import re
+    import sys
+    from importlib.metadata import packages_distributions
+
+    pinned = {re.split(r"==", line)[0].strip().lower().replace("_", "-")
+              for line in (paths.PROJECT_ROOT / "requirements.txt").read_text().splitlines()
+              if "==" in line and not line.startswith("#")}
+    distributions = packages_distributions()
+    local = {"behind_pipeline", "notebook_files", "clean_notebooks", "online_stand_in", "conftest"}
+    missing = {}
+    for name in _imported_top_level_modules() - local - set(sys.stdlib_module_names):
+        owners = {owner.lower().replace("_", "-") for owner in distributions.get(name, [name])}
+        if not owners & pinned:
+            missing[name] = sorted(owners)
+    assert not missing, f"imported but not pinned with == in requirements.txt: {missing}"

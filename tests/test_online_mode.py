@@ -1,0 +1,60 @@
+"""Online mode (``BTP_ONLINE=1``) loads a DistilBERT classifier from the Hub: the chapters must run with one.
+
+The test cannot reach the Hub, so it uses a local stand-in with every difference that matters
+(``tools/online_stand_in.py``: DistilBERT architecture, NEGATIVE/POSITIVE labels, no training summary, random
+weights) and passes its folder the way a Hub id is passed, through ``BTP_CLASSIFIER_ID``.
+"""
+
+import nbformat
+import pytest
+import torch
+from nbclient import NotebookClient
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+from behind_pipeline.head import logits_by_hand
+from behind_pipeline.pipeline_by_hand import classify
+from behind_pipeline.predict import predict_logits
+
+from notebook_files import ROOT
+from online_stand_in import make_stand_in
+
+TEXTS = ["A gorgeous, moving film.", "Dull, long and far too loud; I left early.", "ok"]
+# The chapters that reach into the classifier's internals (its body, its head, its summary file).
+CHAPTERS_USING_THE_CLASSIFIER = ("00_start_here", "02_model", "03_head", "05_pipeline_by_hand")
+
+
+@pytest.fixture(scope="module")
+def stand_in():
+    folder = make_stand_in()
+    return str(folder), AutoTokenizer.from_pretrained(folder), AutoModelForSequenceClassification.from_pretrained(
+        folder).eval()
+
+
+def test_the_stand_in_differs_from_the_course_classifier_where_the_hub_model_does(stand_in, classifier):
+    _, _, distilbert = stand_in
+    assert distilbert.config.model_type == "distilbert" != classifier.config.model_type
+    assert not hasattr(distilbert, "bert") and set(distilbert.config.label2id) == {"NEGATIVE", "POSITIVE"}
+
+
+def test_hand_built_head_and_pipeline_match_the_library_on_a_distilbert(stand_in):
+    folder, tokenizer, distilbert = stand_in
+    encoding = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        library = distilbert(**encoding).logits
+        by_hand = logits_by_hand(distilbert.base_model(**encoding).last_hidden_state, distilbert)
+    assert torch.allclose(by_hand, library, atol=1e-6)
+    assert torch.allclose(predict_logits(distilbert, tokenizer, TEXTS, batch_size=2), library, atol=1e-6)
+    expected = pipeline("text-classification", model=folder)(TEXTS)
+    got = classify(TEXTS, tokenizer, distilbert)
+    assert [r["label"] for r in got] == [r["label"] for r in expected]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(got, expected, strict=True)) < 1e-6
+
+
+@pytest.mark.parametrize("name", CHAPTERS_USING_THE_CLASSIFIER)
+def test_chapter_runs_with_a_hub_like_distilbert_classifier(name, stand_in, monkeypatch):
+    folder, _, _ = stand_in
+    monkeypatch.setenv("BTP_CLASSIFIER_ID", folder)  # the kernel inherits it, as it would BTP_ONLINE=1
+    path = ROOT / "notebooks" / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    # Cells that raise on purpose (pitfalls) are allowed to; any other error fails the test.
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()

@@ -1,0 +1,84 @@
+"""Render the experiment results (``results/small``, ``results/full``) into the book's results page and the README.
+
+    python tools/results_tables.py           # rewrite book/results.md and README.md's results block
+    python tools/results_tables.py --check   # exit 1 if either is out of date with results/
+
+Every number comes from a results file written by a notebook's ``record(...)`` call (``make small``,
+``make full``); nothing here is typed.
+"""
+
+import argparse
+import json
+import re
+import sys
+
+from behind_pipeline.results import load_rows
+
+from notebook_files import ROOT
+
+PAGE = ROOT / "book" / "results.md"
+README = ROOT / "README.md"
+START, END = "<!-- results-tables:start -->", "<!-- results-tables:end -->"
+RUN_TITLES = {
+    "small": "Small run: the settings of the stored notebooks (what the tests execute), `make small`",
+    "full": "Full run: all training data and epochs, `make full`",
+}
+# Column order; a column appears only when some row has it. Values are printed as recorded.
+COLUMNS = {
+    "model": "model", "accuracy": "accuracy", "macro_f1": "macro-F1", "train_examples": "train examples",
+    "epochs": "epochs", "train_seconds": "train time (s)", "trainable_parameters": "trainable parameters",
+    "trainable_share": "trainable share", "size_mib": "size on disk (MiB)", "source": "notebook",
+}
+
+
+def cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(run: str) -> list[str]:
+    rows = load_rows(ROOT / "results" / run)
+    lines = [f"### {RUN_TITLES[run]}", ""]
+    if not rows:
+        return lines + [f"Not measured yet: run `make {run}`.", ""]
+    columns = [key for key in COLUMNS if any(key in row for row in rows)]
+    lines += ["| " + " | ".join(COLUMNS[key] for key in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row.get(key, "")) for key in columns) + " |")
+    machines = sorted({json.loads(path.read_text())["machine"] for path in (ROOT / "results" / run).glob("*.json")})
+    dates = sorted({json.loads(path.read_text())["measured_on"] for path in (ROOT / "results" / run).glob("*.json")})
+    lines += ["", f"Measured on {', '.join(machines)}; {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}.", ""]
+    return lines
+
+
+def block() -> str:
+    return "\n".join([START, "", *table("small"), *table("full"), END])
+
+
+def render(text: str) -> str:
+    return re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block(), text, flags=re.DOTALL)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    stale = []
+    for path in (PAGE, README):
+        text = path.read_text()
+        if START not in text:
+            stale.append(f"{path.relative_to(ROOT)} has no {START} block")
+            continue
+        if render(text) != text:
+            stale.append(f"{path.relative_to(ROOT)} results tables")
+            if not args.check:
+                path.write_text(render(text))
+    print("\n".join(f"out of date: {s}" for s in stale) if stale else "results tables current")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
