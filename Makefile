@@ -28,7 +28,7 @@ CLASSIFIER := $(CACHE)/models/minilm-rotten-tomatoes/training_summary.json
 NBVAL := --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 
 .PHONY: install assets prepare test test-unit test-notebooks test-exercises book lab execute runtimes \
-        exercises clean-notebooks lint clean small full
+        exercises clean-notebooks lint clean small full serve
 
 install: $(INSTALLED)
 $(INSTALLED): requirements.txt pyproject.toml
@@ -70,6 +70,13 @@ book: $(CLASSIFIER)
 	$(BIN)/python tools/check_site_inputs.py
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
 	$(BIN)/python tools/check_site_offline.py _build/html
+
+# The classifier as a web service (chapter 18). BTP_SERVICE_INT8=1 serves the int8 model; see
+# behind_pipeline/service/settings.py for every limit.
+SERVE_PORT ?= 8000
+serve: $(CLASSIFIER)
+	@echo "Serving the course classifier on http://127.0.0.1:$(SERVE_PORT) (API docs: http://127.0.0.1:$(SERVE_PORT)/docs)"
+	$(BIN)/uvicorn --factory behind_pipeline.service.app:app --host 127.0.0.1 --port $(SERVE_PORT)
 
 lab: $(CLASSIFIER)
 	$(BIN)/jupyter lab --allow-root --notebook-dir=.
