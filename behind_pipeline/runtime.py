@@ -1,5 +1,6 @@
 """One call at the top of every notebook: fixed seed and threads, quiet progress bars, printed versions."""
 
+import logging
 import platform
 import random
 import time
@@ -35,6 +36,9 @@ def setup_chapter(seed: int = 0, packages: tuple[str, ...] = ()) -> None:
 
     seed_everything(seed)
     torch.set_num_threads(NUM_THREADS)
+    # `import peft` and Trainer import bitsandbytes, which on CPUs with AVX512-BF16 logs a warning that an optional
+    # kernel package (downloaded from the Hub) is missing; it changes nothing the book runs, so keep it out.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
