@@ -1,6 +1,21 @@
 """Softmax written by hand: logits to probabilities, stable for any logit size (chapter 4)."""
 
+import math
+
 import torch
+
+
+def exp_limits(dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """Where ``exp(x)`` leaves the normal range of ``dtype``, from the format's own constants.
+
+    Above ``overflow`` exp is inf; below ``subnormal`` it is a subnormal number with fewer significant bits; below
+    ``zero`` it rounds to 0 (it is under half the smallest subnormal). For float32: 88.72, -87.34, -103.97.
+    """
+    info = torch.finfo(dtype)
+    # Smallest subnormal = tiny * eps (2**-149 in float32); anything under half of it rounds to 0. In logs, because
+    # half of float64's smallest subnormal is itself 0 as a Python float.
+    return {"overflow": math.log(info.max), "subnormal": math.log(info.tiny),
+            "zero": math.log(info.tiny) + math.log(info.eps) - math.log(2)}
 
 
 def naive_softmax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
