@@ -3,16 +3,18 @@
 Every function takes the weights as a plain ``state_dict`` (names as ``BertModel.state_dict()`` spells them,
 e.g. ``encoder.layer.0.attention.self.query.weight``) and a config with BERT's attribute names
 (``num_attention_heads``, ``layer_norm_eps``, ``num_hidden_layers``), so the same code runs the plain
-all-MiniLM-L6-v2 encoder and the body of the course classifier (``classifier.bert.state_dict()``).
+all-MiniLM-L6-v2 encoder and the body of the course classifier (``classifier.base_model.state_dict()``, a
+``BertModel`` offline; online the classifier is a DistilBERT, whose body this module does not rebuild).
 Dropout is left out on purpose: the library applies it only in training mode, and we only run inference.
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from behind_pipeline.batching import length_sorted_batches
 from behind_pipeline.softmax import stable_softmax
 
 Weights = dict[str, torch.Tensor]
@@ -44,16 +46,22 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
-def embeddings(weights: Weights, config, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None):
-    """Word + position + token-type embeddings of each token, summed, then LayerNorm: (batch, seq, hidden)."""
+def embeddings(weights: Weights, config, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Word + position + token-type embeddings of each token, summed, then LayerNorm: (batch, seq, hidden).
+
+    The book's one embeddings sum. Positions default to 0, 1, 2, ... from the left edge of the row, which is right
+    for right-padded batches; a left-padded batch needs its own ``position_ids`` (chapter 2, exercise 4).
+    """
     if token_type_ids is None:
         # One-sentence inputs are all segment 0, which is also what the library assumes when none are given.
         token_type_ids = torch.zeros_like(input_ids)
-    positions = torch.arange(input_ids.shape[1])
+    if position_ids is None:
+        position_ids = torch.arange(input_ids.shape[1])  # (seq,), broadcast over the batch
     summed = (
-        weights["embeddings.word_embeddings.weight"][input_ids]
-        + weights["embeddings.position_embeddings.weight"][positions]
-        + weights["embeddings.token_type_embeddings.weight"][token_type_ids]
+        weights["embeddings.word_embeddings.weight"][input_ids]  # (batch, seq, hidden)
+        + weights["embeddings.position_embeddings.weight"][position_ids]  # (seq, hidden) or (batch, seq, hidden)
+        + weights["embeddings.token_type_embeddings.weight"][token_type_ids]  # (batch, seq, hidden)
     )
     return layer_norm(summed, weights, "embeddings.LayerNorm", config.layer_norm_eps)
 
@@ -64,8 +72,8 @@ def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype = torch.float
     Added to the attention scores before softmax, it sends padding's weights to exactly 0. The most negative
     finite float (not -inf) keeps the arithmetic finite, as the library does.
     """
-    blocked = (1.0 - attention_mask.to(dtype)) * torch.finfo(dtype).min
-    return blocked[:, None, None, :]
+    blocked = torch.zeros(attention_mask.shape, dtype=dtype).masked_fill(attention_mask == 0, torch.finfo(dtype).min)
+    return blocked[:, None, None, :]  # (batch, 1, 1, seq): broadcasts over heads and query tokens
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -141,16 +149,37 @@ def encoder_forward(
     token_type_ids: torch.Tensor | None = None,
     output_attentions: bool = False,
     activation: Callable = gelu,
+    position_ids: torch.Tensor | None = None,
 ) -> EncoderOutput:
     """The whole encoder: embeddings, then every layer; keeps each layer's output, like ``output_hidden_states``."""
-    mask = None if attention_mask is None else additive_mask(attention_mask)
-    hidden_states = [embeddings(weights, config, input_ids, token_type_ids)]
+    mask = None if attention_mask is None else additive_mask(attention_mask)  # (batch, 1, 1, seq)
+    hidden_states = [embeddings(weights, config, input_ids, token_type_ids, position_ids)]  # (batch, seq, hidden)
     attentions = []
     for index in range(config.num_hidden_layers):
         hidden, probs = layer(hidden_states[-1], weights, index, config, mask, activation)
         hidden_states.append(hidden)
-        attentions.append(probs)
+        attentions.append(probs)  # (batch, heads, seq, seq)
     return EncoderOutput(tuple(hidden_states), tuple(attentions) if output_attentions else None)
+
+
+def max_diffs_by_layer(encoder, tokenizer, texts: Sequence[str], batch_size: int = 64) -> list[float]:
+    """Largest |hand - library| over the real tokens of all ``texts``: one figure per hidden state.
+
+    ``encoder`` is a ``BertModel``; both run the same padded batches (texts of similar length together, so there
+    is little padding to compute) and padding positions are left out of the comparison: nothing reads them.
+    """
+    weights = encoder.state_dict()
+    encoded = tokenizer(list(texts), truncation=True)["input_ids"]
+    diffs = [0.0] * (encoder.config.num_hidden_layers + 1)
+    for batch_indices in length_sorted_batches([len(ids) for ids in encoded], batch_size):
+        batch = tokenizer.pad({"input_ids": [encoded[index] for index in batch_indices]}, return_tensors="pt")
+        with torch.inference_mode():
+            library = encoder(**batch, output_hidden_states=True).hidden_states
+        hand = encoder_forward(weights, encoder.config, batch["input_ids"], batch["attention_mask"]).hidden_states
+        real = batch["attention_mask"].bool()  # (batch, seq)
+        for index, (mine, theirs) in enumerate(zip(hand, library, strict=True)):
+            diffs[index] = max(diffs[index], (mine - theirs)[real].abs().max().item())
+    return diffs
 
 
 def component_of(name: str) -> tuple[str, str]:
