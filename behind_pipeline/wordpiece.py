@@ -7,6 +7,7 @@ truncation, padding and the ``WordPiece`` decoder. Chapter 1 and its tests check
 ``AutoTokenizer`` on the whole test split.
 """
 
+import json
 import os
 import re
 import string
@@ -17,8 +18,10 @@ SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 CONTINUATION = "##"
 # The library finds special tokens in the raw text before normalizing it, so a typed "[SEP]" stays one token.
 SPECIAL_TOKEN_PATTERN = re.compile("(" + "|".join(re.escape(token) for token in SPECIAL_TOKENS) + ")")
-# BERT's limit: a "word" longer than this (a URL, a row of dashes) becomes one [UNK] instead of dozens of pieces.
+# BERT's limit on one word (after punctuation is split off): a longer one is [UNK] at once. It bounds the greedy
+# search, which tries up to n(n+1)/2 candidates for n characters; it does not shorten inputs (see chapter 1).
 MAX_INPUT_CHARS_PER_WORD = 100
+MODEL_INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
 # Unicode blocks of CJK ideographs: Chinese is written without spaces, so BERT makes each ideograph a word.
 CJK_RANGES = (
     (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
@@ -26,16 +29,49 @@ CJK_RANGES = (
 )
 
 
-def load_vocab(model_id: str) -> dict[str, int]:
-    """Token -> id from a model's ``vocab.txt``: one token a line, the line number is the id."""
+def model_file(model_id: str, filename: str) -> str | None:
+    """The path of one file of a model folder or Hub id (fetched into the Hugging Face cache), or None."""
     if os.path.isdir(model_id):
-        path = os.path.join(model_id, "vocab.txt")
-    else:  # a Hub id (BTP_ONLINE=1): the same file, fetched into the Hugging Face cache
-        from huggingface_hub import hf_hub_download
+        path = os.path.join(model_id, filename)
+        return path if os.path.exists(path) else None
+    from huggingface_hub import hf_hub_download  # a Hub id (BTP_ONLINE=1)
+    from huggingface_hub.errors import EntryNotFoundError
 
-        path = hf_hub_download(model_id, "vocab.txt")
-    with open(path, encoding="utf-8") as handle:
-        return {line.rstrip("\n"): index for index, line in enumerate(handle)}
+    try:
+        return hf_hub_download(model_id, filename)
+    except EntryNotFoundError:
+        return None
+
+
+def load_vocab(model_id: str) -> dict[str, int]:
+    """Token -> id, read as the fast tokenizer reads it: from ``tokenizer.json``, else from ``vocab.txt``.
+
+    ``save_pretrained`` of a fast tokenizer writes only ``tokenizer.json`` (the table sits in its ``model.vocab``);
+    BERT's original release is ``vocab.txt``, one token a line, the line number being the id.
+    """
+    if path := model_file(model_id, "tokenizer.json"):
+        with open(path, encoding="utf-8") as handle:
+            return dict(json.load(handle)["model"]["vocab"])
+    if path := model_file(model_id, "vocab.txt"):
+        with open(path, encoding="utf-8") as handle:
+            return {line.rstrip("\n"): index for index, line in enumerate(handle)}
+    raise FileNotFoundError(f"{model_id} has neither tokenizer.json nor vocab.txt")
+
+
+def load_tokenizer_config(model_id: str) -> dict:
+    """``tokenizer_config.json`` (class name, ``model_max_length``...), or {} for a folder without one."""
+    if path := model_file(model_id, "tokenizer_config.json"):
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    return {}
+
+
+def model_input_names(tokenizer_class: str | None) -> tuple[str, ...]:
+    """The lists a tokenizer class returns by default: DistilBERT's has no ``token_type_ids``."""
+    import transformers
+
+    declared = getattr(transformers, tokenizer_class, None) if tokenizer_class else None
+    return tuple(getattr(declared, "model_input_names", MODEL_INPUT_NAMES))
 
 
 # --- 1. normalization (BertNormalizer) ------------------------------------------------------------------------
@@ -76,7 +112,9 @@ def normalize(text: str, lowercase: bool = True) -> str:
     """BertNormalizer in the library's order: clean, pad CJK, then (uncased models only) strip accents, lowercase."""
     text = pad_cjk_chars(clean_text(text))
     if lowercase:  # the uncased vocabulary has neither capitals nor accents
-        text = strip_accents(text).lower()
+        # One character at a time, as the Rust library does: Python's str.lower() would turn a final capital
+        # sigma into "ς", the library into "σ".
+        text = "".join(char.lower() for char in strip_accents(text))
     return text
 
 
@@ -135,16 +173,23 @@ def wordpiece(word: str, vocab, unk_token: str = UNK, max_chars: int = MAX_INPUT
 class WordPieceTokenizer:
     """An uncased BERT tokenizer in plain Python, called like ``AutoTokenizer`` (lists, or tensors on request)."""
 
-    def __init__(self, vocab: dict[str, int], lowercase: bool = True):
+    def __init__(self, vocab: dict[str, int], lowercase: bool = True,
+                 input_names: tuple[str, ...] = MODEL_INPUT_NAMES, model_max_length: int = 512):
         self.vocab = vocab
         self.id_to_token = {index: token for token, index in vocab.items()}
         self.lowercase = lowercase
+        self.input_names = input_names  # which lists __call__ returns, as the library's model_input_names
+        self.model_max_length = model_max_length  # what truncation=True cuts to when max_length is not given
         self.pad_id, self.unk_id, self.cls_id, self.sep_id = (vocab[t] for t in (PAD, UNK, CLS, SEP))
         self.special_ids = {vocab[token] for token in SPECIAL_TOKENS}
 
     @classmethod
     def from_pretrained(cls, model_id: str, lowercase: bool = True) -> "WordPieceTokenizer":
-        return cls(load_vocab(model_id), lowercase=lowercase)
+        """From a model folder or Hub id: the vocabulary, and which lists the model takes and how many tokens."""
+        config = load_tokenizer_config(model_id)
+        return cls(load_vocab(model_id), lowercase=lowercase,
+                   input_names=model_input_names(config.get("tokenizer_class")),
+                   model_max_length=config.get("model_max_length", 512))
 
     def tokenize(self, text: str) -> list[str]:
         """Text -> word pieces, without the [CLS]/[SEP] frame (a special token typed in the text is kept whole)."""
@@ -168,7 +213,9 @@ class WordPieceTokenizer:
         """One text (or pair) -> ``input_ids``, ``token_type_ids``, ``attention_mask`` as lists, before padding."""
         first = self.convert_tokens_to_ids(self.tokenize(text))
         second = self.convert_tokens_to_ids(self.tokenize(text_pair)) if text_pair is not None else None
-        if truncation and max_length is not None:
+        if truncation:
+            # The budget for the text's own pieces: the special tokens are added after cutting, and they count.
+            max_length = max_length if max_length is not None else self.model_max_length
             added = (3 if second is not None else 2) if add_special_tokens else 0
             first, second = truncate_longest_first(first, second, max_length - added)
         if add_special_tokens:
@@ -188,8 +235,10 @@ class WordPieceTokenizer:
         """Like ``tokenizer(texts, ...)``: a string gives flat lists, a list of strings gives one list per text."""
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
-        pairs = [text_pair] if single and text_pair is not None else text_pair
-        pairs = pairs if pairs is not None else [None] * len(texts)
+        if single:  # like the library, which tests `if text_pair`: one text with "" as its pair is no pair
+            pairs = [text_pair or None]
+        else:  # in a batch, "" stays a pair with an empty second segment: [CLS] A [SEP] [SEP]
+            pairs = list(text_pair) if text_pair is not None else [None] * len(texts)
         rows = [
             self.encode_one(text, pair, add_special_tokens, truncation, max_length)
             for text, pair in zip(texts, pairs, strict=True)
@@ -197,7 +246,7 @@ class WordPieceTokenizer:
         if padding in (True, "longest", "max_length"):
             width = max_length if padding == "max_length" else max(len(row["input_ids"]) for row in rows)
             rows = [self.pad(row, width) for row in rows]
-        encoding = {key: [row[key] for row in rows] for key in ("input_ids", "token_type_ids", "attention_mask")}
+        encoding = {key: [row[key] for row in rows] for key in self.input_names}
         if single:
             encoding = {key: value[0] for key, value in encoding.items()}
         if return_tensors == "pt":

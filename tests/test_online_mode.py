@@ -20,7 +20,7 @@ from online_stand_in import make_stand_in
 
 TEXTS = ["A gorgeous, moving film.", "Dull, long and far too loud; I left early.", "ok"]
 # The chapters that reach into the classifier's internals (its body, its head, its summary file).
-CHAPTERS_USING_THE_CLASSIFIER = ("00_start_here", "02_model", "03_head", "05_pipeline_by_hand")
+CHAPTERS_USING_THE_CLASSIFIER = ("00_start_here", "01_tokenizer", "02_model", "03_head", "05_pipeline_by_hand")
 
 
 @pytest.fixture(scope="module")
