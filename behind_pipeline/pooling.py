@@ -2,8 +2,10 @@
 
 all-MiniLM-L6-v2 was trained as a sentence-transformers model: a BERT body, then mean pooling over the real
 tokens (``1_Pooling/config.json``: ``pooling_mode_mean_tokens``), then L2 normalisation (the ``Normalize``
-module in ``modules.json``). The body alone returns one vector per token; these functions rebuild the two steps
-that turn them into one unit vector per text, and the nearest-neighbour search that such vectors are made for.
+module in ``modules.json``), with inputs cut at ``max_seq_length`` tokens (``sentence_bert_config.json``). The body
+alone returns one vector per token; these functions rebuild the steps that turn them into one unit vector per
+text, and the nearest-neighbour search that such vectors are made for. In this book *embed* means exactly that:
+:func:`embed` returns the sentence embedding of each text.
 """
 
 import json
@@ -16,6 +18,8 @@ from behind_pipeline.batching import length_sorted_batches
 # Large enough to keep a 1,445-review corpus to a few dozen forward passes, small enough for any machine's memory:
 # the longest test review is 78 tokens, so a batch is at most 64 x 78 x 384 floats (about 7.7 MB).
 EMBED_BATCH_SIZE = 64
+# The files in which a sentence-transformers model writes how its body's token vectors become one vector per text.
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "1_Pooling/config.json", "sentence_bert_config.json")
 
 
 def mean_pool(token_vectors: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -39,17 +43,61 @@ def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return l2_normalize(a) @ l2_normalize(b).T
 
 
-def embed(texts: list[str], tokenizer, encoder, batch_size: int = EMBED_BATCH_SIZE) -> torch.Tensor:
-    """Unit-length sentence embeddings, shape (len(texts), hidden): tokenizer, body, mean pooling, L2 norm."""
-    texts = list(texts)
+def sentence_transformers_file(model_id: str, name: str) -> dict | None:
+    """One JSON file of a sentence-transformers model folder (local or on the Hub), or None if the model has none.
+
+    ``cached_file`` finds a file inside a local model folder or downloads it from the Hub, so the same call works
+    offline and online; a plain transformers checkpoint (the course classifier) simply has no such file.
+    """
+    from transformers.utils import cached_file
+
+    path = cached_file(model_id, name, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False)
+    return None if path is None else json.loads(Path(path).read_text())
+
+
+def sentence_transformers_config(model_id: str) -> dict:
+    """The files that say how the model pools and where it cuts a text, by file name (missing files left out)."""
+    found = {name: sentence_transformers_file(model_id, name) for name in SENTENCE_TRANSFORMERS_FILES}
+    return {name: content for name, content in found.items() if content is not None}
+
+
+def max_seq_length(model_id: str) -> int | None:
+    """sentence-transformers' input limit in tokens (``sentence_bert_config.json``), or None when the model has none.
+
+    For all-MiniLM-L6-v2 it is 256, although the BERT body has 512 positions: sentence-transformers cuts every
+    text at this length, and the limit takes priority over the tokenizer's ``model_max_length``.
+    """
+    if not model_id:  # a model built from a config in memory has no folder to read
+        return None
+    config = sentence_transformers_file(model_id, "sentence_bert_config.json")
+    return None if config is None else int(config["max_seq_length"])
+
+
+def embed(texts: list[str], tokenizer, encoder, batch_size: int = EMBED_BATCH_SIZE,
+          max_length: int | None = None) -> torch.Tensor:
+    """The sentence embedding of each text, shape (len(texts), hidden), row i for ``texts[i]``, each of length 1.
+
+    Tokenizer (cut at ``max_length`` tokens; default: the encoder's ``max_seq_length`` from its
+    ``sentence_bert_config.json``, or the tokenizer's own limit for a model without one), body, mean pooling over
+    the real tokens, L2 normalisation.
+    """
+    texts = list(texts)  # a datasets Column or a tuple both work
+    if max_length is None:
+        max_length = max_seq_length(encoder.name_or_path)
+    # Tokenize once, then batch texts of similar token length (chapter 6: little padding, so little wasted compute),
+    # as predict.predict_logits does. The mask makes each result independent of its batch: sorting changes speed.
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)
     embeddings = torch.empty(len(texts), encoder.config.hidden_size)
-    # Batching texts of similar length wastes little compute on padding (chapter 6); the mask makes the result
-    # independent of the batch a text lands in, so sorting changes only the speed. Characters approximate tokens.
-    for batch in length_sorted_batches([len(text) for text in texts], batch_size):
-        encoding = tokenizer([texts[index] for index in batch], padding=True, truncation=True, return_tensors="pt")
-        with torch.no_grad():
-            token_vectors = encoder(**encoding).last_hidden_state
-        embeddings[batch] = l2_normalize(mean_pool(token_vectors, encoding["attention_mask"]))  # original order
+    was_training = encoder.training
+    encoder.eval()  # dropout off: the same text always gets the same vector
+    with torch.inference_mode():
+        for batch in length_sorted_batches([len(ids) for ids in encoded["input_ids"]], batch_size):
+            features = {key: [encoded[key][index] for index in batch] for key in encoded}
+            encoding = tokenizer.pad(features, return_tensors="pt")
+            token_vectors = encoder(**encoding).last_hidden_state  # (batch, tokens, hidden)
+            embeddings[batch] = l2_normalize(mean_pool(token_vectors, encoding["attention_mask"]))  # original order
+    encoder.train(was_training)
     return embeddings
 
 
@@ -62,18 +110,9 @@ def top_k(query_embedding: torch.Tensor, corpus_embeddings: torch.Tensor, k: int
 
 
 def semantic_search(query: str, corpus: list[str], corpus_embeddings: torch.Tensor, tokenizer, encoder, k: int = 3):
-    """The ``k`` corpus texts nearest ``query`` as dicts {index, score, text}, best first."""
+    """The ``k`` corpus texts nearest ``query`` as dicts {index, score, text}, best first.
+
+    The score is a cosine: it ranks the corpus for this query; it is not a probability of being relevant.
+    """
     indices, scores = top_k(embed([query], tokenizer, encoder)[0], corpus_embeddings, k)
     return [{"index": i, "score": s, "text": corpus[i]} for i, s in zip(indices, scores, strict=True)]
-
-
-def sentence_transformers_config(model_id: str) -> dict:
-    """The two files that say how the model pools: ``modules.json`` and ``1_Pooling/config.json``, read as JSON.
-
-    ``cached_file`` finds a file inside a local model folder or downloads it from the Hub, so the same call works
-    offline and online.
-    """
-    from transformers.utils import cached_file
-
-    return {name: json.loads(Path(cached_file(model_id, name)).read_text())
-            for name in ("modules.json", "1_Pooling/config.json")}

@@ -1,15 +1,25 @@
-"""Chapter 7: mean pooling by hand equals the feature-extraction pipeline; the exercise checkers grade behaviour."""
+"""Chapter 7: mean pooling by hand equals the feature-extraction pipeline, ``embed`` cuts where sentence-transformers
+does; each checker accepts the right answer, rejects the typical wrong ones (each named after its mistake) and never
+raises."""
 
+import numpy as np
 import pytest
 import torch
 
 from behind_pipeline.checks.ch07_other_heads import (
-    check_cosine_similarity,
-    check_mean_pool,
-    check_token_head_shapes,
-    check_top_k_indices,
+    check_max_pool,
+    check_precision_at_k,
+    check_word_logits,
+    reference_precision_at_k,
 )
-from behind_pipeline.pooling import cosine_similarity_matrix, embed, l2_normalize, mean_pool, top_k
+from behind_pipeline.pooling import (
+    cosine_similarity_matrix,
+    embed,
+    l2_normalize,
+    max_seq_length,
+    mean_pool,
+    top_k,
+)
 
 PARITY_SAMPLE = 128  # test reviews run alone through the pipeline: each is one forward pass, so keep it modest
 
@@ -49,6 +59,22 @@ def test_embed_is_unit_length_in_input_order_and_independent_of_batch_size(extra
     assert (small[5] - alone).abs().max() < 1e-4
 
 
+def test_embed_cuts_texts_at_the_sentence_transformers_limit(extractor):
+    from behind_pipeline.models import classifier_id, encoder_id
+
+    assert max_seq_length(encoder_id()) == 256  # sentence_bert_config.json of all-MiniLM-L6-v2
+    assert max_seq_length(classifier_id()) is None  # a plain transformers checkpoint has no such file
+    assert max_seq_length("") is None  # a model built in memory from a config
+    long_text = "a film that never ends but keeps surprising " * 60  # about 480 tokens
+    tokenizer, encoder = extractor.tokenizer, extractor.model
+    assert len(tokenizer(long_text)["input_ids"]) > 400
+    first_256 = tokenizer(long_text, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        expected = l2_normalize(mean_pool(encoder(**first_256).last_hidden_state, first_256["attention_mask"]))
+    assert (embed([long_text], tokenizer, encoder) - expected).abs().max() < 1e-5
+    assert (embed([long_text], tokenizer, encoder, max_length=512) - expected).abs().max() > 1e-3
+
+
 def test_cosine_and_top_k_agree_with_torch():
     generator = torch.Generator().manual_seed(0)
     a, b = torch.randn(4, 8, generator=generator) * 3, torch.randn(10, 8, generator=generator)
@@ -59,48 +85,241 @@ def test_cosine_and_top_k_agree_with_torch():
     assert scores == sorted(scores, reverse=True)
 
 
-# --- checkers -------------------------------------------------------------------------------------------------
+# --- exercise 1: max pooling ------------------------------------------------------------------------------------
 
 
-def test_check_mean_pool():
-    assert check_mean_pool(mean_pool).passed
-    naive = check_mean_pool(lambda vectors, mask: vectors.mean(dim=1))
-    assert not naive.passed and "padding" in repr(naive)
-    wrong_divisor = check_mean_pool(lambda vectors, mask: (vectors * mask.unsqueeze(-1)).sum(1) / mask.shape[1])
-    assert not wrong_divisor.passed
-    assert not check_mean_pool(lambda vectors, mask: vectors[:, 0]).passed
-    assert "still `...`" in repr(check_mean_pool(...))
+def max_pool(token_vectors, attention_mask):
+    padding = (attention_mask == 0).unsqueeze(-1)  # (batch, tokens, 1)
+    return token_vectors.masked_fill(padding, float("-inf")).amax(dim=1)
 
 
-def test_check_cosine_similarity():
-    assert check_cosine_similarity(cosine_similarity_matrix).passed
-    dot = check_cosine_similarity(lambda a, b: a @ b.T)
-    assert not dot.passed and "normalise" in repr(dot)
-    assert not check_cosine_similarity(lambda a, b: l2_normalize(a) @ b.T).passed
-
-    def blank(a, b): ...
-
-    assert not check_cosine_similarity(blank).passed
+def sentence_transformers_style(token_vectors, attention_mask):  # their Pooling module fills padding with -1e9
+    mask = attention_mask.unsqueeze(-1).expand(token_vectors.shape)
+    vectors = token_vectors.clone()
+    vectors[mask == 0] = -1e9
+    return torch.max(vectors, 1)[0]
 
 
-def test_check_top_k_indices():
-    assert check_top_k_indices(lambda query, corpus, k: top_k(query, corpus, k)[0]).passed
-    assert check_top_k_indices(lambda query, corpus, k: torch.topk(corpus @ query, k).indices).passed
-    ascending = check_top_k_indices(lambda query, corpus, k: torch.argsort(corpus @ query)[-k:].tolist())
-    assert not ascending.passed and "ascending" in repr(ascending)
-    assert not check_top_k_indices(lambda query, corpus, k: torch.argsort(corpus @ query)[:k].tolist()).passed
-    assert not check_top_k_indices(lambda query, corpus, k: [0]).passed
-    assert "still `...`" in repr(check_top_k_indices(...))
+def ignores_the_mask(token_vectors, attention_mask):
+    return token_vectors.amax(dim=1)
 
 
-def test_check_token_head_shapes():
-    encoding = {"input_ids": torch.zeros(2, 13, dtype=torch.long)}
-    right = {"token_classification": (2, 13, 3), "sequence_classification": torch.Size([2, 3])}
-    assert check_token_head_shapes(right, encoding).passed
-    no_token_axis = check_token_head_shapes({**right, "token_classification": (2, 3)}, encoding)
-    assert not no_token_axis.passed and "every token" in repr(no_token_axis)
-    assert not check_token_head_shapes({**right, "token_classification": (2, 13, 384)}, encoding).passed
-    assert not check_token_head_shapes({**right, "sequence_classification": (2, 13, 3)}, encoding).passed
-    assert not check_token_head_shapes({"token": (2, 13, 3)}, encoding).passed
-    blank = check_token_head_shapes(..., encoding)
-    assert not blank.passed and "still `...`" in repr(blank)
+def multiplies_by_the_mask(token_vectors, attention_mask):
+    return (token_vectors * attention_mask.unsqueeze(-1)).amax(dim=1)
+
+
+def mean_instead(token_vectors, attention_mask):
+    return mean_pool(token_vectors, attention_mask)
+
+
+def inverted_mask(token_vectors, attention_mask):
+    return token_vectors.masked_fill(attention_mask.unsqueeze(-1) == 1, float("-inf")).amax(dim=1)
+
+
+def fills_in_place(token_vectors, attention_mask):
+    return token_vectors.masked_fill_((attention_mask == 0).unsqueeze(-1), float("-inf")).amax(dim=1)
+
+
+def values_and_indices(token_vectors, attention_mask):
+    return token_vectors.masked_fill((attention_mask == 0).unsqueeze(-1), float("-inf")).max(dim=1)
+
+
+def right_padding_only(token_vectors, attention_mask):
+    lengths = attention_mask.sum(dim=1).tolist()
+    return torch.stack([token_vectors[i, :length].amax(dim=0) for i, length in enumerate(lengths)])
+
+
+def needs_contiguous(token_vectors, attention_mask):
+    batch, tokens, hidden = token_vectors.shape
+    flat = token_vectors.view(batch * tokens, hidden)
+    return max_pool(flat.view(batch, tokens, hidden), attention_mask)
+
+
+def test_check_max_pool_accepts_the_solution_and_the_library_way():
+    assert check_max_pool(max_pool).passed
+    assert check_max_pool(sentence_transformers_style).passed
+
+
+@pytest.mark.parametrize("answer, hint", [
+    (ignores_the_mask, "padding positions took part"),
+    (multiplies_by_the_mask, "0 beats real values"),
+    (mean_instead, "that is the mean"),
+    (inverted_mask, "dropped the real tokens"),
+    (fills_in_place, "in place"),
+    (values_and_indices, "return .values"),
+    (right_padding_only, "left padding, float64, a non-contiguous view: the padding positions took part"),
+    (needs_contiguous, "raised RuntimeError"),
+])
+def test_check_max_pool_rejects(answer, hint):
+    report = check_max_pool(answer)
+    assert not report.passed and hint in repr(report), repr(report)
+
+
+# --- exercise 2: word logits ------------------------------------------------------------------------------------
+
+
+def word_logits(token_logits, word_ids):
+    first_pieces, seen = [], set()
+    for position, word in enumerate(word_ids):
+        if word is not None and word not in seen:
+            seen.add(word)
+            first_pieces.append(position)
+    return token_logits[first_pieces]
+
+
+def mean_of_pieces(token_logits, word_ids):
+    words = sorted({word for word in word_ids if word is not None})
+    return torch.stack([token_logits[[p for p, w in enumerate(word_ids) if w == word]].mean(dim=0)
+                        for word in words])
+
+
+def last_piece(token_logits, word_ids):
+    last = {word: position for position, word in enumerate(word_ids) if word is not None}
+    return token_logits[[last[word] for word in sorted(last)]]
+
+
+def every_piece(token_logits, word_ids):
+    return token_logits[[position for position, word in enumerate(word_ids) if word is not None]]
+
+
+def every_position(token_logits, word_ids):
+    return token_logits
+
+
+def tensor_of_word_ids(token_logits, word_ids):
+    ids = torch.tensor(word_ids)
+    return token_logits[torch.unique(ids, return_inverse=False)]
+
+
+def strips_cls_and_sep(token_logits, word_ids):  # right only for one-piece words without padding
+    return token_logits[1:-1]
+
+
+def zeroes_the_logits_first(token_logits, word_ids):  # writes into the caller's tensor, then reads it
+    token_logits.zero_()
+    return word_logits(token_logits, word_ids)
+
+
+def test_check_word_logits_accepts_the_solution():
+    assert check_word_logits(word_logits).passed
+
+
+@pytest.mark.parametrize("answer, hint", [
+    (mean_of_pieces, "average of each word's pieces"),
+    (last_piece, "last piece"),
+    (every_piece, "one row per piece"),
+    (every_position, "one row per position"),
+    (tensor_of_word_ids, "skip those positions"),
+    (strips_cls_and_sep, "one row per word"),
+    (zeroes_the_logits_first, "the rows differ from the first piece"),
+])
+def test_check_word_logits_rejects(answer, hint):
+    report = check_word_logits(answer)
+    assert not report.passed and hint in repr(report), repr(report)
+
+
+# --- exercise 3: same-movie precision@k -------------------------------------------------------------------------
+
+
+def precision_at_k(embeddings, movies, k):
+    similarity = cosine_similarity_matrix(embeddings, embeddings)
+    similarity.fill_diagonal_(float("-inf"))
+    nearest = similarity.topk(k, dim=1).indices
+    hits = sum(movies[j] == movies[i] for i, row in enumerate(nearest.tolist()) for j in row)
+    return hits / (len(movies) * k)
+
+
+def _hits(similarity, movies, count):
+    nearest = similarity.topk(count, dim=1).indices.tolist()
+    return torch.tensor([sum(movies[j] == movies[i] for j in row) for i, row in enumerate(nearest)],
+                        dtype=torch.float64)
+
+
+def includes_itself(embeddings, movies, k):
+    return (_hits(cosine_similarity_matrix(embeddings, embeddings), movies, k) / k).mean().item()
+
+
+def dot_product(embeddings, movies, k):
+    similarity = embeddings @ embeddings.T
+    similarity.fill_diagonal_(float("-inf"))
+    return (_hits(similarity, movies, k) / k).mean().item()
+
+
+def least_similar(embeddings, movies, k):
+    similarity = -cosine_similarity_matrix(embeddings, embeddings)
+    similarity.fill_diagonal_(float("-inf"))
+    return (_hits(similarity, movies, k) / k).mean().item()
+
+
+def recall_instead(embeddings, movies, k):
+    similarity = cosine_similarity_matrix(embeddings, embeddings).fill_diagonal_(float("-inf"))
+    others = torch.tensor([max(movies.count(movie) - 1, 1) for movie in movies], dtype=torch.float64)
+    return (_hits(similarity, movies, k) / others).mean().item()
+
+
+def as_percentage(embeddings, movies, k):
+    return 100 * precision_at_k(embeddings, movies, k)
+
+
+def skips_lonely_films(embeddings, movies, k):
+    similarity = cosine_similarity_matrix(embeddings, embeddings).fill_diagonal_(float("-inf"))
+    keep = torch.tensor([movies.count(movie) > 1 for movie in movies])
+    return (_hits(similarity, movies, k)[keep] / k).mean().item()
+
+
+def one_per_review(embeddings, movies, k):
+    similarity = cosine_similarity_matrix(embeddings, embeddings).fill_diagonal_(float("-inf"))
+    return (_hits(similarity, movies, k) / k).tolist()
+
+
+def test_check_precision_at_k_accepts_the_solution_and_agrees_with_the_reference():
+    assert check_precision_at_k(precision_at_k).passed
+    generator = torch.Generator().manual_seed(0)
+    embeddings, movies = torch.randn(30, 5, generator=generator), [i % 4 for i in range(30)]
+    assert abs(precision_at_k(embeddings, movies, 3) - reference_precision_at_k(embeddings, movies, 3)) < 1e-9
+
+
+@pytest.mark.parametrize("answer, hint", [
+    (includes_itself, "leave it out"),
+    (dot_product, "rank by cosine"),
+    (least_similar, "*least* similar"),
+    (recall_instead, "(recall)"),
+    (as_percentage, "percentage"),
+    (skips_lonely_films, "no other review"),
+    (one_per_review, "return one number"),
+])
+def test_check_precision_at_k_rejects(answer, hint):
+    report = check_precision_at_k(answer)
+    assert not report.passed and hint in repr(report), repr(report)
+
+
+# --- every checker reports, whatever it is given --------------------------------------------------------------
+
+
+def _blank(*args):
+    ...
+
+
+def _raises(*args):
+    raise IndexError("too many indices")
+
+
+ODD_ANSWERS = {
+    "the untouched stub": Ellipsis,
+    "None": None,
+    "a blank function": _blank,
+    "a function that raises": _raises,
+    "a float64 tensor": lambda *args: torch.zeros(2, dtype=torch.float64),
+    "a list": lambda *args: [0.5, 0.5],
+    "a NumPy array": lambda *args: np.zeros(3),
+    "a dict": lambda *args: {"score": 1.0},
+    "a string": lambda *args: "0.5",
+    "a tensor with several elements": lambda *args: torch.ones(4, 4),
+}
+
+
+@pytest.mark.parametrize("check", [check_max_pool, check_word_logits, check_precision_at_k])
+@pytest.mark.parametrize("name", list(ODD_ANSWERS))
+def test_checkers_report_odd_answers_and_never_raise(check, name):
+    report = check(ODD_ANSWERS[name])
+    assert not report.passed and "FIX" in repr(report)
