@@ -1,7 +1,7 @@
 """Batching by hand: dynamic padding, padding counts, length-sorted and length-grouped batches, timing (chapter 6).
 
-The book's prediction path (:mod:`behind_pipeline.predict`) and its training loop (:mod:`behind_pipeline.prepare`)
-batch with these functions.
+The book's prediction path (:mod:`behind_pipeline.predict`, length-sorted batches) and its training loop
+(:mod:`behind_pipeline.training`, length-grouped batches) batch with these functions.
 """
 
 from collections.abc import Callable, Sequence
@@ -62,16 +62,23 @@ def padding_tokens(lengths: Sequence[int], batches: Sequence[Sequence[int]], pad
     return total
 
 
-def seconds_per_example(run_batch: Callable[[list[str]], object], texts: Sequence[str], batch_size: int,
-                        repeats: int = 1) -> float:
-    """Wall time to push all ``texts`` through ``run_batch`` in batches of ``batch_size``, divided by their number.
+def tokens_computed(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> int:
+    """Positions the model computes when each batch is padded to its longest member: real tokens plus pad tokens.
 
-    The best of ``repeats`` runs is kept: other programs can only make a run slower, never faster.
+    ``tokens_computed([5, 2, 9, 2], [[1, 3], [0, 2]]) -> 2 * 2 + 2 * 9 = 22`` (18 real tokens, 4 pads).
+    """
+    return sum(len(batch) * max(lengths[index] for index in batch) for batch in batches)
+
+
+def fastest_seconds(run: Callable[[], object], repeats: int = 3) -> float:
+    """Wall time of the fastest of ``repeats`` calls of ``run()``.
+
+    Other programs on the machine can only make a run slower, never faster, so the fastest run is the best
+    estimate of what the work itself costs; a mean would average in whatever else was running.
     """
     best = float("inf")
     for _ in range(repeats):
         with stopwatch() as elapsed:
-            for start in range(0, len(texts), batch_size):
-                run_batch(list(texts[start:start + batch_size]))
+            run()
         best = min(best, elapsed())
-    return best / len(texts)
+    return best
