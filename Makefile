@@ -26,6 +26,9 @@ INSTALLED := $(VENV)/.installed
 ASSETS := $(CACHE)/assets/.ready
 CLASSIFIER := $(CACHE)/models/minilm-rotten-tomatoes/training_summary.json
 NBVAL := --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
+# Two workers: much of a notebook's time is single-threaded (kernel start, imports), so two overlap well on
+# 2 cores. loadfile keeps every cell of a notebook (and every test of a file) on one worker, in order.
+PARALLEL := -n 2 --dist loadfile
 
 .PHONY: install assets prepare test test-unit test-notebooks test-exercises book lab execute runtimes \
         exercises clean-notebooks lint clean small full serve
@@ -58,13 +61,13 @@ test: $(CLASSIFIER)
 	$(BIN)/python tools/record_time.py test $$start
 
 test-unit: $(CLASSIFIER)
-	$(BIN)/pytest tests
+	$(BIN)/pytest $(PARALLEL) tests
 
 test-notebooks: $(CLASSIFIER)
-	$(BIN)/pytest $(NBVAL) --nbval notebooks solutions
+	$(BIN)/pytest $(PARALLEL) $(NBVAL) --nbval notebooks solutions
 
 test-exercises: $(CLASSIFIER)
-	$(BIN)/pytest --nbval-current-env --nbval-lax exercises
+	$(BIN)/pytest $(PARALLEL) --nbval-current-env --nbval-lax exercises
 
 book: $(CLASSIFIER)
 	$(BIN)/python tools/check_site_inputs.py
