@@ -83,6 +83,43 @@ def test_readme_chapter_table_is_current():
     assert result.returncode == 0, result.stdout
 
 
+def test_results_tables_are_current():
+    result = _run_tool("tools/results_tables.py", "--check")
+    assert result.returncode == 0, result.stdout
+
+
+def _experiment_chapters():
+    return [path for path in CHAPTERS if any(
+        "parameters" in cell.metadata.get("tags", []) and "RESULTS_DIR =" in cell.source for cell in _code_cells(path))]
+
+
+@pytest.mark.parametrize("chapter", _experiment_chapters(), ids=lambda p: p.name)
+def test_the_parameters_cell_only_defines_what_papermill_may_replace(chapter):
+    """Papermill adds its values in a new cell *after* the one tagged `parameters`: anything that cell computes from
+    RUN (e.g. `SIZES = {...}[RUN]`) keeps the stored value, and `make full` would silently run the small setting."""
+    cell = next(c for c in _code_cells(chapter) if "parameters" in c.metadata.get("tags", []))
+    assert "[RUN]" not in cell.source and "RUN]" not in cell.source, cell.source
+
+
+@pytest.mark.parametrize("chapter", _experiment_chapters(), ids=lambda p: p.name)
+def test_small_run_results_are_what_the_stored_notebook_prints(chapter):
+    """`make small` runs the stored settings: every score it recorded must appear in the stored outputs as printed.
+
+    Fails when a notebook changed (settings, code) without `make small` being run again, or the other way round.
+    """
+    recorded = ROOT / "results" / "small" / f"{chapter.stem}.json"
+    assert recorded.exists(), f"no small-run results for {chapter.name}: run `make small`"
+    compared = [cell for cell in _code_cells(chapter) if "nbval-ignore-output" not in cell.metadata.get("tags", [])]
+    shown = "".join(output.get("text", "") + output.get("data", {}).get("text/plain", "")
+                    for cell in compared for output in cell.outputs)
+    for row in json.loads(recorded.read_text())["rows"]:
+        for key in ("accuracy", "macro_f1"):
+            if key in row:
+                value = row[key]
+                assert f"{value:.4f}" in shown or str(value) in shown, (
+                    f"{chapter.name}: {row['model']} {key} {value} from `make small` is not in the stored outputs")
+
+
 def test_nbval_fails_when_a_stored_output_is_wrong(tmp_path):
     """Proof that the comparison is on: a notebook whose stored output is wrong must fail under our settings."""
     nb = nbformat.v4.new_notebook()

@@ -41,15 +41,15 @@ def main() -> int:
     parser.add_argument("--measure", action="store_true", help="write run times to results/runtimes.json")
     parser.add_argument("paths", nargs="+")
     args = parser.parse_args()
-    runtimes = json.loads(RUNTIMES_FILE.read_text()) if RUNTIMES_FILE.exists() else {}
     for name in args.paths:
         path = (ROOT / name).resolve()
         seconds = execute(path)
         print(f"{path.relative_to(ROOT)}: {seconds:.1f} s", flush=True)
-        runtimes[str(path.relative_to(ROOT))] = round(seconds, 1)
-    if args.measure:
-        RUNTIMES_FILE.parent.mkdir(exist_ok=True)
-        RUNTIMES_FILE.write_text(json.dumps(dict(sorted(runtimes.items())), indent=2) + "\n")
+        if args.measure:  # read and write back at once, so that a run beside this one loses no entry
+            runtimes = json.loads(RUNTIMES_FILE.read_text()) if RUNTIMES_FILE.exists() else {}
+            runtimes[str(path.relative_to(ROOT))] = round(seconds, 1)
+            RUNTIMES_FILE.parent.mkdir(exist_ok=True)
+            RUNTIMES_FILE.write_text(json.dumps(dict(sorted(runtimes.items())), indent=2) + "\n")
     return 0
 
 

@@ -31,9 +31,20 @@ COLUMNS = {
 }
 
 
-def cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1 else f"{value:,.1f}"
+# How each column prints; any other value prints as recorded (ints with thousands separators).
+FORMATS = {
+    "accuracy": "{:.4f}", "macro_f1": "{:.4f}", "epochs": "{:g}", "train_seconds": "{:,.1f}",
+    "trainable_share": "{:.2%}", "size_mib": "{:.2f}",
+}
+
+
+def cell(key: str, value) -> str:
+    if value == "" or value is None:
+        return ""
+    if key == "trainable_share" and 0 < value < 1e-4:
+        return f"{value:.4%}"  # a probe's few hundred coefficients: 0.00% would read as nothing
+    if key in FORMATS:
+        return FORMATS[key].format(value)
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
@@ -47,7 +58,7 @@ def table(run: str) -> list[str]:
     columns = [key for key in COLUMNS if any(key in row for row in rows)]
     lines += ["| " + " | ".join(COLUMNS[key] for key in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(cell(row.get(key, "")) for key in columns) + " |")
+        lines.append("| " + " | ".join(cell(key, row.get(key, "")) for key in columns) + " |")
     machines = sorted({json.loads(path.read_text())["machine"] for path in (ROOT / "results" / run).glob("*.json")})
     dates = sorted({json.loads(path.read_text())["measured_on"] for path in (ROOT / "results" / run).glob("*.json")})
     lines += ["", f"Measured on {', '.join(machines)}; {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}.", ""]

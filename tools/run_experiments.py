@@ -8,6 +8,9 @@ An experiment notebook has a cell tagged ``parameters`` that defines ``RUN = "sm
 Papermill injects ``RUN`` and ``RESULTS_DIR = "results/<run>"``; the notebook's ``record(...)`` calls
 (:mod:`behind_pipeline.results`) then write its rows. The executed copies go to ``.cache/runs/<run>/`` (never over
 the stored notebooks), and ``tools/results_tables.py`` renders the tables afterwards.
+
+Cells tagged ``raises-exception`` (a chapter's pitfalls, which fail on purpose) are left out of the run: papermill
+stops at any error, tag or no tag, and they record nothing.
 """
 
 import argparse
@@ -33,6 +36,15 @@ def is_experiment(path) -> bool:
     return False
 
 
+def without_raising_cells(path, destination):
+    """Write ``path`` to ``destination`` without its cells tagged ``raises-exception``; return how many went."""
+    nb = nbformat.read(path, as_version=4)
+    kept = [cell for cell in nb.cells if "raises-exception" not in cell.metadata.get("tags", [])]
+    dropped, nb.cells = len(nb.cells) - len(kept), kept
+    nbformat.write(nb, destination)
+    return dropped
+
+
 def experiment_notebooks() -> list:
     return [path for path in notebooks(("notebooks",)) if is_experiment(path)]
 
@@ -51,8 +63,10 @@ def main() -> int:
         shutil.rmtree(results_dir, ignore_errors=True)  # a whole run replaces the previous one
     for path in chosen:
         started = time.perf_counter()
+        runnable = output_dir / f"{path.stem}.input.ipynb"
+        without_raising_cells(path, runnable)
         papermill.execute_notebook(
-            str(path), str(output_dir / path.name), cwd=str(path.parent), kernel_name="python3",
+            str(runnable), str(output_dir / path.name), cwd=str(path.parent), kernel_name="python3",
             parameters={"RUN": args.run, "RESULTS_DIR": str(results_dir)}, progress_bar=False,
         )
         print(f"{path.relative_to(ROOT)} ({args.run}): {time.perf_counter() - started:.0f} s", flush=True)

@@ -1,0 +1,327 @@
+"""Checkers for the exercises of chapter 12 (the training loop): the schedule, clipping and accumulation by hand.
+
+Each one compares the learner's code with the library (``get_linear_schedule_with_warmup``'s rates, proven equal
+in the tests; ``torch.nn.utils.clip_grad_norm_``) or with one large batch, on cases chosen to expose one mistake
+each: the boundary steps of the schedule, a gradient norm exactly at the limit, micro-batches of unequal sizes.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from behind_pipeline.checks._core import CheckReport
+
+# --- Exercise 1: the learning-rate schedule by hand ---------------------------------------------------------------
+
+# (peak learning rate, warmup steps, total steps, what the case exposes)
+SCHEDULE_CASES = [
+    (3e-4, 2, 20, "the chapter's small run"),
+    (2e-4, 15, 158, "all of train in batches of 64"),
+    (1.0, 0, 5, "no warmup: the first step runs at the peak"),
+    (0.5, 4, 4, "warmup as long as the run"),
+    (1.0, 1, 1, "a single step"),
+    (1.0, 3, 10, "a peak of 1: the schedule's factor itself"),
+]
+
+
+def library_rates(peak: float, warmup_steps: int, total_steps: int, extra: int = 2) -> list[float]:
+    """The learning rate ``get_linear_schedule_with_warmup`` gives for steps 0 .. total_steps + extra.
+
+    Its factor, as transformers 5 writes it, on a ``LambdaLR`` as the library builds it; the tests check the rates
+    against ``get_linear_schedule_with_warmup`` itself (importing it here would cost each exercise notebook seconds).
+    """
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return float(step) / float(max(1, warmup_steps))
+        return max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup_steps)))
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=peak)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    rates = []
+    for _ in range(total_steps + extra + 1):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
+def _schedule_mistakes(peak, warmup_steps, total_steps, steps) -> dict[str, list[float]]:
+    def rate(step, warm_from_one=False, decay_over_total=False, no_floor=False, decay_to_last=False):
+        if step < warmup_steps:
+            return peak * (step + (1 if warm_from_one else 0)) / max(1, warmup_steps)
+        span = total_steps if decay_over_total else total_steps - warmup_steps - (1 if decay_to_last else 0)
+        value = peak * (total_steps - (1 if decay_to_last else 0) - step) / max(1, span)
+        return value if no_floor else max(0.0, value)
+
+    return {
+        "warmup is one step ahead: step 0 runs at 0, step i of the warmup at i / warmup_steps of the peak": [
+            rate(step, warm_from_one=True) for step in steps],
+        "the decay runs from the end of the warmup to the last step: divide by total_steps - warmup_steps": [
+            rate(step, decay_over_total=True) for step in steps],
+        "past the last step the rate must stay at 0, not turn negative": [rate(step, no_floor=True) for step in steps],
+        "the rate reaches 0 at step total_steps, not at the last step run (total_steps - 1)": [
+            rate(step, decay_to_last=True) for step in steps],
+    }
+
+
+def check_linear_warmup_lr(linear_warmup_lr) -> CheckReport:
+    """``linear_warmup_lr(step, peak, warmup_steps, total_steps)`` equals the library's schedule at every step."""
+    report = CheckReport("Warmup and linear decay by hand")
+    for peak, warmup_steps, total_steps, description in SCHEDULE_CASES:
+        expected = library_rates(peak, warmup_steps, total_steps)
+        steps = list(range(len(expected)))
+        got = []
+        for step in steps:
+            value = report.call(linear_warmup_lr, step, peak, warmup_steps, total_steps, name="linear_warmup_lr")
+            if value is Ellipsis:
+                if any("ZeroDivisionError" in line for line in report.lines):
+                    report.fail(f"{description}: with warmup_steps={warmup_steps} or total_steps == warmup_steps a "
+                                "denominator is 0: the library divides by max(1, ...)")
+                return report
+            number = report.tensor(value, f"the rate at step {step}", shape=())
+            if number is None:
+                return report
+            got.append(number.item())
+        wrong = [step for step in steps if not math.isclose(got[step], expected[step], rel_tol=1e-9, abs_tol=1e-12)]
+        if not wrong:
+            report.ok(f"{description} (peak {peak:g}, warmup {warmup_steps}, {total_steps} steps): "
+                      f"equal at steps 0..{steps[-1]}")
+            continue
+        first = wrong[0]
+        for message, rates in _schedule_mistakes(peak, warmup_steps, total_steps, steps).items():
+            if all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(got, rates, strict=True)):
+                report.fail(f"{description}: {message}")
+                break
+        else:
+            report.fail(f"{description}: at step {first} got {got[first]:.6g}, the library gives "
+                        f"{expected[first]:.6g} ({len(wrong)} of {len(steps)} steps differ)")
+    return report
+
+
+# --- Exercise 2: gradient clipping by hand ----------------------------------------------------------------------
+
+
+def _parameters_with_gradients(gradient_norm: float, seed: int) -> list[torch.nn.Parameter]:
+    """Parameters of several shapes whose gradients have the given joint norm; one frozen (grad None)."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(4, 3), (3,), (2, 2, 2)]
+    parameters = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
+    # Gradients of different sizes per tensor (so clipping each by its own norm differs), the first one a
+    # non-contiguous view (a transposed tensor), as gradients of transposed weights can be.
+    gradients = [torch.randn(3, 4, generator=generator).t(), torch.randn(3, generator=generator) * 2,
+                 torch.randn(2, 2, 2, generator=generator) * 3]
+    norm = torch.linalg.vector_norm(torch.cat([gradient.flatten() for gradient in gradients]))
+    for parameter, gradient in zip(parameters, gradients, strict=True):
+        parameter.grad = gradient.mul_(gradient_norm / norm)
+    frozen = torch.nn.Parameter(torch.randn(5, generator=generator), requires_grad=False)  # no gradient, skipped
+    return [parameters[0], frozen, parameters[1], parameters[2]]
+
+
+def _copy(parameters):
+    copies = []
+    for parameter in parameters:
+        copy = torch.nn.Parameter(parameter.detach().clone(), requires_grad=parameter.requires_grad)
+        copy.grad = None if parameter.grad is None else parameter.grad.clone()  # keeps the strides
+        copies.append(copy)
+    return copies
+
+
+# (joint gradient norm, max_norm, pass a generator instead of a list, what the case exposes)
+CLIPPING_CASES = [
+    (5.0, 1.0, False, "gradients 5 times too large"),
+    (0.3, 1.0, False, "gradients below the limit are left alone"),
+    (2.0, 2.0, False, "a norm exactly at the limit"),
+    (12.5, 0.5, True, "parameters given as a generator (model.parameters()), as the loop passes them"),
+]
+
+
+def check_clip_gradients(clip_gradients) -> CheckReport:
+    """``clip_gradients(parameters, max_norm)`` equals ``torch.nn.utils.clip_grad_norm_`` (gradients and norm)."""
+    report = CheckReport("Gradient clipping by hand")
+    for seed, (gradient_norm, max_norm, as_generator, description) in enumerate(CLIPPING_CASES):
+        mine = _parameters_with_gradients(gradient_norm, seed)
+        reference = _copy(mine)
+        before = _copy(mine)
+        expected_norm = torch.nn.utils.clip_grad_norm_(reference, max_norm).item()
+        given = (parameter for parameter in mine) if as_generator else list(mine)
+        returned = report.call(clip_gradients, given, max_norm, name="clip_gradients")
+        if returned is Ellipsis:
+            if any("NoneType" in line for line in report.lines):
+                report.fail("a frozen parameter has no gradient (grad is None): skip it, as clip_grad_norm_ does")
+            return report
+        norm = report.tensor(returned, "the returned norm", shape=())
+        if norm is None:
+            return report
+        if mine[1].grad is not None:
+            report.fail(f"{description}: a parameter without a gradient (frozen) got one: skip grad None")
+            return report
+        trained = [index for index, parameter in enumerate(mine) if parameter.grad is not None]
+        close = all(torch.allclose(mine[i].grad, reference[i].grad, rtol=1e-5, atol=1e-7) for i in trained)
+        unchanged = all(torch.equal(mine[i].grad, before[i].grad) for i in trained)
+        if close and math.isclose(norm.item(), expected_norm, rel_tol=1e-5):
+            report.ok(f"{description}: norm {expected_norm:.4f}, gradients equal clip_grad_norm_'s")
+            continue
+        if close:
+            clipped_norm = min(expected_norm, max_norm)
+            hint = ("the norm after clipping: return the norm before it" if math.isclose(
+                norm.item(), clipped_norm, rel_tol=1e-4) and clipped_norm != expected_norm else
+                f"returned {norm.item():.4f}, clip_grad_norm_ returns the norm before clipping, {expected_norm:.4f}")
+            report.fail(f"{description}: right gradients, wrong norm: {hint}")
+            continue
+        own_norms = [torch.linalg.vector_norm(before[i].grad).item() for i in trained]
+        per_tensor = all(torch.allclose(mine[i].grad, before[i].grad * min(1.0, max_norm / (own + 1e-6)), rtol=1e-5,
+                                        atol=1e-7) for i, own in zip(trained, own_norms, strict=True))
+        always = all(torch.allclose(mine[i].grad, before[i].grad * max_norm / gradient_norm, rtol=1e-5, atol=1e-7)
+                     for i in trained)
+        largest = max(before[i].grad.abs().max().item() for i in trained)
+        by_largest = all(torch.allclose(mine[i].grad, before[i].grad * min(1.0, max_norm / largest), rtol=1e-5,
+                                        atol=1e-7) for i in trained)
+        if unchanged and gradient_norm > max_norm:
+            report.fail(f"{description}: the gradients did not change: scale each parameter's .grad in place"
+                        + (" (a generator can be read only once: make a list first)" if as_generator else ""))
+        elif per_tensor and not by_largest:
+            report.fail(f"{description}: each tensor was clipped by its own norm: use the norm of all gradients "
+                        "together, sqrt of the sum of every squared entry")
+        elif always and gradient_norm < max_norm:
+            report.fail(f"{description}: gradients below the limit were scaled up: scale only when the norm "
+                        "exceeds max_norm")
+        elif by_largest:
+            report.fail(f"{description}: that is the largest absolute entry (the max norm): use the 2-norm")
+        else:
+            report.fail(f"{description}: the gradients differ from clip_grad_norm_'s")
+    return report
+
+
+# --- Exercise 3: gradient accumulation by hand ------------------------------------------------------------------
+
+
+def small_model(seed: int = 0) -> torch.nn.Module:
+    """4 inputs, 3 labels; logits out (``F.cross_entropy(model(x), y)`` is the loss)."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+class CountingSGD(torch.optim.SGD):
+    """SGD that counts its steps: accumulation takes exactly one."""
+
+    def __init__(self, parameters, lr):
+        super().__init__(parameters, lr=lr)
+        self.steps = 0
+
+    def step(self, closure=None):
+        self.steps += 1
+        return super().step(closure)
+
+
+def _batch(sizes, seed):
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(sum(sizes), 4, generator=generator) * 2
+    labels = torch.randint(0, 3, (sum(sizes),), generator=generator)
+    micro, start = [], 0
+    for size in sizes:
+        micro.append((inputs[start:start + size], labels[start:start + size]))
+        start += size
+    return inputs, labels, micro
+
+
+def one_big_batch_step(model, inputs, labels, lr: float = 0.5) -> dict[str, torch.Tensor]:
+    """The reference: one SGD step on the mean loss over all examples at once."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    F.cross_entropy(model(inputs), labels).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+# (micro-batch sizes, what the case exposes)
+ACCUMULATION_CASES = [
+    ((4, 4, 4), "3 micro-batches of 4"),
+    ((5, 2, 1), "micro-batches of 5, 2 and 1: unequal sizes"),
+    ((6,), "a single micro-batch"),
+]
+
+
+def _accumulation_mistakes(sizes, seed, lr=0.5) -> dict[str, dict[str, torch.Tensor]]:
+    inputs, labels, micro = _batch(sizes, seed)
+
+    def run(scale, step_each=False, zero_each=False):
+        model = small_model(seed)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        for micro_inputs, micro_labels in micro:
+            if zero_each:
+                optimizer.zero_grad()
+            (F.cross_entropy(model(micro_inputs), micro_labels) * scale(len(micro_labels))).backward()
+            if step_each:
+                optimizer.step()
+                optimizer.zero_grad()
+        if not step_each:
+            optimizer.step()
+        return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+    return {
+        "the micro-batch losses are added without scaling: the gradient is that many times too large": run(
+            lambda size: 1.0),
+        "each loss is divided by the number of micro-batches: exact only when they have equal sizes; weigh each "
+        "by its share of the examples, len(micro-batch) / total": run(lambda size: 1.0 / len(sizes)),
+        "the optimizer stepped after each micro-batch: accumulate all, then step once": run(
+            lambda size: size / sum(sizes), step_each=True),
+        "zero_grad() before each micro-batch throws away the gradients of the earlier ones: clear them once, "
+        "after the step": run(lambda size: size / sum(sizes), zero_each=True),
+    }
+
+
+def _returns_true(function, *args) -> bool:
+    """Call ``function``; True once it returns. It changes the model in place, so returning None is no blank."""
+    function(*args)
+    return True
+
+
+def check_accumulated_step(accumulated_step) -> CheckReport:
+    """``accumulated_step(model, optimizer, micro_batches)``: one step equal to one step on the whole batch."""
+    report = CheckReport("Gradient accumulation by hand")
+    for seed, (sizes, description) in enumerate(ACCUMULATION_CASES):
+        inputs, labels, micro = _batch(sizes, seed)
+        expected = one_big_batch_step(small_model(seed), inputs, labels)
+        model = small_model(seed)
+        optimizer = CountingSGD(model.parameters(), lr=0.5)
+        if not report.answered(accumulated_step, "accumulated_step"):
+            return report
+        if report.call(_returns_true, accumulated_step, model, optimizer, list(micro),
+                       name="accumulated_step") is Ellipsis:
+            return report
+        got = {name: value.detach() for name, value in model.state_dict().items()}
+        diff = max((got[name] - expected[name]).abs().max().item() for name in expected)
+        if optimizer.steps == 0 and all(parameter.grad is None for parameter in model.parameters()):
+            report.fail("accumulated_step(...) returned None without computing anything: replace the `...` in its "
+                        "body with your code")
+            return report
+        if optimizer.steps != 1 and diff >= 1e-6:
+            mistakes = _accumulation_mistakes(sizes, seed)
+            message = "the optimizer stepped after each micro-batch: accumulate all, then step once"
+            report.fail(f"{description}: optimizer.step() was called {optimizer.steps} times: "
+                        + (message if optimizer.steps == len(sizes) and all(torch.allclose(
+                            got[name], mistakes[message][name], atol=1e-6) for name in got) else
+                           "call it once, after the last micro-batch"))
+            continue
+        if optimizer.steps != 1:
+            report.fail(f"{description}: optimizer.step() was called {optimizer.steps} times, expected once")
+            continue
+        leftover = [parameter for parameter in model.parameters() if parameter.grad is not None
+                    and parameter.grad.abs().max() > 0]
+        if diff < 1e-6 and leftover:
+            report.fail(f"{description}: right step, but the gradients are still there: zero_grad() after the step, "
+                        "or the next step adds to them")
+            continue
+        if diff < 1e-6:
+            report.ok(f"{description}: parameters equal one step on all {sum(sizes)} examples "
+                      f"(max abs diff {diff:.1e}), one optimizer step")
+            continue
+        for message, wrong in _accumulation_mistakes(sizes, seed).items():
+            if all(torch.allclose(got[name], wrong[name], atol=1e-6) for name in got):
+                report.fail(f"{description}: {message}")
+                break
+        else:
+            report.fail(f"{description}: parameters differ from one step on the whole batch by up to {diff:.2e}")
+    return report

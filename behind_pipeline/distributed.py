@@ -1,0 +1,210 @@
+"""The training loop's step, data-parallel with ``accelerate``: 2 processes compute the update of 1 (chapter 12).
+
+Run as a script under a launcher, it takes one optimizer step on ``GLOBAL_BATCH`` training reviews split between
+the processes, and the main process writes what happened to a JSON file and the parameters after the step to a
+safetensors file beside it::
+
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
+        -m behind_pipeline.distributed --output .cache/distributed/two_processes.json \\
+        --examples .cache/distributed/two_processes_examples.json
+
+On a machine without GPUs ``Accelerator(cpu=True)`` makes the processes talk over gloo. Beware the obvious
+spelling: ``accelerate launch --cpu --num_processes 2`` starts ONE process (its ``--cpu`` flag picks the
+single-process launcher whatever ``--num_processes`` says); the JSON file records ``num_processes`` so a chapter
+can print how many really ran. :func:`single_process_step` computes the same step in one process, for comparison.
+"""
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from behind_pipeline import paths
+
+GLOBAL_BATCH = 8  # reviews in the step: 4 per process when 2 run
+LEARNING_RATE = 2e-4  # the peak learning rate of the course classifier (behind_pipeline.prepare.SETTINGS)
+MAX_GRAD_NORM = 1.0
+SEED = 0
+OUTPUT_DIR = paths.CACHE_DIR / "distributed"
+# `--multi_gpu` picks torch's multi-process launcher (torchrun); with `Accelerator(cpu=True)` it runs on CPUs.
+TWO_PROCESSES = ("--multi_gpu", "--num_processes", "2")
+# The trap: `--cpu` picks the single-process launcher, whatever --num_processes says.
+CPU_FLAG = ("--cpu", "--num_processes", "2")
+# Passed explicitly: without them `accelerate launch` warns that it used defaults.
+QUIET_DEFAULTS = ("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+
+
+def step_examples() -> tuple[list[str], list[int], dict[int, str]]:
+    """The first ``GLOBAL_BATCH`` reviews of the train split, their labels, and ``id2label``."""
+    from behind_pipeline.data import ID2LABEL, load_rotten_tomatoes
+
+    train = load_rotten_tomatoes()["train"].select(range(GLOBAL_BATCH))
+    return list(train["text"]), list(train["label"]), dict(ID2LABEL)
+
+
+def step_classifier(id2label: dict[int, str]):
+    """The encoder with a new head, the same in every process (same seed), dropout off.
+
+    With dropout on, each run draws its own masks and no two runs compute the same step; the comparison is about
+    how the gradient is summed over processes, so dropout is switched off in both. (The launched processes build
+    it here rather than with ``trainer_setup.fresh_classifier``, whose imports would slow each process's start.)
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from behind_pipeline.models import encoder_id
+
+    torch.manual_seed(SEED)
+    return AutoModelForSequenceClassification.from_pretrained(
+        encoder_id(), num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+
+
+def tokenizer_for_step():
+    from transformers import AutoTokenizer
+
+    from behind_pipeline.models import encoder_id
+
+    return AutoTokenizer.from_pretrained(encoder_id())
+
+
+def single_process_step(examples=None) -> tuple[dict[str, torch.Tensor], float]:
+    """One step of the training loop on all ``GLOBAL_BATCH`` reviews in one process: parameters after it, and loss."""
+    texts, labels, id2label = examples or step_examples()
+    tokenizer, classifier = tokenizer_for_step(), step_classifier(id2label)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+    classifier.train()
+    batch = tokenizer(texts, padding=True, return_tensors="pt")  # (8, longest)
+    loss = classifier(**batch, labels=torch.tensor(labels)).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(classifier.parameters(), MAX_GRAD_NORM)
+    optimizer.step()
+    return {name: tensor.detach().clone() for name, tensor in classifier.state_dict().items()}, loss.item()
+
+
+def data_parallel_step(accelerator, texts, labels, id2label) -> tuple[dict[str, torch.Tensor], list[float], list[int]]:
+    """The same step with ``accelerate``: each process gets its share of the global batch.
+
+    ``accelerator.prepare`` wraps the model (DistributedDataParallel: after ``backward`` every process holds the
+    *average* of the processes' gradients) and shards the data loader (process i gets batch i). Returns the
+    parameters after the step, each process's loss and each process's number of reviews.
+    """
+    tokenizer, classifier = tokenizer_for_step(), step_classifier(id2label)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+
+    def collate(rows):  # each process pads its own share to its own longest review
+        encoding = tokenizer([text for text, _ in rows], padding=True, return_tensors="pt")
+        return {**encoding, "labels": torch.tensor([label for _, label in rows])}
+
+    # batch_size is per process: the global batch is batch_size * num_processes.
+    loader = torch.utils.data.DataLoader(list(zip(texts, labels, strict=True)), collate_fn=collate,
+                                         batch_size=GLOBAL_BATCH // accelerator.num_processes)
+    classifier, optimizer, loader = accelerator.prepare(classifier, optimizer, loader)
+    classifier.train()
+    batch = next(iter(loader))  # this process's share: (4, longest of the share) with 2 processes
+    loss = classifier(**batch).loss
+    accelerator.backward(loss)  # also averages the gradients over the processes
+    accelerator.clip_grad_norm_(classifier.parameters(), MAX_GRAD_NORM)
+    optimizer.step()
+    losses = accelerator.gather(loss.detach().reshape(1)).tolist()
+    sizes = accelerator.gather(torch.tensor([len(batch["labels"])])).tolist()
+    state = accelerator.unwrap_model(classifier).state_dict()
+    return {name: tensor.detach().clone() for name, tensor in state.items()}, losses, sizes
+
+
+def write_examples(path: Path) -> None:
+    """Save the step's reviews for the launched processes: each then starts without loading the corpus."""
+    texts, labels, id2label = step_examples()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"texts": texts, "labels": labels, "id2label": id2label}, indent=1) + "\n")
+
+
+def read_examples(path: Path) -> tuple[list[str], list[int], dict[int, str]]:
+    content = json.loads(path.read_text())
+    return content["texts"], content["labels"], {int(key): name for key, name in content["id2label"].items()}
+
+
+def main() -> None:
+    paths.configure_environment()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", required=True, help="JSON file to write (parameters go beside it)")
+    parser.add_argument("--examples", help="JSON file with texts, labels and id2label (default: from the corpus)")
+    parser.add_argument("--count-only", action="store_true", help="only record how many processes ran")
+    args = parser.parse_args()
+    from accelerate import Accelerator
+
+    torch.set_num_threads(1)  # one core per process
+    accelerator = Accelerator(cpu=True)
+    report = {"num_processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type),
+              "backend": accelerator.state.backend}
+    if not args.count_only:
+        examples = step_examples() if args.examples is None else read_examples(Path(args.examples))
+        state, losses, sizes = data_parallel_step(accelerator, *examples)
+        report |= {"process_losses": losses, "process_examples": sizes, "global_batch": sum(sizes)}
+    if accelerator.is_main_process:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if not args.count_only:
+            from safetensors.torch import save_file
+
+            save_file({name: tensor.contiguous() for name, tensor in state.items()}, output.with_suffix(".safetensors"))
+        output.write_text(json.dumps(report, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the process group cleanly
+
+
+def launch_command(launcher_flags: tuple[str, ...], output: Path, count_only: bool = False) -> list[str]:
+    """The ``accelerate launch`` command line (as a reader would type it) that runs this module."""
+    output = Path(output)
+    if output.is_absolute():
+        output = output.relative_to(paths.PROJECT_ROOT)
+    script = ["--count-only"] if count_only else ["--examples", str(examples_file(output))]
+    return ["accelerate", "launch", *launcher_flags, *QUIET_DEFAULTS, "-m", "behind_pipeline.distributed",
+            "--output", str(output), *script]
+
+
+def examples_file(output: Path) -> Path:
+    """Where :func:`launch` puts the step's reviews for a run that writes ``output``."""
+    return Path(output).with_name(Path(output).stem + "_examples.json")
+
+
+def free_port() -> int:
+    """A port no other program listens on, so that two launches (or two readers) never collide."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(launcher_flags: tuple[str, ...], output: Path, count_only: bool = False) -> dict:
+    """Run :func:`launch_command` in a subprocess (from the project folder) and return the JSON it wrote.
+
+    The launcher's own log (warnings, torchrun's notes) is kept out of the notebook; it is shown only when the
+    run fails.
+    """
+    command = launch_command(launcher_flags, output, count_only)
+    output = paths.PROJECT_ROOT / command[command.index("--output") + 1]
+    output.unlink(missing_ok=True)
+    if not count_only:
+        write_examples(examples_file(output))
+    # `python -m accelerate.commands.launch` is `accelerate launch` run by this environment's Python.
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port())]
+    result = subprocess.run([*launcher, *command[2:]], cwd=paths.PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=600)
+    if result.returncode != 0 or not output.exists():
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return json.loads(output.read_text())
+
+
+def saved_parameters(output: Path) -> dict[str, torch.Tensor]:
+    """The parameters the launched run saved beside its JSON file."""
+    from safetensors.torch import load_file
+
+    return load_file(Path(output).with_suffix(".safetensors"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The two scores every model of the book is reported with: accuracy and macro-F1, computed by scikit-learn.
+
+Chapter 10 introduces them; every Part II chapter scores its models with :func:`classification_scores`, so the
+results table compares like with like. (``evaluate.load("f1")`` computes the same but needs the network.)
+
+Labels and predictions are label ids (0 rotten, 1 fresh) in any sequence: a list, a NumPy array, a tensor or a
+``datasets`` column. Macro-F1 is the unweighted mean of each class's F1, so the minority class counts as much as
+the majority; a model that always answers *fresh* gets a high accuracy on this corpus but a low macro-F1:
+
+    classification_scores([1, 1, 0, 1], [1, 0, 0, 1]) -> {"accuracy": 0.75, "macro_f1": 0.7333...}
+"""
+
+from collections.abc import Iterable
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+
+def label_array(values: Iterable) -> np.ndarray:
+    """Label ids as a 1-D NumPy integer array, whatever sequence they came in."""
+    values = values.tolist() if hasattr(values, "tolist") else list(values)
+    return np.asarray(values, dtype=np.int64).reshape(-1)
+
+
+def accuracy(labels: Iterable, predictions: Iterable) -> float:
+    """Share of predictions equal to the gold label."""
+    return float(accuracy_score(label_array(labels), label_array(predictions)))
+
+
+def macro_f1(labels: Iterable, predictions: Iterable) -> float:
+    """Unweighted mean over classes of F1 = 2PR / (P + R); a class never predicted counts with F1 = 0."""
+    return float(f1_score(label_array(labels), label_array(predictions), average="macro", zero_division=0))
+
+
+def classification_scores(labels: Iterable, predictions: Iterable) -> dict[str, float]:
+    """``{"accuracy": ..., "macro_f1": ...}``: the two numbers a model gets in the results table."""
+    return {"accuracy": accuracy(labels, predictions), "macro_f1": macro_f1(labels, predictions)}
+
+
+def confusion(labels: Iterable, predictions: Iterable, num_labels: int = 2) -> np.ndarray:
+    """Counts, shape (num_labels, num_labels): row = gold label, column = predicted label."""
+    return confusion_matrix(label_array(labels), label_array(predictions), labels=list(range(num_labels)))

@@ -1,0 +1,111 @@
+"""Fine-tuning with ``Trainer`` (chapter 11): a fresh head, tokenized splits, scores, and a Trainer like our loop.
+
+Chapter 11 writes the ``TrainingArguments`` and the ``Trainer`` out in full; chapter 12 calls
+:func:`trainer_like_loop` to run Trainer with the same settings as the book's own loop
+(:func:`behind_pipeline.training.train_classifier`) and compares the two.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from behind_pipeline.data import ID2LABEL, LABEL2ID
+from behind_pipeline.metrics import classification_scores
+from behind_pipeline.runtime import seed_everything
+from behind_pipeline.training import TrainingSettings, training_steps
+
+# Entries of `trainer.state.log_history` that measure the machine (seconds, throughput, floating-point operations),
+# not the model: left out wherever a stored notebook prints the log.
+MACHINE_KEYS = ("runtime", "per_second", "total_flos")
+
+
+def fresh_classifier(model_id: str | None = None, seed: int = 0, **config_changes):
+    """The encoder with a new, randomly initialised fresh/rotten head; the same head for the same ``seed``.
+
+    ``config_changes`` go to the config, e.g. ``hidden_dropout_prob=0.0``.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from behind_pipeline.models import encoder_id
+
+    seed_everything(seed)  # the head's initial weights come from torch's random generator
+    return AutoModelForSequenceClassification.from_pretrained(
+        model_id or encoder_id(), num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=LABEL2ID, **config_changes
+    )
+
+
+def tokenize_split(split, tokenizer, max_length: int = 128):
+    """``input_ids``, ``attention_mask`` and ``label`` of each review, unpadded: the collator pads each batch."""
+    return split.map(lambda rows: tokenizer(rows["text"], truncation=True, max_length=max_length), batched=True,
+                     remove_columns=[name for name in split.column_names if name != "label"])
+
+
+def compute_metrics(eval_pred) -> dict[str, float]:
+    """Trainer's hook: accuracy and macro-F1 (scikit-learn, :mod:`behind_pipeline.metrics`) of the predictions.
+
+    ``eval_pred`` holds the logits of the whole evaluation split as NumPy arrays, shape (examples, labels), and
+    the gold label ids, shape (examples,). The prediction of a row is the label with the largest logit.
+    """
+    logits, labels = eval_pred
+    return classification_scores(labels, np.asarray(logits).argmax(axis=-1))
+
+
+def without_machine_keys(entry: dict) -> dict:
+    """One ``log_history`` entry without its timings, rounded to 4 decimals: what a stored notebook can print."""
+    return {key: round(value, 4) if isinstance(value, float) else value for key, value in entry.items()
+            if not any(part in key for part in MACHINE_KEYS)}
+
+
+def trainer_like_loop(classifier, tokenizer, train_ds, settings: TrainingSettings, output_dir: str | Path):
+    """A ``Trainer`` with the settings of :func:`behind_pipeline.training.train_classifier`.
+
+    Same optimizer (``torch.optim.AdamW``), learning rate, linear schedule with the same number of warmup steps,
+    weight decay, gradient clipping, batch size, epochs and step limit, length-grouped batches; a loss logged at
+    every step. ``train_ds`` is a tokenized split (:func:`tokenize_split`). No evaluation and no checkpoints during
+    training: like the loop, it only trains.
+    """
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
+
+    steps = training_steps(len(train_ds), settings)
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=settings.batch_size,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps or -1,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="linear",
+        # An int, computed as the loop does (int() rounds down). A float below 1 would be a share of the steps that
+        # Trainer rounds up: 0.1 of 158 steps (all of train in batches of 64) is 15.8, 16 steps for Trainer.
+        warmup_steps=int(settings.warmup_fraction * steps),
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        optim="adamw_torch",  # torch.optim.AdamW, as the loop (Trainer's default is its fused variant)
+        train_sampling_strategy="group_by_length",
+        seed=settings.seed,
+        logging_strategy="steps",
+        logging_steps=1,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    trainer = Trainer(model=classifier, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                      data_collator=DataCollatorWithPadding(tokenizer))
+    trainer.remove_callback(PrinterCallback)  # with the progress bar off, it would print every log entry
+    return trainer
+
+
+def training_losses(log_history: list[dict]) -> list[float]:
+    """The loss Trainer logged at each step (with ``logging_steps=1``), in step order."""
+    return [entry["loss"] for entry in log_history if "loss" in entry and "eval_loss" not in entry]
+
+
+def logged_learning_rates(log_history: list[dict]) -> list[float]:
+    """The learning rate each logged step used (Trainer logs it before the scheduler moves on)."""
+    return [entry["learning_rate"] for entry in log_history if "learning_rate" in entry]
+
+
+def trainable_parameters(model: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)

@@ -1,0 +1,324 @@
+"""Chapter 12: Trainer with the loop's settings follows the loop's schedule, the data-parallel step, and the checkers.
+
+The Trainer-versus-loop test trains a tiny BERT (2 layers of width 32) for a few steps: the schedule does not depend
+on the model. The two-process parity itself is asserted in the chapter (nbval executes it); here the single-process
+path of the same function and the launcher trap are tested.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig, BertForSequenceClassification, PrinterCallback, get_linear_schedule_with_warmup
+
+from behind_pipeline import distributed
+from behind_pipeline.checks.ch12_training_loop import (
+    ACCUMULATION_CASES,
+    SCHEDULE_CASES,
+    check_accumulated_step,
+    check_clip_gradients,
+    check_linear_warmup_lr,
+    library_rates,
+)
+from behind_pipeline.paths import PROJECT_ROOT
+from behind_pipeline.trainer_setup import (
+    logged_learning_rates,
+    tokenize_split,
+    trainer_like_loop,
+    training_losses,
+)
+from behind_pipeline.training import TrainingSettings, train_classifier
+
+
+def tiny_bert(tokenizer, seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=2)
+    return BertForSequenceClassification(config)
+
+
+# --- Trainer with the loop's settings --------------------------------------------------------------------------
+
+
+def test_trainer_like_loop_follows_the_loops_schedule(splits, tokenizer, tmp_path):
+    sample = splits["train"].select(range(22))
+    # 6 steps, warmup 0.25 x 6 = 1.5: the loop rounds down to 1, Trainer would round a float share up to 2.
+    settings = TrainingSettings(batch_size=4, learning_rate=1e-3, warmup_fraction=0.25, seed=0)
+    history = train_classifier(tiny_bert(tokenizer), tokenizer, sample["text"], sample["label"], settings)
+    trainer = trainer_like_loop(tiny_bert(tokenizer), tokenizer, tokenize_split(sample, tokenizer), settings,
+                                tmp_path)
+    assert not any(isinstance(callback, PrinterCallback) for callback in trainer.callback_handler.callbacks)
+    assert trainer.args.optim.value == "adamw_torch" and trainer.args.train_sampling_strategy == "group_by_length"
+    assert trainer.args.warmup_steps == 1 and trainer.args.max_grad_norm == settings.max_grad_norm
+    trainer.train()
+    rates = logged_learning_rates(trainer.state.log_history)
+    assert len(rates) == len(history.learning_rates) == 6
+    assert rates == pytest.approx(history.learning_rates, abs=1e-15)
+    assert rates[1] == pytest.approx(1e-3)  # one warmup step: the peak at step 1
+    assert len(training_losses(trainer.state.log_history)) == 6
+
+
+def test_trainer_like_loop_stops_at_max_steps(splits, tokenizer, tmp_path):
+    sample = splits["train"].select(range(40))
+    settings = TrainingSettings(batch_size=4, max_steps=3, seed=0)
+    trainer = trainer_like_loop(tiny_bert(tokenizer), tokenizer, tokenize_split(sample, tokenizer), settings,
+                                tmp_path)
+    trainer.train()
+    assert trainer.state.global_step == 3
+
+
+def test_log_history_readers_skip_evaluations_and_summaries():
+    log = [{"loss": 0.7, "learning_rate": 0.0, "step": 1}, {"loss": 0.6, "learning_rate": 1e-4, "step": 2},
+           {"eval_loss": 0.65, "step": 2}, {"train_loss": 0.65, "step": 2}]
+    assert training_losses(log) == [0.7, 0.6]
+    assert logged_learning_rates(log) == [0.0, 1e-4]
+
+
+# --- the data-parallel step -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_process_accelerator():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def test_data_parallel_step_in_one_process_equals_the_plain_step(one_process_accelerator):
+    examples = distributed.step_examples()
+    state, losses, sizes = distributed.data_parallel_step(one_process_accelerator, *examples)
+    plain, loss = distributed.single_process_step(examples)
+    assert sizes == [distributed.GLOBAL_BATCH] and losses == pytest.approx([loss], abs=1e-6)
+    assert max((state[name] - plain[name]).abs().max().item() for name in plain) < 1e-6
+    before = distributed.step_classifier(examples[2]).state_dict()
+    assert max((plain[name] - before[name]).abs().max().item() for name in plain) > 1e-5  # the step moved
+
+
+def test_the_cpu_flag_starts_one_process_whatever_num_processes_says():
+    output = distributed.OUTPUT_DIR / "test_cpu_flag.json"
+    result = distributed.launch(distributed.CPU_FLAG, output, count_only=True)
+    assert "--num_processes" in distributed.CPU_FLAG and result["num_processes"] == 1
+
+
+def test_launch_command_shows_a_command_a_reader_can_type():
+    command = distributed.launch_command(distributed.TWO_PROCESSES, PROJECT_ROOT / ".cache" / "x.json")
+    assert command[:5] == ["accelerate", "launch", "--multi_gpu", "--num_processes", "2"]
+    assert command[-4:] == ["--output", ".cache/x.json", "--examples", ".cache/x_examples.json"]  # no machine folder
+    assert distributed.launch_command(distributed.CPU_FLAG, PROJECT_ROOT / "y.json", count_only=True)[-1] == (
+        "--count-only")
+
+
+def test_examples_file_round_trips(tmp_path):
+    path = tmp_path / "examples.json"
+    distributed.write_examples(path)
+    texts, labels, id2label = distributed.read_examples(path)
+    assert (texts, labels, id2label) == distributed.step_examples() and len(texts) == distributed.GLOBAL_BATCH
+
+
+# --- exercise 1: the schedule ---------------------------------------------------------------------------------
+
+
+def linear_warmup_lr(step, peak, warmup_steps, total_steps):
+    if step < warmup_steps:
+        return peak * step / max(1, warmup_steps)
+    return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+@pytest.mark.parametrize("case", SCHEDULE_CASES, ids=[case[-1] for case in SCHEDULE_CASES])
+def test_the_checkers_rates_are_the_librarys_at_every_step(case):
+    peak, warmup_steps, total_steps, _ = case
+    rates = library_rates(peak, warmup_steps, total_steps)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=peak)
+    schedule = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    library = []
+    for _ in rates:
+        library.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert rates == library  # exactly: the same float operations
+    assert rates[total_steps] == 0.0 and rates[-1] == 0.0
+
+
+def test_check_linear_warmup_lr_accepts_the_solution():
+    assert check_linear_warmup_lr(linear_warmup_lr).passed
+    assert check_linear_warmup_lr(lambda *args: torch.tensor(linear_warmup_lr(*args), dtype=torch.float64)).passed
+
+
+def schedule_variant(kind):
+    def rate(step, peak, warmup_steps, total_steps):
+        if step < warmup_steps:
+            return peak * (step + (kind == "warmup_from_one")) / max(1, warmup_steps)
+        if kind == "decay_over_total":
+            return peak * max(0.0, (total_steps - step) / max(1, total_steps))
+        if kind == "no_floor":
+            return peak * (total_steps - step) / max(1, total_steps - warmup_steps)
+        if kind == "zero_at_last_step":
+            return peak * max(0.0, (total_steps - 1 - step) / max(1, total_steps - warmup_steps - 1))
+        if kind == "no_max_1":
+            return peak * max(0.0, (total_steps - step) / (total_steps - warmup_steps))
+        return linear_warmup_lr(step, peak, warmup_steps, total_steps)
+
+    def no_max_in_warmup(step, peak, warmup_steps, total_steps):
+        return peak * step / warmup_steps if step < warmup_steps else rate(step, peak, warmup_steps, total_steps)
+
+    return no_max_in_warmup if kind == "no_max_1" else rate
+
+
+@pytest.mark.parametrize(("kind", "says"), [("warmup_from_one", "one step ahead"),
+                                            ("decay_over_total", "total_steps - warmup_steps"),
+                                            ("no_floor", "negative"), ("zero_at_last_step", "not at the last step"),
+                                            ("no_max_1", "max(1, ...)")])
+def test_check_linear_warmup_lr_rejects_and_names_the_mistake(kind, says):
+    report = check_linear_warmup_lr(schedule_variant(kind))
+    assert not report.passed and says in repr(report)
+
+
+@pytest.mark.parametrize("answer", [lambda *args: [0.1], lambda *args: "0.1", lambda *args: {"lr": 1},
+                                    lambda *args: torch.ones(2), lambda *args: 1 / 0])
+def test_check_linear_warmup_lr_reports_odd_answers(answer):
+    assert not check_linear_warmup_lr(answer).passed
+
+
+# --- exercise 2: clipping -------------------------------------------------------------------------------------
+
+
+def clip_gradients(parameters, max_norm):
+    gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    norm = torch.sqrt(sum((gradient.double() ** 2).sum() for gradient in gradients))
+    scale = min(1.0, max_norm / (norm.item() + 1e-6))
+    for gradient in gradients:
+        gradient.mul_(scale)
+    return norm.item()
+
+
+def test_check_clip_gradients_accepts_the_solution_and_the_library():
+    assert check_clip_gradients(clip_gradients).passed
+    assert check_clip_gradients(torch.nn.utils.clip_grad_norm_).passed
+
+
+def clipping_variant(kind):
+    def clip(parameters, max_norm):
+        if kind == "generator_read_twice":
+            norm = torch.sqrt(sum((p.grad ** 2).sum() for p in parameters if p.grad is not None))
+            for p in parameters:
+                if p.grad is not None:
+                    p.grad.mul_(min(1.0, max_norm / (norm.item() + 1e-6)))
+            return norm.item()
+        parameters = [p for p in parameters if p.grad is not None or kind == "keeps_none"]
+        if kind == "keeps_none":
+            norm = torch.sqrt(sum((p.grad ** 2).sum() for p in parameters))
+        else:
+            norm = torch.sqrt(sum((p.grad ** 2).sum() for p in parameters))
+        if kind == "per_tensor":
+            for p in parameters:
+                p.grad.mul_(min(1.0, max_norm / (p.grad.norm().item() + 1e-6)))
+            return norm.item()
+        if kind == "always_scale":
+            for p in parameters:
+                p.grad.mul_(max_norm / norm.item())
+            return norm.item()
+        if kind == "inf_norm":
+            largest = max(p.grad.abs().max().item() for p in parameters)
+            for p in parameters:
+                p.grad.mul_(min(1.0, max_norm / largest))
+            return largest
+        if kind == "not_in_place":
+            return norm.item()
+        scale = min(1.0, max_norm / (norm.item() + 1e-6))
+        for p in parameters:
+            p.grad.mul_(scale)
+        return min(norm.item(), max_norm) if kind == "norm_after" else norm.item()
+
+    return clip
+
+
+@pytest.mark.parametrize(("kind", "says"), [
+    ("per_tensor", "its own norm"), ("always_scale", "scaled up"), ("inf_norm", "largest absolute entry"),
+    ("not_in_place", "did not change"), ("norm_after", "before"), ("generator_read_twice", "generator"),
+    ("keeps_none", "grad is None"),
+])
+def test_check_clip_gradients_rejects_and_names_the_mistake(kind, says):
+    report = check_clip_gradients(clipping_variant(kind))
+    assert not report.passed and says in repr(report)
+
+
+def test_check_clip_gradients_tests_a_norm_exactly_at_the_limit_and_a_view():
+    from behind_pipeline.checks.ch12_training_loop import CLIPPING_CASES, _parameters_with_gradients
+
+    at_limit = [case for case in CLIPPING_CASES if case[0] == case[1]]
+    assert at_limit
+    parameters = _parameters_with_gradients(*at_limit[0][:1], seed=0)
+    norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in parameters if p.grad is not None]))
+    assert math.isclose(norm.item(), at_limit[0][1], rel_tol=1e-6)
+    assert not parameters[0].grad.is_contiguous()
+
+
+@pytest.mark.parametrize("answer", [lambda parameters, max_norm: "big", lambda parameters, max_norm: [1.0, 2.0],
+                                    lambda parameters, max_norm: torch.ones(3), lambda parameters, max_norm: 1 / 0])
+def test_check_clip_gradients_reports_odd_answers(answer):
+    assert not check_clip_gradients(answer).passed
+
+
+# --- exercise 3: accumulation ---------------------------------------------------------------------------------
+
+
+def accumulated_step(model, optimizer, micro_batches):
+    total = sum(len(labels) for _, labels in micro_batches)
+    for inputs, labels in micro_batches:
+        (F.cross_entropy(model(inputs), labels) * len(labels) / total).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def test_check_accumulated_step_accepts_the_solution():
+    assert check_accumulated_step(accumulated_step).passed
+    assert any(len(set(sizes)) > 1 for sizes, _ in ACCUMULATION_CASES)  # unequal sizes are tested
+
+
+def accumulation_variant(kind):
+    def step(model, optimizer, micro_batches):
+        total = sum(len(labels) for _, labels in micro_batches)
+        for inputs, labels in micro_batches:
+            if kind == "zero_each":
+                optimizer.zero_grad()
+            loss = F.cross_entropy(model(inputs), labels)
+            scale = {"unscaled": 1.0, "mean_of_means": 1.0 / len(micro_batches)}.get(kind, len(labels) / total)
+            (loss * scale).backward()
+            if kind == "step_each":
+                optimizer.step()
+                optimizer.zero_grad()
+        if kind != "step_each":
+            optimizer.step()
+        if kind != "no_zero_grad":
+            optimizer.zero_grad()
+
+    return step
+
+
+@pytest.mark.parametrize(("kind", "says"), [
+    ("unscaled", "without scaling"), ("mean_of_means", "unequal"), ("step_each", "after each micro-batch"),
+    ("zero_each", "throws away"), ("no_zero_grad", "zero_grad() after the step"),
+])
+def test_check_accumulated_step_rejects_and_names_the_mistake(kind, says):
+    report = check_accumulated_step(accumulation_variant(kind))
+    assert not report.passed and says in repr(report)
+
+
+def test_check_accumulated_step_reports_a_function_that_raises():
+    assert not check_accumulated_step(lambda model, optimizer, micro_batches: micro_batches[9]).passed
+
+
+@pytest.mark.parametrize("check", [check_linear_warmup_lr, check_clip_gradients, check_accumulated_step])
+def test_blank_answers_are_reported_not_raised(check):
+    def blank(*args):
+        ...
+
+    for answer in (Ellipsis, blank):
+        report = check(answer)
+        assert not report.passed and ("still `...`" in repr(report) or "returned None" in repr(report))
