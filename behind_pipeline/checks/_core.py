@@ -1,11 +1,15 @@
 """The report every exercise checker returns, safe calls into a learner's code, and the comparisons checkers share."""
 
+import json
+import os
 import traceback
 from functools import cache
 
 import torch
 
 NOT_DONE_HINT = "still `...`: replace it with your answer"
+# `make grade` (tools/grade.py) sets this to a JSON-lines file for each notebook it runs; unset, nothing is written.
+CHECK_LOG_VARIABLE = "BTP_CHECK_LOG"
 
 
 class CheckReport:
@@ -79,6 +83,45 @@ class CheckReport:
         verdict = "all checks passed" if self.passed else f"{self.failures} thing(s) to fix"
         return "\n".join([f"{self.exercise}: {verdict}", *self.lines])
 
+    def record(self) -> dict:
+        """The report as data for `make grade`: the exercise, whether it passed, and each FIX message."""
+        failures = [line.removeprefix("  FIX  ") for line in self.lines if line.startswith("  FIX  ")]
+        return {"exercise": self.exercise, "passed": self.passed, "failures": failures}
+
+
+def log_check_cell(result) -> None:
+    """IPython ``post_run_cell`` callback: append the cell's CheckReport, if it returned one, to the check log.
+
+    The hook is the cell's result rather than ``__repr__`` (which runs again for every display of the report) or
+    the report's creation (a checker may replace a half-built report, as chapter 2's ``_never_raises`` does): so
+    one check cell, however often it shows its report, writes exactly one record. ``cell`` is the cell's code,
+    from which ``make grade`` reads which checker ran.
+    """
+    path = os.environ.get(CHECK_LOG_VARIABLE)
+    report = getattr(result, "result", None)
+    if not path or not isinstance(report, CheckReport):
+        return
+    record = report.record() | {"cell": getattr(getattr(result, "info", None), "raw_cell", None)}
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+def watch_check_cells(shell=None) -> bool:
+    """Register :func:`log_check_cell` with the running IPython (once) when the check log is asked for."""
+    if not os.environ.get(CHECK_LOG_VARIABLE):
+        return False
+    if shell is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return False
+        shell = get_ipython()
+    if shell is None:
+        return False
+    if log_check_cell not in shell.events.callbacks["post_run_cell"]:
+        shell.events.register("post_run_cell", log_check_cell)
+    return True
+
 
 def as_tensor(value, dtype=torch.float64) -> torch.Tensor | None:
     """A learner's result as a tensor, or None when it cannot be one (a dict, ragged lists, strings...)."""
@@ -124,3 +167,7 @@ def course_encoder():
     from behind_pipeline.models import encoder_id
 
     return AutoModel.from_pretrained(encoder_id()).eval()
+
+
+# In a kernel started by `make grade`, every check cell's report goes to the check log as well as to the screen.
+watch_check_cells()
