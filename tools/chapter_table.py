@@ -64,8 +64,13 @@ def setup_lines() -> list[str]:
                      f"{prepare['epochs']} epoch): training {about(prepare['train_seconds'])}, "
                      f"validation accuracy {prepare['validation_accuracy']:.3f}, test accuracy "
                      f"{prepare['test_accuracy']:.3f}")
+    generator = results("prepare_generator.json")
+    if generator:
+        lines.append(f"- `make prepare` also trains chapter 8's tiny GPT-2 ({generator['parameters']:,} parameters, "
+                     f"{generator['steps']} steps on Hamlet): training {about(generator['train_seconds'])}")
     if prepare and {"install", "assets", "test"} <= set(setup):
-        total = setup["install"] + setup["assets"] + prepare["train_seconds"] + setup["test"]
+        generator_seconds = generator["train_seconds"] if generator else 0
+        total = setup["install"] + setup["assets"] + prepare["train_seconds"] + generator_seconds + setup["test"]
         lines.append(f"- from a fresh clone, `make test` in all (the sum of the steps above): about {about(total)}")
     return lines
 

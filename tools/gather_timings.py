@@ -1,5 +1,6 @@
 """Gather measured set-up numbers into results/: step timings recorded by the Makefile (.cache/timings/, kept
-when absent) into setup.json, and the prepared classifier's training summary into prepare.json."""
+when absent) into setup.json, the prepared classifier's training summary into prepare.json, and chapter 8's generator's
+summary into prepare_generator.json."""
 
 import json
 import shutil
@@ -15,4 +16,6 @@ if __name__ == "__main__":
     target.write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
     summary = ROOT / ".cache" / "models" / "minilm-rotten-tomatoes" / "training_summary.json"
     shutil.copyfile(summary, ROOT / "results" / "prepare.json")
-    print(json.dumps(timings), summary.read_text())
+    generator = ROOT / ".cache" / "models" / "tiny-gpt-hamlet" / "training_summary.json"  # chapter 8's model
+    shutil.copyfile(generator, ROOT / "results" / "prepare_generator.json")
+    print(json.dumps(timings), summary.read_text(), generator.read_text())
