@@ -112,19 +112,25 @@ def _fresh_probability(report: CheckReport, model, texts: list[str]):
     return report.tensor(probabilities, "bigram_model.predict_proba(texts)", shape=(len(texts), 2))
 
 
+def _test_predictions(report: CheckReport, model) -> torch.Tensor | None:
+    """``model.predict`` on the test texts as a tensor, one label per review; None (with a FIX line) when it fails."""
+    texts = _test_split()[0]
+    predict = _method(report, model, "predict")
+    if predict is None:
+        return None
+    predictions = report.call(predict, list(texts), name="bigram_model.predict")
+    if predictions is Ellipsis:
+        return None
+    return report.tensor(predictions, "bigram_model.predict(test texts)", shape=(len(texts),))
+
+
 def check_bigram_model(bigram_model) -> CheckReport:
     """A fitted model on TF-IDF of words and word pairs: sees word order, scores single words, beats the majority."""
     report = CheckReport("A TF-IDF model with bigrams")
     if not report.answered(bigram_model, "bigram_model"):
         return report
-    texts, labels = _test_split()
-    predict = _method(report, bigram_model, "predict")
-    if predict is None:
-        return report
-    predictions = report.call(predict, list(texts), name="bigram_model.predict")
-    if predictions is Ellipsis:
-        return report
-    predicted = report.tensor(predictions, "bigram_model.predict(test texts)", shape=(len(texts),))
+    labels = _test_split()[1]
+    predicted = _test_predictions(report, bigram_model)
     if predicted is None:
         return report
     accuracy = float((predicted == torch.tensor(labels, dtype=predicted.dtype)).double().mean())
@@ -241,14 +247,8 @@ def check_bigram_against_unigram(paired_bootstrap, bigram_model) -> CheckReport:
     report = CheckReport("Bigrams against single words, with a 95% interval")
     if not report.answered(bigram_model, "bigram_model") or not report.answered(paired_bootstrap, "paired_bootstrap"):
         return report
-    texts, labels = _test_split()
-    predict = _method(report, bigram_model, "predict")
-    if predict is None:
-        return report
-    bigram = report.call(predict, list(texts), name="bigram_model.predict")
-    if bigram is Ellipsis:
-        return report
-    bigram = report.tensor(bigram, "bigram_model.predict(test texts)", shape=(len(texts),))
+    labels = _test_split()[1]
+    bigram = _test_predictions(report, bigram_model)
     if bigram is None:
         return report
     bigram, unigram, gold = bigram.long().numpy(), np.array(_unigram_predictions()), np.array(labels)
