@@ -1,0 +1,319 @@
+"""Chapter 15: int8 and NF4 by hand equal PyTorch and bitsandbytes, and the checkers reject typical wrong answers.
+
+The layers here are small random ``nn.Linear``s: PyTorch's dynamic int8 kernels and bitsandbytes' NF4 quantizer do
+the same on any size.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from behind_pipeline.checks.ch15_quantization import (
+    asymmetric_rows_reference,
+    check_int8_matmul,
+    check_nf4_levels,
+    check_quantize_asymmetric_rows,
+    int8_matmul_reference,
+    nf4_levels_reference,
+)
+from behind_pipeline.quantize import (
+    asymmetric_params,
+    dequantize,
+    dequantize_nf4,
+    dynamic_int8,
+    int8_linear_by_hand,
+    module_type_counts,
+    nf4_levels,
+    quantize_asymmetric,
+    quantize_nf4,
+    quantize_symmetric,
+    saved_size_mib,
+    symmetric_scale,
+    torch_int8_weights,
+)
+
+
+def failures(report):
+    return [line for line in report.lines if line.strip().startswith("FIX")]
+
+
+def assert_rejected(report, *words):
+    assert not report.passed, report
+    text = " ".join(failures(report)).lower()
+    assert all(word.lower() in text for word in words), report
+
+
+# --- the chapter's code ---------------------------------------------------------------------------------------------
+
+
+def test_symmetric_int8_error_is_within_half_a_step_and_per_channel_scales_are_per_row():
+    torch.manual_seed(0)
+    weight = torch.randn(6, 10) * torch.logspace(-2, 0, 6)[:, None]
+    for per_channel in (False, True):
+        scale = symmetric_scale(weight, per_channel=per_channel)
+        q = quantize_symmetric(weight, scale)
+        assert q.dtype == torch.int8 and int(q.abs().max()) == 127
+        assert bool(((dequantize(q, scale) - weight).abs() <= scale / 2 + 1e-7).all())
+    row_scale = symmetric_scale(weight, per_channel=True)
+    assert row_scale.shape == (6, 1)
+    assert torch.allclose(row_scale.flatten(), weight.abs().amax(dim=1) / 127)
+
+
+def test_asymmetric_params_have_an_integer_zero_point_and_store_zero_exactly():
+    x = torch.tensor([-1.0, 0.0, 0.7, 3.0])
+    scale, zero_point = asymmetric_params(x)
+    assert isinstance(zero_point, int) and zero_point == 64
+    assert torch.isclose(scale, torch.tensor(4 / 255))
+    q = quantize_asymmetric(x, scale, zero_point)
+    assert int(q[1]) == zero_point and float(dequantize(q, scale, zero_point)[1]) == 0.0
+    positive_scale, positive_zero = asymmetric_params(torch.tensor([0.5, 2.0]))
+    assert positive_zero == 0 and torch.isclose(positive_scale, torch.tensor(2 / 255))
+
+
+@pytest.mark.parametrize("shape", [(4, 16), (2, 5, 16)])
+def test_int8_linear_by_hand_equals_pytorch_dynamic_int8(shape):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(16, 7))
+    quantized = dynamic_int8(model)[0]
+    weight_int8, scale, bias = torch_int8_weights(quantized)
+    assert torch.equal(weight_int8, torch.clamp(torch.round(model[0].weight / scale), -128, 127).to(torch.int8))
+    x = torch.randn(*shape) * 3
+    with torch.inference_mode():
+        expected = quantized(x)
+    hand = int8_linear_by_hand(x, weight_int8, scale, bias)
+    assert (hand - expected).abs().max() < 1e-5
+    # the check can fail: inputs quantized to [0, 255] (no reduce_range) give another result
+    assert (int8_linear_by_hand(x, weight_int8, scale, bias, activation_qmax=255) - expected).abs().max() > 1e-3
+
+
+def test_int8_linear_by_hand_equals_pytorch_on_a_large_batch_with_outlier_features():
+    """Large batches put a few inputs within float rounding of a half step: the zero point must be added before
+    rounding, as PyTorch does, or those inputs land one integer off and outputs move by s_x * s_w * |q_w|."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(384, 384))
+    quantized = dynamic_int8(model)[0]
+    weight_int8, scale, bias = torch_int8_weights(quantized)
+    x = torch.randn(32, 40, 384)
+    x[..., 5] *= 12
+    x[..., 100] -= 4
+    with torch.inference_mode():
+        expected = quantized(x)
+    assert (int8_linear_by_hand(x, weight_int8, scale, bias) - expected).abs().max() < 1e-5
+
+
+def test_nf4_indices_and_absmax_equal_bitsandbytes():
+    import bitsandbytes.functional as bnb_functional
+
+    from behind_pipeline.bnb import unpack_nibbles
+
+    torch.manual_seed(2)
+    weight = torch.randn(12, 64 * 2) * 0.05
+    levels = nf4_levels()
+    indices, absmax = quantize_nf4(weight, levels)
+    packed, state = bnb_functional.quantize_4bit(weight, blocksize=64, quant_type="nf4")
+    assert torch.equal(unpack_nibbles(packed), indices)
+    assert torch.equal(absmax, state.absmax)
+    assert torch.allclose(dequantize_nf4(indices, absmax, levels, weight.shape),
+                          bnb_functional.dequantize_4bit(packed, state))
+
+
+def test_dynamic_int8_converts_linears_only_and_shrinks_the_saved_model():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=16)
+    classifier = BertForSequenceClassification(config).eval()
+    quantized = dynamic_int8(classifier)
+    counts = module_type_counts(quantized)
+    assert counts["Linear (int8)"] == module_type_counts(classifier)["Linear"] and "Linear" not in counts
+    assert counts["Embedding"] == 3
+    assert saved_size_mib(quantized) < saved_size_mib(classifier)
+    assert isinstance(classifier.classifier, nn.Linear)  # the original is left in fp32
+
+
+# --- Exercise 1: asymmetric int8 per row ----------------------------------------------------------------------------
+
+
+def right_rows(weight):
+    return asymmetric_rows_reference(weight)
+
+
+def scale_from_mean(weight):
+    q, _, zero_point = asymmetric_rows_reference(weight)
+    return q, weight.abs().mean(dim=1, keepdim=True) / 255, zero_point
+
+
+def zero_point_not_integer(weight):
+    low = weight.amin(dim=1, keepdim=True).clamp(max=0)
+    high = weight.amax(dim=1, keepdim=True).clamp(min=0)
+    scale = (high - low) / 255
+    zero_point = -low / scale  # not rounded
+    return torch.clamp(torch.round(weight / scale + zero_point), 0, 255), scale, zero_point
+
+
+def scale_over_wrong_axis(weight):
+    low = weight.amin(dim=0, keepdim=True).clamp(max=0)  # per input column
+    high = weight.amax(dim=0, keepdim=True).clamp(min=0)
+    scale = (high - low) / 255
+    zero_point = torch.round(-low / scale)
+    return torch.clamp(torch.round(weight / scale) + zero_point, 0, 255), scale, zero_point
+
+
+def rounding_before_scaling(weight):
+    q, scale, zero_point = asymmetric_rows_reference(weight)
+    return torch.clamp(torch.round(weight) / scale + zero_point, 0, 255).round(), scale, zero_point
+
+
+def range_without_zero(weight):
+    low, high = weight.amin(dim=1, keepdim=True), weight.amax(dim=1, keepdim=True)  # 0 not always inside
+    scale = (high - low) / 255
+    zero_point = torch.clamp(torch.round(-low / scale), 0, 255)
+    return torch.clamp(torch.round(weight / scale) + zero_point, 0, 255), scale, zero_point
+
+
+def numpy_rows(weight):
+    q, scale, zero_point = asymmetric_rows_reference(weight)
+    return q.numpy().astype(np.uint8), scale.flatten().numpy(), zero_point.numpy().astype(np.int64)
+
+
+def test_asymmetric_rows_checker_accepts_right_answers_in_any_container():
+    assert check_quantize_asymmetric_rows(right_rows).passed
+    assert check_quantize_asymmetric_rows(numpy_rows).passed
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (scale_from_mean, ["mean"]),
+    (zero_point_not_integer, ["not integers"]),
+    (scale_over_wrong_axis, ["dim=1"]),
+    (rounding_before_scaling, ["divide by the scale first"]),
+    (range_without_zero, ["0 inside the range", "row 1"]),
+    (lambda weight: asymmetric_rows_reference(weight)[:2], ["tuple"]),
+    (lambda weight: (_ for _ in ()).throw(ValueError("boom")), ["raised valueerror"]),
+    (lambda weight: None, ["returned none"]),
+    (..., ["still `...`"]),
+], ids=["scale_from_mean", "zero_point_not_integer", "scale_over_wrong_axis", "rounding_before_scaling",
+        "range_without_zero", "two_values", "raises", "returns_none", "not_done"])
+def test_asymmetric_rows_checker_rejects(wrong, words):
+    assert_rejected(check_quantize_asymmetric_rows(wrong), *words)
+
+
+def test_asymmetric_rows_checker_rejects_a_function_that_changes_the_weight():
+    def in_place(weight):
+        result = asymmetric_rows_reference(weight.clone())
+        weight.mul_(2)
+        return result
+
+    assert_rejected(check_quantize_asymmetric_rows(in_place), "changed the weight")
+
+
+# --- Exercise 2: the int8 matmul ------------------------------------------------------------------------------------
+
+
+def right_matmul(x, weight):
+    return int8_matmul_reference(x, weight).float()
+
+
+def fp32_product(x, weight):
+    return x @ weight.T
+
+
+def per_tensor_scales(x, weight):
+    x_scale, w_scale = x.abs().max() / 127, weight.abs().max() / 127
+    x_int = torch.round(x / x_scale).to(torch.int32)
+    w_int = torch.round(weight / w_scale).to(torch.int32)
+    return (x_int @ w_int.T).float() * x_scale * w_scale
+
+
+def weight_scale_over_wrong_axis(x, weight):
+    x_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+    w_scale = weight.abs().amax(dim=0, keepdim=True) / 127  # (1, in): per input column
+    x_int = torch.round(x / x_scale).to(torch.int32)
+    w_int = torch.round(weight / w_scale).to(torch.int32)
+    return (x_int @ w_int.T).float() * x_scale * w_scale.mean()
+
+
+def accumulate_in_int8(x, weight):
+    x_scale = torch.where(x.abs().amax(1, keepdim=True) > 0, x.abs().amax(1, keepdim=True) / 127, 1.0)
+    w_scale = weight.abs().amax(1, keepdim=True) / 127
+    x_int = torch.round(x / x_scale).to(torch.int8)
+    w_int = torch.round(weight / w_scale).to(torch.int8)
+    products = x_int[:, None, :].to(torch.int16) * w_int[None, :, :].to(torch.int16)
+    return products.to(torch.int8).sum(dim=-1, dtype=torch.int8).float() * (x_scale * w_scale.T)  # wraps around
+
+
+def zero_row_divides_by_zero(x, weight):
+    x_scale = x.abs().amax(1, keepdim=True) / 127  # 0 for a row of zeros -> NaN
+    w_scale = weight.abs().amax(1, keepdim=True) / 127
+    x_int = torch.round(x / x_scale)
+    w_int = torch.round(weight / w_scale)
+    return (x_int @ w_int.T) * (x_scale * w_scale.T)
+
+
+def test_int8_matmul_checker_accepts_the_right_answer_and_a_float64_result():
+    assert check_int8_matmul(right_matmul).passed
+    assert check_int8_matmul(lambda x, weight: int8_matmul_reference(x, weight)).passed
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (fp32_product, ["fp32 product"]),
+    (per_tensor_scales, ["one scale per tensor"]),
+    (weight_scale_over_wrong_axis, ["max abs diff"]),
+    (accumulate_in_int8, ["int32"]),
+    (zero_row_divides_by_zero, ["row of zeros"]),
+    (lambda x, weight: right_matmul(x, weight).T, ["shape"]),
+    (lambda x, weight: "not a tensor", ["should be a tensor"]),
+], ids=["fp32_product", "per_tensor_scales", "weight_scale_over_wrong_axis", "accumulate_in_int8",
+        "zero_row_divides_by_zero", "transposed", "a_string"])
+def test_int8_matmul_checker_rejects(wrong, words):
+    assert_rejected(check_int8_matmul(wrong), *words)
+
+
+# --- Exercise 3: the NF4 levels -------------------------------------------------------------------------------------
+
+
+def test_nf4_reference_equals_bitsandbytes_table():
+    assert torch.allclose(nf4_levels_reference(0.9677083), nf4_levels().double(), atol=1e-6)
+
+
+def not_normalised(offset):
+    levels = nf4_levels_reference(offset)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    return levels * normal.icdf(torch.tensor(offset, dtype=torch.float64))  # raw quantiles, not in [-1, 1]
+
+
+def mirrored(offset):
+    return -nf4_levels_reference(offset).flip(0)  # 8 negative, 7 positive
+
+
+def evenly_spaced(offset):
+    levels = torch.linspace(-1, 1, 16)
+    return levels
+
+
+def hard_coded_table(offset):
+    return nf4_levels().tolist()  # right only at bitsandbytes' offset
+
+
+def symmetric_fifteen(offset):
+    levels = nf4_levels_reference(offset)
+    return levels[levels > -1]
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (not_normalised, ["normalise"]),
+    (mirrored, ["7 negative"]),
+    (evenly_spaced, ["zero"]),
+    (hard_coded_table, ["another offset"]),
+    (symmetric_fifteen, ["15 levels"]),
+    (lambda offset: nf4_levels_reference(offset).flip(0), ["sorted"]),
+    (lambda offset: torch.full((16,), float("nan")), ["nan"]),
+], ids=["not_normalised", "mirrored", "evenly_spaced", "hard_coded_table", "fifteen_levels", "descending", "nan"])
+def test_nf4_levels_checker_rejects(wrong, words):
+    assert_rejected(check_nf4_levels(wrong), *words)
+
+
+def test_nf4_levels_checker_accepts_the_derivation_and_a_list():
+    assert check_nf4_levels(nf4_levels_reference).passed
+    assert check_nf4_levels(lambda offset: nf4_levels_reference(offset).tolist()).passed

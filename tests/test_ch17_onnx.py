@@ -1,0 +1,323 @@
+"""Chapter 17: the ONNX export equals PyTorch, the session is set up fairly, the cache works, and the checkers accept
+the solutions and reject typical wrong answers.
+
+Exports here use tiny random BERTs (one or two layers of width 16-32): what is tested (dynamic axes, the mask,
+parity, the int8 rewrite, the cache) does not depend on the size, and each export takes a second or two.
+"""
+
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from behind_pipeline import onnx_export
+from behind_pipeline.checks.ch17_onnx import (
+    check_cold_and_warm,
+    check_export_embedder,
+    check_predict_without_torch,
+)
+from behind_pipeline.onnx_export import (
+    OnnxClassifier,
+    export_classifier,
+    graph_axes,
+    ort_session,
+    quantize_int8,
+    quiet,
+    session_options,
+)
+from behind_pipeline.predict import predict_logits
+
+
+def failures(report):
+    return [line for line in report.lines if line.strip().startswith("FIX")]
+
+
+def assert_rejected(report, *words):
+    assert not report.passed, report
+    text = " ".join(failures(report)).lower()
+    assert all(word.lower() in text for word in words), report
+
+
+def tiny_classifier(tokenizer, seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=512)
+    return BertForSequenceClassification(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory, tokenizer):
+    classifier = tiny_classifier(tokenizer)
+    path = export_classifier(classifier, tokenizer, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+    return classifier, path
+
+
+# --- the chapter's code ---------------------------------------------------------------------------------------------
+
+
+def test_export_has_dynamic_axes_and_passes_the_checker(tiny_export):
+    _, path = tiny_export
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    axes = graph_axes(path)
+    assert axes["input_ids"] == ["batch", "sequence"] and axes["attention_mask"] == ["batch", "sequence"]
+    assert axes["logits"] == ["batch", 2]
+
+
+def test_onnx_logits_equal_pytorch_at_other_batch_sizes_and_lengths(tiny_export, tokenizer, splits):
+    classifier, path = tiny_export
+    texts = list(splits["test"]["text"][:70])
+    wrapped = OnnxClassifier(ort_session(path))
+    expected = predict_logits(classifier, tokenizer, texts, batch_size=16)
+    for batch_size in (1, 7, 64):  # none of them the export example's batch of 2
+        got = predict_logits(wrapped, tokenizer, texts, batch_size=batch_size)
+        assert (got - expected).abs().max().item() < 1e-4
+    assert not torch.allclose(expected[:, 0], expected[:, 1])  # the logits are not a constant: parity means something
+
+
+def test_onnx_classifier_refuses_a_feed_without_the_mask(tiny_export, tokenizer):
+    _, path = tiny_export
+    encoding = tokenizer(["a film", "a much longer film review"], padding=True, return_tensors="pt")
+    with pytest.raises(ValueError, match="attention_mask"):
+        OnnxClassifier(ort_session(path))(input_ids=encoding["input_ids"])
+
+
+def test_session_options_fix_threads_and_turn_spinning_off():
+    options = session_options(threads=3)
+    assert options.intra_op_num_threads == 3 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
+def test_int8_rewrites_matmuls_and_stays_close(tiny_export, tokenizer, splits, tmp_path):
+    classifier, path = tiny_export
+    int8_path = quantize_int8(path, tmp_path / "int8.onnx")
+    ops = {node.op_type for node in onnx.load(str(int8_path)).graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops
+    assert int8_path.stat().st_size < 0.5 * path.stat().st_size  # embeddings and matrices in int8
+    texts = list(splits["test"]["text"][:32])
+    fp32 = predict_logits(classifier, tokenizer, texts)
+    int8 = predict_logits(OnnxClassifier(ort_session(int8_path)), tokenizer, texts)
+    diff = (int8 - fp32).abs().max().item()
+    assert 0 < diff < 0.5 * (fp32.max() - fp32.min()).item()  # rounded, not broken
+
+
+def test_export_file_is_made_once_and_again_when_the_weights_change(tmp_path, monkeypatch, tokenizer):
+    folder = tmp_path / "model"
+    tiny_classifier(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    monkeypatch.setattr(onnx_export, "ONNX_DIR", tmp_path / "onnx")
+    first = onnx_export.classifier_onnx_file(str(folder))
+    assert first.exists() and first.is_relative_to(tmp_path / "onnx")
+    exported = []
+    monkeypatch.setattr(onnx_export, "export_classifier", lambda *args: exported.append(args))
+    assert onnx_export.classifier_onnx_file(str(folder)) == first and not exported  # reused, not exported again
+    tiny_classifier(tokenizer, seed=1).save_pretrained(folder)  # "retrained"
+    with pytest.raises(AttributeError):  # the stub exporter returns None: a new export was attempted
+        onnx_export.classifier_onnx_file(str(folder))
+    assert len(exported) == 1
+
+
+def test_quiet_hides_warnings_and_prints(capsys):
+    import warnings
+
+    with quiet():
+        warnings.warn("noise", UserWarning, stacklevel=1)
+        print("progress line")
+    assert capsys.readouterr().out == ""
+
+
+# --- Exercise 1: a sentence-embedding graph ------------------------------------------------------------------------
+
+
+def embedder_exporter(pool="mean", dynamic=True, with_mask=True, mask_in_encoder=True):
+    class Pooled(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask=None):
+            mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            hidden = self.encoder(input_ids=input_ids,
+                                  attention_mask=mask if mask_in_encoder else None).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            if pool == "cls":
+                return hidden[:, 0]
+            if pool == "unmasked_mean":
+                return hidden.mean(dim=1)
+            if pool == "tokens":
+                return hidden
+            return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+    def export(encoder, path):
+        input_ids = torch.randint(1, encoder.config.vocab_size, (2, 6))
+        attention_mask = torch.ones_like(input_ids)
+        attention_mask[1, 4:] = 0
+        names = ["input_ids", "attention_mask"] if with_mask else ["input_ids"]
+        args = (input_ids, attention_mask) if with_mask else (input_ids,)
+        axes = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
+        shapes = {name: axes for name in names} if dynamic else None
+        with quiet():
+            torch.onnx.export(Pooled(encoder).eval(), args, path, dynamo=True, input_names=names,
+                              output_names=["embeddings"], external_data=False, dynamic_shapes=shapes)
+        return path
+
+    return export
+
+
+def test_export_checker_accepts_the_solution_whatever_it_returns():
+    report = check_export_embedder(embedder_exporter())
+    assert report.passed, report
+    export = embedder_exporter()
+    assert check_export_embedder(lambda encoder, path: export(encoder, path) and None).passed
+
+
+@pytest.mark.parametrize("mistake, exporter, words", [
+    ("without_attention_mask_input", embedder_exporter(with_mask=False), ["without attention_mask"]),
+    ("static_batch_axis", embedder_exporter(dynamic=False), ["batch axis", "fixed", "dynamic"]),
+    ("pooling_ignores_mask", embedder_exporter(pool="unmasked_mean"), ["ignores the mask"]),
+    ("cls_token", embedder_exporter(pool="cls"), ["first token"]),
+    ("token_vectors_not_pooled", embedder_exporter(pool="tokens"), ["shape", "pool"]),
+    ("mask_not_given_to_encoder", embedder_exporter(mask_in_encoder=False), ["not the encoder"]),
+])
+def test_export_checker_rejects(mistake, exporter, words):
+    assert_rejected(check_export_embedder(exporter), *words)
+
+
+def test_export_checker_reports_a_missing_file_and_a_raising_function():
+    assert_rejected(check_export_embedder(lambda encoder, path: path), "nothing was written")
+
+    def broken(encoder, path):
+        raise RuntimeError("export failed")
+
+    assert_rejected(check_export_embedder(broken), "raised RuntimeError")
+    assert_rejected(check_export_embedder(...), "still `...`")
+
+
+# --- Exercise 2: cold start against warm latency -------------------------------------------------------------------
+
+
+def cold_and_warm_with(warm_from_first=False, timed_warmup=False, skip_warmup=False, mean=False, p95="percentile",
+                       load_includes_first=False, seconds=False):
+    def cold_and_warm(make_session, feed, warmup=3, repeats=20, clock=time.perf_counter):
+        start = clock()
+        session = make_session()
+        if not load_includes_first:
+            load = clock() - start
+        first_start = clock()
+        session.run(None, feed)
+        first = clock() - first_start
+        if load_includes_first:
+            load = clock() - start
+        samples = [first] if warm_from_first else []
+        for _ in range(0 if skip_warmup else warmup):
+            begin = clock()
+            session.run(None, feed)
+            if timed_warmup:
+                samples.append(clock() - begin)
+        for _ in range(repeats):
+            begin = clock()
+            session.run(None, feed)
+            samples.append(clock() - begin)
+        scale = 1 if seconds else 1000
+        values = np.asarray(samples) * scale
+        middle = values.mean() if mean else np.median(values)
+        tail = {"percentile": np.percentile(values, 95), "max": values.max(),
+                "nearest": np.percentile(values, 95, method="nearest")}[p95]
+        return {"load_ms": load * scale, "first_ms": first * scale, "median_ms": middle, "p95_ms": tail}
+
+    return cold_and_warm
+
+
+def test_cold_checker_accepts_the_solution_and_other_p95_definitions():
+    assert check_cold_and_warm(cold_and_warm_with()).passed
+    assert check_cold_and_warm(cold_and_warm_with(p95="nearest")).passed
+
+
+@pytest.mark.parametrize("mistake, options, words", [
+    ("latency_without_warmup", {"skip_warmup": True}, ["no warm-up"]),
+    ("warmup_calls_timed", {"timed_warmup": True}, ["warm-up calls are timed"]),
+    ("first_call_among_warm", {"warm_from_first": True}, ["first (cold) call"]),
+    ("mean_not_median", {"mean": True}, ["mean"]),
+    ("max_not_p95", {"p95": "max"}, ["maximum"]),
+    ("load_includes_first_run", {"load_includes_first": True}, ["load_ms includes"]),
+    ("seconds_not_milliseconds", {"seconds": True}, ["seconds"]),
+])
+def test_cold_checker_rejects(mistake, options, words):
+    assert_rejected(check_cold_and_warm(cold_and_warm_with(**options)), *words)
+
+
+def test_cold_checker_counts_sessions_and_survives_odd_answers():
+    def two_sessions(make_session, feed, warmup=3, repeats=20, clock=time.perf_counter):
+        make_session()
+        return cold_and_warm_with()(make_session, feed, warmup, repeats, clock)
+
+    assert_rejected(check_cold_and_warm(two_sessions), "called 2 times")
+    assert_rejected(check_cold_and_warm(lambda *args, **kwargs: [1.0, 2.0]), "dict")
+    assert_rejected(check_cold_and_warm(lambda *args, **kwargs: None), "returned None")
+
+
+# --- Exercise 3: predictions without PyTorch ----------------------------------------------------------------------
+
+
+def predictor(mask=True, truncate=True, axis=-1, names=True, keep_order=True, softmax=True):
+    def predict_without_torch(session, tokenizer_file, texts, id2label, batch_size=32):
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(tokenizer_file)
+        if truncate:
+            tokenizer.enable_truncation(max_length=512)
+        tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]"), pad_token="[PAD]")
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if not keep_order else range(len(texts))
+        ordered = [texts[i] for i in order]
+        probs = []
+        for start in range(0, len(ordered), batch_size):
+            encodings = tokenizer.encode_batch(ordered[start:start + batch_size])
+            ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
+            attention = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+            (logits,) = session.run(None, {"input_ids": ids,
+                                           "attention_mask": attention if mask else np.ones_like(ids)})
+            if softmax:
+                exp = np.exp(logits - logits.max(axis=axis, keepdims=True))
+                probs.append(exp / exp.sum(axis=axis, keepdims=True))
+            else:
+                probs.append(logits)
+        probs = np.concatenate(probs)
+        labels = probs.argmax(axis=-1)
+        return probs, [id2label[int(i)] if names else int(i) for i in labels]
+
+    return predict_without_torch
+
+
+@pytest.fixture(scope="module")
+def course_session():
+    from behind_pipeline.checks.ch17_onnx import course_onnx_session
+
+    return course_onnx_session()
+
+
+def test_predict_checker_accepts_the_solution(course_session, tokenizer):
+    assert check_predict_without_torch(predictor(), session=course_session, tokenizer=tokenizer).passed
+
+
+@pytest.mark.parametrize("mistake, options, words", [
+    ("session_without_attention_mask", {"mask": False}, ["attention mask"]),
+    ("no_truncation", {"truncate": False}, ["truncation"]),
+    ("softmax_over_the_batch_axis", {"axis": 0}, ["wrong axis"]),
+    ("logits_not_probabilities", {"softmax": False}, ["softmax"]),
+    ("label_ids_not_names", {"names": False}, ["id2label"]),
+    ("order_of_texts_lost", {"keep_order": False}, ["order"]),
+])
+def test_predict_checker_rejects(mistake, options, words, course_session, tokenizer):
+    report = check_predict_without_torch(predictor(**options), session=course_session, tokenizer=tokenizer)
+    assert_rejected(report, *words)
+
+
+def test_predict_checker_refuses_torch_tensors(course_session, tokenizer):
+    def with_torch(session, tokenizer_file, texts, id2label, batch_size=32):
+        probs, labels = predictor()(session, tokenizer_file, texts, id2label, batch_size)
+        return torch.from_numpy(probs), labels
+
+    assert_rejected(check_predict_without_torch(with_torch, session=course_session, tokenizer=tokenizer), "NumPy")

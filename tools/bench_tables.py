@@ -1,0 +1,194 @@
+"""Render the benchmark (``results/bench.json``, from ``make bench``) into the book's benchmark page and the README.
+
+    python tools/bench_tables.py           # rewrite book/benchmark.md and README.md's bench block, and the plot
+    python tools/bench_tables.py --check   # exit 1 if either text is out of date with results/bench.json
+
+Every number comes from the results file: the section ``models`` (``python -m behind_pipeline.bench``) and, when
+present, the section ``service`` (``python -m behind_pipeline.service.bench``, chapter 18). Nothing here is typed.
+The plot goes to ``book/_static/benchmark.png``; the page shows it with its alt text.
+"""
+
+import argparse
+import json
+import re
+import sys
+
+from notebook_files import ROOT
+
+RESULTS = ROOT / "results" / "bench.json"
+PAGE = ROOT / "book" / "benchmark.md"
+README = ROOT / "README.md"
+PLOT = ROOT / "book" / "_static" / "benchmark.png"
+START, END = "<!-- bench-tables:start -->", "<!-- bench-tables:end -->"
+PLOT_ALT = ("Two panels. Left: median latency of one forward pass at batch sizes 1, 8 and 32 for each variant of "
+            "the classifier, as grouped bars on a log scale. Right: size on disk against accuracy on the test "
+            "split, one labelled point per variant.")
+
+
+def ms(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def measured_line(section: dict) -> str:
+    machine = section["machine"]
+    versions = ", ".join(f"{name} {value}" for name, value in section["versions"].items() if value)
+    return (f"Measured on {machine['cpu']} ({machine['architecture']}, {machine['cores']} cores), "
+            f"{section['threads']} threads for every engine, {section['measured_at']}; {versions}.")
+
+
+def models_table(section: dict) -> list[str]:
+    rows = section["variants"]
+    sizes = list(rows[0]["latency"]) if rows else []
+    header = (["variant", "accuracy", "macro-F1", "size on disk (MiB)", "peak memory (MiB)"]
+              + [f"batch {size}: median / p95 (ms)" for size in sizes] + ["throughput (reviews/s)"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["label"], f"{row['accuracy']:.4f}", f"{row['macro_f1']:.4f}", f"{row['size_mib']:.1f}",
+                 f"{row['peak_memory_mib']:.0f}"]
+        cells += [f"{ms(row['latency'][s]['median_ms'])} / {ms(row['latency'][s]['p95_ms'])}" for s in sizes]
+        cells.append(f"{row['throughput_per_s']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def ratios_table(section: dict) -> list[str]:
+    ratios, labels = section["vs_fp32"], {row["variant"]: row["label"] for row in section["variants"]}
+    if not ratios:
+        return []
+    sizes = list(next(iter(ratios.values()))["speedup"])
+    header = (["variant"] + [f"speed-up at batch {size}" for size in sizes]
+              + ["size / fp32", "accuracy change (points)", "max logit diff", "labels changed"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, ratio in ratios.items():
+        cells = [labels[name]] + [f"{ratio['speedup'][s]:.2f}x" for s in sizes]
+        cells += [f"{ratio['size_ratio']:.2f}", f"{ratio['accuracy_change_points']:+.2f}",
+                  f"{ratio['max_abs_logit_diff']:.1e}", str(ratio["label_mismatches"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def targets_lines(section: dict) -> list[str]:
+    lines = []
+    for target in section["targets"].values():
+        figures = ", ".join(f"{key.replace('_', ' ')} {value:.3g}" for key, value in target.items()
+                            if isinstance(value, float))
+        lines.append(f"- {'met' if target['met'] else '**not met**'}: {target['goal']} ({figures})")
+    return lines
+
+
+def service_lines(service: dict) -> list[str]:
+    """The service's figures (chapter 18): latency over HTTP and throughput with and without micro-batching."""
+    models = service.get("models", {})
+    if not models:
+        return []
+    first = next(iter(models.values()))
+    latency_key = next((key for key in first if key.startswith("latency_batch_")), None)
+    ceiling_key = next((key for key in first if key.startswith("in_process_batch_")), None)
+    batch = latency_key.removeprefix("latency_batch_") if latency_key else "?"
+    header = ["model", f"batch {batch} over HTTP: p50 / p95 (ms)", "micro-batching (reviews/s)",
+              "one by one (reviews/s)", "micro-batching / one by one"]
+    if ceiling_key:
+        header += ["in-process (reviews/s)", "micro-batching / in-process"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, figures in models.items():
+        latency = figures.get(latency_key, {})
+        cells = [name, f"{latency.get('p50_ms', float('nan')):.1f} / {latency.get('p95_ms', float('nan')):.1f}",
+                 f"{figures['throughput_micro_batching']['texts_per_second']:.1f}",
+                 f"{figures['throughput_one_by_one']['texts_per_second']:.1f}",
+                 f"{figures.get('micro_batching_vs_one_by_one', float('nan')):.2f}x"]
+        if ceiling_key:
+            cells += [f"{figures[ceiling_key]:.1f}", f"{figures.get('micro_batching_vs_in_process', float('nan')):.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    settings = service.get("settings", {})
+    clients = settings.get("clients", "several")
+    return ["### The service (chapter 18), `python -m behind_pipeline.service.bench`", "",
+            f"Requests over HTTP on loopback to `make serve`'s app; throughput with {clients} concurrent clients "
+            f"sending one review per request. Measured {service.get('date', '')} ({service.get('run', '')} run).",
+            "", *lines, ""]
+
+
+def block(results: dict, image: str) -> str:
+    section = results.get("models")
+    if not section:
+        body = ["Not measured yet: run `make bench`.", ""]
+    else:
+        body = [measured_line(section), "", "### Every variant of the course classifier", "", *models_table(section),
+                "", "### Against fp32, in the same run", "", *ratios_table(section), "", "### The issue's targets",
+                "", *targets_lines(section), "", f"![{PLOT_ALT}]({image})", ""]
+        if section.get("setting") != "full":
+            body.insert(0, f"(A `{section.get('setting')}` run: a few texts and repeats, not a measurement.)\n")
+    if results.get("service"):
+        body += service_lines(results["service"])
+    return "\n".join([START, "", *body, END])
+
+
+def plot(section: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = section["variants"]
+    sizes = list(rows[0]["latency"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        positions = [k + (i - (len(rows) - 1) / 2) * width for k in range(len(sizes))]
+        left.bar(positions, [row["latency"][s]["median_ms"] for s in sizes], width, label=row["label"],
+                 color=f"C{i}")
+    left.set_xticks(range(len(sizes)), [f"batch {s}" for s in sizes])
+    left.set_yscale("log")
+    slowest = max(row["latency"][s]["median_ms"] for row in rows for s in sizes)
+    left.set_ylim(top=slowest * 8)  # room for the legend above the bars
+    left.set_ylabel("median latency (ms, log scale)")
+    left.set_title(f"One forward pass, {section['threads']} threads")
+    left.legend(fontsize=8)
+    placed = []
+    for i, row in enumerate(rows):
+        right.scatter(row["size_mib"], row["accuracy"], color=f"C{i}")
+        # Variants at (almost) the same point get their labels stacked, not printed over each other.
+        near = sum(abs(row["size_mib"] - size) < 5 and abs(row["accuracy"] - accuracy) < 0.001
+                   for size, accuracy in placed)
+        placed.append((row["size_mib"], row["accuracy"]))
+        right.annotate(row["label"], (row["size_mib"], row["accuracy"]), textcoords="offset points",
+                       xytext=(5, 4 - 11 * near), fontsize=8)
+    right.set_xlim(0, max(size for size, _ in placed) * 1.6)  # room for the labels on the right
+    right.set_xlabel("size on disk (MiB)")
+    right.set_ylabel("accuracy on the test split")
+    right.set_title("Size against accuracy")
+    fig.suptitle(f"Benchmark, {section['measured_at']}")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=100)
+    plt.close(fig)
+
+
+def render(text: str, results: dict, image: str) -> str:
+    return re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block(results, image), text, flags=re.DOTALL)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    stale = []
+    for path, image in ((PAGE, "_static/benchmark.png"), (README, "book/_static/benchmark.png")):
+        text = path.read_text()
+        if START not in text:
+            stale.append(f"{path.relative_to(ROOT)} has no {START} block")
+            continue
+        if render(text, results, image) != text:
+            stale.append(f"{path.relative_to(ROOT)} benchmark tables")
+            if not args.check:
+                path.write_text(render(text, results, image))
+    if results.get("models") and not args.check:
+        plot(results["models"])
+    elif results.get("models") and not PLOT.exists():
+        stale.append(f"{PLOT.relative_to(ROOT)} is missing")
+    print("\n".join(f"out of date: {s}" for s in stale) if stale else "benchmark tables current")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
