@@ -5,56 +5,14 @@ Every kind of bad input gets a 4xx with a JSON message and the server keeps serv
 """
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
-from behind_pipeline.paths import PROJECT_ROOT
+from behind_pipeline.service.local import start_server
 
 # Small limits keep the boundary cases cheap; the defaults are tested through ServiceSettings below.
 LIMITS = {"BTP_SERVICE_MAX_CHARS": "200", "BTP_SERVICE_MAX_TEXTS": "8", "BTP_SERVICE_MAX_BODY_BYTES": "4096"}
-START_TIMEOUT_S = 120  # importing torch and loading the model on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(extra_env: dict) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, **LIMITS, **extra_env}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "behind_pipeline.service.app:app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("server did not become ready in time")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +23,8 @@ def reviews(splits):
 
 @pytest.fixture(scope="module")
 def server():
-    process, url = start_server({})
-    yield url
-    stop_server(process)
+    with start_server(LIMITS) as running:
+        yield running.url
 
 
 def post(url: str, content: bytes, content_type: str = "application/json") -> httpx.Response:
@@ -192,13 +149,72 @@ def test_health_answers_while_a_batch_is_computing(server, reviews):
 
 
 def test_a_request_that_outlives_its_timeout_gets_503_and_the_server_recovers():
-    process, url = start_server({"BTP_SERVICE_REQUEST_TIMEOUT_S": "0.000001"})
-    try:
-        response = post(url, b'{"texts": "too slow for a microsecond"}')
+    with start_server(LIMITS | {"BTP_SERVICE_REQUEST_TIMEOUT_S": "0.000001"}) as running:
+        response = post(running.url, b'{"texts": "too slow for a microsecond"}')
         assert response.status_code == 503 and response.json()["error"] == "timeout"
-        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
-    finally:
-        stop_server(process)
+        assert httpx.get(f"{running.url}/health", timeout=10).status_code == 200
+    assert not running.running  # leaving the `with` stopped the server
+
+
+def test_a_server_that_cannot_start_says_why():
+    with pytest.raises(RuntimeError, match="invalid literal for int"):
+        start_server({"BTP_SERVICE_MAX_BATCH": "many"}, timeout_s=60)
+
+
+def test_requests_that_queued_during_a_pass_share_the_next_one():
+    """Requests that arrive while a batch runs are already late for their wait: they must still be grouped."""
+    import time
+
+    import torch
+
+    from behind_pipeline.service.batcher import MicroBatcher
+
+    passes = []
+
+    def run(texts):
+        passes.append(len(texts))
+        time.sleep(0.05)
+        return torch.tensor([[float(len(text)), 0.0] for text in texts])  # row i tells which text it came from
+
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch=32, max_wait_ms=1)
+        batcher.start()
+        first = asyncio.create_task(batcher.logits(["x"]))
+        await asyncio.sleep(0.02)  # the first pass is running now
+        rest = [asyncio.create_task(batcher.logits(["y" * n, "z" * (20 + n)])) for n in range(1, 11)]
+        answers = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert passes == [1, 20]
+    assert answers[0].tolist() == [[1.0, 0.0]]
+    assert [answer[:, 0].tolist() for answer in answers[1:]] == [[n, 20 + n] for n in range(1, 11)]
+
+
+def test_a_lone_request_is_not_kept_waiting_but_one_under_load_waits_for_company():
+    import torch
+
+    from behind_pipeline.service.batcher import MicroBatcher
+
+    passes = []
+
+    def run(texts):
+        passes.append(len(texts))
+        return torch.zeros(len(texts), 2)
+
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch=4, max_wait_ms=5000)  # a wait long enough to see, never to sit out
+        batcher.start()
+        await asyncio.wait_for(batcher.logits(["alone"]), 2)  # idle: no wait, answered at once
+        await asyncio.gather(*(batcher.logits(["busy"]) for _ in range(4)))  # a batch with company: under load
+        first = asyncio.create_task(batcher.logits(["opens a batch"]))
+        await asyncio.sleep(0.1)  # the first waits for company; these three arrive later and fill its batch
+        await asyncio.wait_for(asyncio.gather(first, *(batcher.logits(["joins"]) for _ in range(3))), 2)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert passes == [1, 4, 4]
 
 
 def test_settings_come_from_the_environment(monkeypatch):

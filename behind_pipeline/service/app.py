@@ -64,7 +64,8 @@ def parse_request(body: bytes, content_type: str, settings: ServiceSettings, num
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as error:
-        raise RequestRefused(400, "malformed_json", f"the body is not valid JSON: {error.msg} at {error.pos}") from None
+        raise RequestRefused(400, "malformed_json",
+                             f"the body is not valid JSON: {error.msg} (character {error.pos})") from None
     try:
         request = PredictRequest.model_validate(payload)
     except ValidationError as error:
@@ -141,7 +142,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         stats = state["batcher"].stats
         return {"status": "ready", "model": state["name"], "max_batch": settings.max_batch,
                 "max_wait_ms": settings.max_wait_ms, "forward_passes": stats.forward_passes,
-                "texts_served": stats.texts, "largest_batch": stats.largest_batch}
+                "texts_served": stats.texts, "largest_batch": stats.largest_batch,
+                "busy_seconds": round(stats.busy_seconds, 3)}
 
     @app.post("/predict", response_model=PredictResponse, responses=errors,
               openapi_extra={"requestBody": {"required": True, "content": {

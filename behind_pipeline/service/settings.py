@@ -18,7 +18,7 @@ class ServiceSettings:
     max_texts: int = 64  # texts per request
     max_body_bytes: int = 256 * 1024  # the request body, checked before JSON parsing
     max_batch: int = 32  # texts per forward pass that the micro-batcher may group
-    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others to join it
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others (only under concurrent load)
     request_timeout_s: float = 30.0  # a request still unanswered after this gets a 503
     threads: int = 2  # torch threads for the forward pass
 

