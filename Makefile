@@ -1,5 +1,5 @@
 # Behind the Pipeline: every step from a fresh clone.
-#   make book   build the website into _build/html (creates the environment and local assets first)
+#   make book   build the website into _build/html (creates the environment first); then make test-site, make browser
 #   make test   lint, unit tests, nbval over every notebook (what CI runs)
 #   make lab    open the book in JupyterLab
 SHELL := /bin/bash
@@ -27,6 +27,9 @@ ASSETS := $(CACHE)/assets/.ready
 CLASSIFIER := $(CACHE)/models/minilm-rotten-tomatoes/training_summary.json
 # Chapter 8's tiny GPT-2, trained on Hamlet (about a minute).
 GENERATOR := $(CACHE)/models/tiny-gpt-hamlet/training_summary.json
+# Chapter 19's ticket router, fine-tuned from the course classifier on the 3-class corpus (about a minute).
+ROUTER := $(CACHE)/models/minilm-ticket-router/training_summary.json
+MODELS := $(CLASSIFIER) $(GENERATOR) $(ROUTER)
 NBVAL := --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 # One process, on purpose: every kernel and test uses 2 torch threads (the stored outputs depend on it), and two
 # pytest-xdist workers on 2 cores then fight for them. Measured on 2 cores: nbval over 4 chapters took 148 s with
@@ -34,7 +37,7 @@ NBVAL := --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 PARALLEL := -p no:xdist
 
 .PHONY: install assets prepare test test-unit test-notebooks test-exercises book lab execute runtimes \
-        exercises clean-notebooks lint clean small full serve grade
+        exercises clean-notebooks lint clean small full serve grade test-site browser canary bench
 
 install: $(INSTALLED)
 $(INSTALLED): requirements.txt pyproject.toml
@@ -54,7 +57,7 @@ $(ASSETS): $(INSTALLED) behind_pipeline/assets.py
 
 # Trains again only when the code that shapes the weights changed (prepare.py compares a fingerprint).
 PREPARE_SOURCES := $(addprefix behind_pipeline/,prepare.py training.py batching.py data.py)
-prepare: $(CLASSIFIER) $(GENERATOR)
+prepare: $(MODELS)
 $(CLASSIFIER): $(PREPARE_SOURCES) | $(ASSETS)
 	$(BIN)/python -m behind_pipeline.prepare
 
@@ -62,24 +65,55 @@ $(CLASSIFIER): $(PREPARE_SOURCES) | $(ASSETS)
 $(GENERATOR): behind_pipeline/tiny_gpt.py | $(ASSETS)
 	$(BIN)/python -m behind_pipeline.tiny_gpt
 
-test: $(CLASSIFIER) $(GENERATOR)
+# The router: capstone.py compares a fingerprint (its recipe, the code that shapes it, the course classifier's
+# fingerprint) and trains again only when it changed.
+$(ROUTER): $(CLASSIFIER) behind_pipeline/capstone.py $(PREPARE_SOURCES)
+	$(BIN)/python -m behind_pipeline.capstone
+
+test: $(MODELS)
 	@start=$$(date +%s); set -e; \
 	$(MAKE) --no-print-directory test-unit test-notebooks test-exercises; \
 	$(BIN)/python tools/record_time.py test $$start
 
-test-unit: $(CLASSIFIER) $(GENERATOR)
+test-unit: $(MODELS)
 	$(BIN)/pytest $(PARALLEL) tests
 
-test-notebooks: $(CLASSIFIER) $(GENERATOR)
+test-notebooks: $(MODELS)
 	$(BIN)/pytest $(PARALLEL) $(NBVAL) --nbval notebooks solutions
 
-test-exercises: $(CLASSIFIER) $(GENERATOR)
+test-exercises: $(MODELS)
 	$(BIN)/pytest $(PARALLEL) --nbval-current-env --nbval-lax exercises
 
-book: $(CLASSIFIER) $(GENERATOR)
+# The site is built from the outputs stored in the notebooks: it needs the environment, not the models.
+book: $(INSTALLED)
 	$(BIN)/python tools/check_site_inputs.py
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
 	$(BIN)/python tools/check_site_offline.py _build/html
+
+# Tests of the built site (run `make book` first): no external resource, every internal link and anchor
+# resolves, every notebook rendered with its outputs, alt text on every image, math by the local MathJax.
+test-site: $(INSTALLED)
+	$(BIN)/python tools/check_site.py _build/html
+
+# The site in a real browser: headless Chromium (Debian's `chromium`, installed with apt-get when missing; the
+# test is skipped with a SKIPPED line where it cannot be installed) opens every page at 1280 px, fails on any
+# code cell or output that scrolls sideways, on console errors, on figures not loaded or math not rendered, and
+# saves screenshots of the landing page and one chapter per part in _build/screenshots/.
+CHROMIUM ?= /usr/bin/chromium
+browser: $(INSTALLED)
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  echo "installing Debian's chromium with apt-get (once)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+	    || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; } \
+	    || true; \
+	fi; \
+	if [ ! -x "$(CHROMIUM)" ]; then \
+	  echo "SKIPPED: the browser test needs Chromium at $(CHROMIUM), and apt-get could not install it here"; \
+	  echo "         (it needs root and Debian's package lists): install it, or set CHROMIUM=<path>"; \
+	  exit 0; \
+	fi; \
+	$(BIN)/python tools/browser_check.py _build/html --chromium "$(CHROMIUM)"
 
 # The classifier as a web service (chapter 18). BTP_SERVICE_INT8=1 serves the int8 model; see
 # behind_pipeline/service/settings.py for every limit.
@@ -88,17 +122,17 @@ serve: $(CLASSIFIER)
 	@echo "Serving the course classifier on http://127.0.0.1:$(SERVE_PORT) (API docs: http://127.0.0.1:$(SERVE_PORT)/docs)"
 	$(BIN)/uvicorn --factory behind_pipeline.service.app:app --host 127.0.0.1 --port $(SERVE_PORT)
 
-lab: $(CLASSIFIER) $(GENERATOR)
+lab: $(MODELS)
 	$(BIN)/jupyter lab --allow-root --notebook-dir=.
 
 # Re-execute every notebook in place (after editing one) and store fresh outputs.
 NOTEBOOKS ?= $(wildcard notebooks/*.ipynb solutions/*.ipynb)
-execute: $(CLASSIFIER) $(GENERATOR)
+execute: $(MODELS)
 	$(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS)
 	$(MAKE) exercises clean-notebooks
 
 # Run time of every notebook on this machine, written to results/runtimes.json and the README table.
-runtimes: $(CLASSIFIER) $(GENERATOR)
+runtimes: $(MODELS)
 	$(BIN)/python tools/execute_notebooks.py --measure $(NOTEBOOKS)
 	$(BIN)/python tools/gather_timings.py
 	$(BIN)/python tools/chapter_table.py
@@ -107,16 +141,32 @@ runtimes: $(CLASSIFIER) $(GENERATOR)
 
 # Experiment notebooks (Part II) through papermill: their results files and the tables rendered from them.
 # `make small` uses the stored notebooks' settings (seconds per chapter); `make full` trains on all the data.
-small full: $(CLASSIFIER) $(GENERATOR)
+small full: $(MODELS)
 	$(BIN)/python tools/run_experiments.py --run $@
 	$(BIN)/python tools/results_tables.py
+
+# Every variant of the classifier (fp32, dynamic int8, bitsandbytes 8/4-bit, ONNX Runtime fp32/int8) measured in
+# one run on this machine, each in a fresh process (a few minutes on 2 cores), then the service's figures
+# (chapter 18); results/bench.json, rendered into book/benchmark.md and the README by tools/bench_tables.py.
+bench: $(CLASSIFIER)
+	$(BIN)/python -m behind_pipeline.bench
+	$(BIN)/python -m behind_pipeline.service.bench
+	$(BIN)/python tools/bench_tables.py
 
 # Grade a folder of submissions, one subfolder per learner holding NN_topic_exercises.ipynb notebooks: each runs
 # in its own kernel, stopped after GRADE_TIMEOUT seconds; the table of checks goes to OUT (default DIR/grades.csv).
 GRADE_TIMEOUT ?= 300
-grade: $(CLASSIFIER) $(GENERATOR)
+grade: $(MODELS)
 	@test -n "$(DIR)" || { echo "usage: make grade DIR=<submissions> [OUT=grades.csv] [GRADE_TIMEOUT=300]"; exit 2; }
 	$(BIN)/python tools/grade.py "$(DIR)" --timeout $(GRADE_TIMEOUT) $(if $(OUT),--out "$(OUT)")
+
+# Drift canary: the newest releases of transformers, tokenizers, datasets, peft, accelerate, huggingface_hub and
+# nbval (network: PyPI) in a separate venv, .cache/canary-venv, every other package as pinned; runs test-unit and
+# test-notebooks there, runs what broke again with the pins to tell drift apart, and reports in
+# .cache/canary/report.md (exit status 1 when it found drift or a conflict). .venv, the pinned environment CI
+# uses, is only read, never changed. Parts of it: python tools/canary.py --help.
+canary: $(MODELS)
+	$(BIN)/python tools/canary.py --python $(PYTHON)
 
 exercises: $(INSTALLED)
 	$(BIN)/python tools/make_exercises.py

@@ -1,10 +1,18 @@
-"""Render measured numbers into the book: the README chapter table and each chapter's "Runs in about" line.
+"""Render measured numbers into the book: the chapter tables, the run-time lines and the pinned versions.
 
-    python tools/chapter_table.py           # rewrite README.md's table and the notebooks' run-time lines
-    python tools/chapter_table.py --check   # exit 1 if either is out of date with results/
+    python tools/chapter_table.py           # rewrite every rendered block below
+    python tools/chapter_table.py --check   # exit 1 if any is out of date with results/ or requirements.txt
+
+What it renders, each between marker comments (``<!-- name:start -->`` ... ``<!-- name:end -->``):
+- README.md and book/intro.md (the website's landing page): the chapter table and the set-up times;
+- every chapter's and solution's "Runs in about" line;
+- book/troubleshooting.md: time (and peak memory, where measured) of every notebook;
+- book/versions.md: the book's version and every pinned library, read from pyproject.toml and requirements.txt,
+  and the same version line in the site's footer (_config.yml, ``extra_footer``).
 
 Inputs are files written by code: results/runtimes.json (``make runtimes``), results/setup.json (install,
-assets and prepare times recorded by the Makefile) and the classifier's training summary.
+assets and prepare times recorded by the Makefile), results/memory.json (peak memory of each notebook, in MiB,
+where a run recorded it), the classifier's training summary, requirements.txt and pyproject.toml.
 """
 
 import argparse
@@ -35,6 +43,7 @@ def about(seconds: float | None) -> str:
 
 
 def chapter_rows(runtimes: dict) -> list[str]:
+    """The README's table: links relative to the repository, solutions linked."""
     rows = ["| # | chapter | what you learn | notebook | exercises (solutions) | run time |",
             "|---|---|---|---|---|---|"]
     for chapter in notebooks(("notebooks",)):
@@ -68,9 +77,14 @@ def setup_lines() -> list[str]:
     if generator:
         lines.append(f"- `make prepare` also trains chapter 8's tiny GPT-2 ({generator['parameters']:,} parameters, "
                      f"{generator['steps']} steps on Hamlet): training {about(generator['train_seconds'])}")
+    router = results("prepare_router.json")
+    if router:
+        lines.append(f"- `make prepare` also fine-tunes chapter 19's ticket router from the course classifier "
+                     f"({router['train_examples']:,} items, {router['steps']} steps): training "
+                     f"{about(router['train_seconds'])}")
     if prepare and {"install", "assets", "test"} <= set(setup):
-        generator_seconds = generator["train_seconds"] if generator else 0
-        total = setup["install"] + setup["assets"] + prepare["train_seconds"] + generator_seconds + setup["test"]
+        extra_seconds = sum(model["train_seconds"] for model in (generator, router) if model)
+        total = setup["install"] + setup["assets"] + prepare["train_seconds"] + extra_seconds + setup["test"]
         lines.append(f"- from a fresh clone, `make test` in all (the sum of the steps above): about {about(total)}")
     return lines
 
@@ -78,6 +92,129 @@ def setup_lines() -> list[str]:
 def render_readme(text: str, runtimes: dict) -> str:
     block = "\n".join([START, *chapter_rows(runtimes), *setup_lines(), END])
     return re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL)
+
+
+def site_rows(runtimes: dict) -> list[str]:
+    """The same table for the website: links to the pages the site builds, exercises but not solutions (they sit
+    in their own section, out of the reader's path); a chapter the site does not list yet is plain text."""
+    from instructor_tables import _doc  # imported here: instructor_tables imports this module
+
+    rows = ["| # | chapter | what you learn | exercises | run time (chapter + solutions) |", "|---|---|---|---|---|"]
+    for chapter in notebooks(("notebooks",)):
+        match = TITLE.search(nbformat.read(chapter, as_version=4).cells[0].source)
+        number, title, subtitle = match.groups() if match else ("?", chapter.stem, "")
+        exercise = f"exercises/{chapter.stem}_exercises"
+        practice = _doc(exercise, "exercises") if (ROOT / f"{exercise}.ipynb").exists() else "-"
+        seconds = runtimes.get(f"notebooks/{chapter.name}")
+        extra = runtimes.get(f"solutions/{chapter.stem}_solutions.ipynb")
+        timing = about(seconds) + (f" (+{about(extra)})" if extra is not None else "")
+        rows.append(f"| {number} | {_doc('notebooks/' + chapter.stem, title)} | {subtitle} | {practice} | {timing} |")
+    return ["", *rows, *setup_lines(), ""]
+
+
+def memory_text(mib: float | None) -> str:
+    return "not measured yet" if mib is None else f"{mib:,.0f} MiB"
+
+
+def troubleshooting_rows(runtimes: dict, memory: dict) -> list[str]:
+    """Time and peak memory of every notebook the tests execute. Chapters are linked; solutions are not (they stay
+    out of the reader's path, and an instructor may drop them from the site)."""
+    from instructor_tables import _doc
+
+    # The memory column appears once a run recorded memory (results/memory.json, `make runtimes`).
+    rows = ["| notebook | run time | peak memory |", "|---|---|---|"] if memory else ["| notebook | run time |",
+                                                                                 "|---|---|"]
+    for path in notebooks(("notebooks", "solutions")):
+        key = str(path.relative_to(ROOT))
+        name = _doc(key.removesuffix(".ipynb"), path.stem) if path.parent.name == "notebooks" else f"`{key}`"
+        peak = f" {memory_text(memory.get(key))} |" if memory else ""
+        rows.append(f"| {name} | {about(runtimes.get(key))} |{peak}")
+    return ["", *rows, ""]
+
+
+def book_version() -> str:
+    return re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+
+
+def python_version() -> str:
+    found = re.search(r'^requires-python = "==?([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    return found.group(1).removesuffix(".*")
+
+
+def pinned() -> list[tuple[str, str, str]]:
+    """(group, package, version) of every pin in requirements.txt; the group is the comment line above it."""
+    found, group = [], "core"
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            comment = line.lstrip("# ").strip()
+            # The file's first comment describes the whole file, not a group.
+            group = "core" if comment.lower().startswith("every direct dependency") else comment
+        elif "==" in line:
+            name, version = (part.strip() for part in line.split("==", 1))
+            found.append((group, name, version))
+    return found
+
+
+FOOTER_PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "peft")
+
+
+def footer_line() -> str:
+    versions = dict((name, version) for _, name, version in pinned())
+    shown = ", ".join(f"{name} {versions[name]}" for name in FOOTER_PACKAGES if name in versions)
+    return (f"Behind the Pipeline {book_version()}: every output verified with Python {python_version()}, "
+            f"{shown} and the other pins listed under Reference, Library versions.")
+
+
+def versions_rows() -> list[str]:
+    rows = [f"The book's version: **{book_version()}** (`pyproject.toml`). Python **{python_version()}**.", "",
+            "| group | package | pinned version |", "|---|---|---|"]
+    rows += [f"| {group} | `{name}` | {version} |" for group, name, version in pinned()]
+    return ["", *rows, ""]
+
+
+FOOTER = re.compile(r"^(  extra_footer: ).*$", re.MULTILINE)
+
+
+def render_config(text: str) -> str:
+    quoted = '"' + footer_line().replace('"', "'") + '"'
+    return FOOTER.sub(lambda match: match.group(1) + quoted, text)
+
+
+def site_blocks(runtimes: dict) -> dict[str, dict[str, list[str]]]:
+    """book page -> marker name -> the lines between its markers."""
+    memory = results("memory.json")
+    return {"intro.md": {"chapter-table": site_rows(runtimes)},
+            "troubleshooting.md": {"notebook-costs": troubleshooting_rows(runtimes, memory)},
+            "versions.md": {"versions": versions_rows()}}
+
+
+def render_site(check: bool) -> list[str]:
+    """Rewrite (or, with ``check``, only compare) the website's rendered blocks; the stale ones, named."""
+    from instructor_tables import render
+
+    stale = []
+    for page, tables in site_blocks(results("runtimes.json")).items():
+        path = ROOT / "book" / page
+        text = path.read_text() if path.exists() else ""
+        try:
+            rendered = render(text, tables)
+        except ValueError as error:
+            stale.append(f"book/{page}: {error}")
+            continue
+        if rendered != text:
+            stale.append(f"book/{page} rendered block")
+            if not check:
+                path.write_text(rendered)
+    config = ROOT / "_config.yml"
+    text = config.read_text()
+    if not FOOTER.search(text):
+        stale.append("_config.yml: no `  extra_footer:` line under html")
+    elif render_config(text) != text:
+        stale.append("_config.yml footer")
+        if not check:
+            config.write_text(render_config(text))
+    return stale
 
 
 def main() -> int:
@@ -100,8 +237,11 @@ def main() -> int:
             if not args.check:
                 first.source = RUNS_LINE.sub(line, first.source)
                 path.write_text(nbformat.writes(nb) + "\n")
-    print("\n".join(f"out of date: {s}" for s in stale) if stale else "chapter table and run-time lines current")
-    return 1 if stale and args.check else 0
+    stale += render_site(args.check)
+    current = "chapter tables, run-time lines and versions current"
+    print("\n".join(f"out of date: {s}" for s in stale) if stale else current)
+    # A page that lost its markers cannot be rendered: an error in both modes.
+    return 1 if stale and (args.check or any("markers" in s or "no `" in s for s in stale)) else 0
 
 
 if __name__ == "__main__":

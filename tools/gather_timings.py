@@ -1,6 +1,6 @@
 """Gather measured set-up numbers into results/: step timings recorded by the Makefile (.cache/timings/, kept
 when absent) into setup.json, the prepared classifier's training summary into prepare.json, and chapter 8's generator's
-summary into prepare_generator.json."""
+summary into prepare_generator.json, chapter 19's router's into prepare_router.json."""
 
 import json
 import shutil
@@ -18,4 +18,6 @@ if __name__ == "__main__":
     shutil.copyfile(summary, ROOT / "results" / "prepare.json")
     generator = ROOT / ".cache" / "models" / "tiny-gpt-hamlet" / "training_summary.json"  # chapter 8's model
     shutil.copyfile(generator, ROOT / "results" / "prepare_generator.json")
-    print(json.dumps(timings), summary.read_text(), generator.read_text())
+    router = ROOT / ".cache" / "models" / "minilm-ticket-router" / "training_summary.json"  # chapter 19's model
+    shutil.copyfile(router, ROOT / "results" / "prepare_router.json")
+    print(json.dumps(timings), summary.read_text(), generator.read_text(), router.read_text())
