@@ -14,12 +14,7 @@ from behind_pipeline.checks.ch13_error_analysis import (
 )
 from behind_pipeline.error_analysis import agreement_table, binned_error_rates, most_confident_mistakes
 
-
-def assert_rejected(report, *words):
-    assert not report.passed, report
-    text = " ".join(line for line in report.lines if line.strip().startswith("FIX")).lower()
-    assert all(word.lower() in text for word in words), report
-
+from checker_asserts import assert_rejected
 
 # --- the chapter's helpers -----------------------------------------------------------------------------------------
 

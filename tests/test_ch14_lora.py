@@ -20,6 +20,8 @@ from behind_pipeline.checks.ch14_lora import (
 )
 from behind_pipeline.lora import LoRALinear, add_lora, copy_from_peft, parameter_counts
 
+from checker_asserts import assert_rejected
+
 
 def tiny_bert(seed=0, num_labels=2):
     torch.manual_seed(seed)
@@ -28,14 +30,6 @@ def tiny_bert(seed=0, num_labels=2):
     return BertForSequenceClassification(config).eval()
 
 
-def failures(report):
-    return [line for line in report.lines if line.strip().startswith("FIX")]
-
-
-def assert_rejected(report, *words):
-    assert not report.passed, report
-    text = " ".join(failures(report)).lower()
-    assert all(word.lower() in text for word in words), report
 
 
 # --- the chapter's code ---------------------------------------------------------------------------------------------

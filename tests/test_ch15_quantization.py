@@ -33,16 +33,7 @@ from behind_pipeline.quantize import (
     torch_int8_weights,
 )
 
-
-def failures(report):
-    return [line for line in report.lines if line.strip().startswith("FIX")]
-
-
-def assert_rejected(report, *words):
-    assert not report.passed, report
-    text = " ".join(failures(report)).lower()
-    assert all(word.lower() in text for word in words), report
-
+from checker_asserts import assert_rejected
 
 # --- the chapter's code ---------------------------------------------------------------------------------------------
 

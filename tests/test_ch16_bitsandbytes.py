@@ -28,15 +28,7 @@ from behind_pipeline.checks.ch16_bitsandbytes import (
 )
 from behind_pipeline.quantize import nf4_levels, quantize_nf4
 
-
-def failures(report):
-    return [line for line in report.lines if line.strip().startswith("FIX")]
-
-
-def assert_rejected(report, *words):
-    assert not report.passed, report
-    text = " ".join(failures(report)).lower()
-    assert all(word.lower() in text for word in words), report
+from checker_asserts import assert_rejected
 
 
 @pytest.fixture(scope="module")

@@ -30,15 +30,7 @@ from behind_pipeline.onnx_export import (
 )
 from behind_pipeline.predict import predict_logits
 
-
-def failures(report):
-    return [line for line in report.lines if line.strip().startswith("FIX")]
-
-
-def assert_rejected(report, *words):
-    assert not report.passed, report
-    text = " ".join(failures(report)).lower()
-    assert all(word.lower() in text for word in words), report
+from checker_asserts import assert_rejected
 
 
 def tiny_classifier(tokenizer, seed=0):

@@ -36,12 +36,7 @@ from behind_pipeline.checks.ch19_capstone import (
     per_queue_reference,
 )
 
-
-def assert_rejected(report, *words):
-    assert not report.passed, report
-    text = " ".join(line for line in report.lines if line.strip().startswith("FIX")).lower()
-    assert all(word.lower() in text for word in words), report
-
+from checker_asserts import assert_rejected
 
 # --- the data -----------------------------------------------------------------------------------------------------
 

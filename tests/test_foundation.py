@@ -126,10 +126,10 @@ def test_every_directly_imported_package_is_pinned():
               for line in (paths.PROJECT_ROOT / "requirements.txt").read_text().splitlines()
               if "==" in line and not line.startswith("#")}
     distributions = packages_distributions()
-    # The package, the tests' conftest, the scripts in tools/ and the site's Sphinx extensions in book/_ext/ (tests
-    # import them by name).
-    local = {"behind_pipeline", "conftest"} | {path.stem for folder in ("tools", "book/_ext")
-                                                for path in (paths.PROJECT_ROOT / folder).glob("*.py")}
+    # The package, the tests' own helper modules, the scripts in tools/ and the site's Sphinx extensions in
+    # book/_ext/ (tests import them by name).
+    local = {"behind_pipeline"} | {path.stem for folder in ("tests", "tools", "book/_ext")
+                                   for path in (paths.PROJECT_ROOT / folder).glob("*.py")}
     missing = {}
     for name in _imported_top_level_modules() - local - set(sys.stdlib_module_names):
         owners = {owner.lower().replace("_", "-") for owner in distributions.get(name, [name])}
