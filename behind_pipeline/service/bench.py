@@ -16,7 +16,6 @@ is read and written back as it was.
 
 import argparse
 import asyncio
-import json
 import platform
 import sys
 import time
@@ -171,13 +170,10 @@ def measure_service(tiny: bool = False) -> dict:
 
 
 def write_section(section: dict, path: Path = RESULTS_FILE) -> None:
-    """Read the results file, replace only its ``"service"`` key, write it back (a dict of sections)."""
-    results = json.loads(path.read_text()) if path.exists() else {}
-    if not isinstance(results, dict):
-        raise ValueError(f"{path.name} should hold a JSON object of sections, found {type(results).__name__}")
-    results[SECTION] = section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    """Replace only the ``"service"`` key of the results file (a dict of sections): ``make bench``'s own writer."""
+    from behind_pipeline.bench import write_section as write_bench_section
+
+    write_bench_section(path, section, key=SECTION)
 
 
 def summary_lines(section: dict) -> list[str]:
