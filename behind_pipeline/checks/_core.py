@@ -75,6 +75,11 @@ class CheckReport:
             return None
         return tensor
 
+    def scalar(self, value, name: str) -> float | None:
+        """A learner's single number as a float (a Python number, a 0-d tensor or array), or None and a FIX line."""
+        tensor = self.tensor(value, name, shape=())
+        return None if tensor is None else tensor.item()
+
     @property
     def passed(self) -> bool:
         return self.failures == 0 and bool(self.lines)

@@ -76,10 +76,9 @@ def check_mcnemar_p_value(mcnemar_p_value) -> CheckReport:
                           name="mcnemar_p_value")
         if got is Ellipsis:
             return report
-        value = report.tensor(got, "the p-value", shape=())
+        value = report.scalar(got, "the p-value")
         if value is None:
             return report
-        value = value.item()
         if math.isclose(value, expected, rel_tol=1e-6, abs_tol=1e-12):
             report.ok(f"{description}: p = {expected:.4g}")
             continue
@@ -126,10 +125,9 @@ def check_movie_error_rate(movie_error_rate) -> CheckReport:
         got = report.call(movie_error_rate, movies, given_errors, name="movie_error_rate")
         if got is Ellipsis:
             return report
-        value = report.tensor(got, "the rate", shape=())
+        value = report.scalar(got, "the rate")
         if value is None:
             return report
-        value = value.item()
         if math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12):
             report.ok(f"{description}: {expected:.4f}")
             continue
