@@ -37,7 +37,7 @@ NBVAL := --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 PARALLEL := -p no:xdist
 
 .PHONY: install assets prepare test test-unit test-notebooks test-exercises book lab execute runtimes \
-        exercises clean-notebooks lint clean small full serve grade test-site browser canary bench
+        exercises clean-notebooks lint clean small full serve grade test-site browser canary bench check
 
 install: $(INSTALLED)
 $(INSTALLED): requirements.txt pyproject.toml
@@ -83,6 +83,17 @@ test-notebooks: $(MODELS)
 
 test-exercises: $(MODELS)
 	$(BIN)/pytest $(PARALLEL) --nbval-current-env --nbval-lax exercises
+
+# One chapter's loop for authors (about a minute): `make check CH=15` runs chapter 15's notebook and solutions
+# under nbval, its blank exercise notebook, its unit and checker tests, and ruff over what it touches.
+CH_FILES = $(wildcard notebooks/$(CH)_*.ipynb solutions/$(CH)_*.ipynb)
+check: $(MODELS)
+	@test -n "$(CH)" || { echo "usage: make check CH=NN (two digits, e.g. CH=07)"; exit 2; }
+	@test -n "$(CH_FILES)" || { echo "no notebook notebooks/$(CH)_*.ipynb: CH takes two digits, e.g. CH=07"; exit 2; }
+	$(BIN)/ruff check $(CH_FILES) $(wildcard tests/test_ch$(CH)_*.py behind_pipeline/checks/ch$(CH)_*.py)
+	$(BIN)/pytest $(PARALLEL) -q $(wildcard tests/test_ch$(CH)_*.py) \
+	  $(NBVAL) --nbval $(CH_FILES)
+	$(BIN)/pytest $(PARALLEL) -q --nbval-current-env --nbval-lax $(wildcard exercises/$(CH)_*.ipynb)
 
 # The site is built from the outputs stored in the notebooks: it needs the environment, not the models.
 book: $(INSTALLED)
