@@ -40,3 +40,31 @@ def classification_scores(labels: Iterable, predictions: Iterable) -> dict[str, 
 def confusion(labels: Iterable, predictions: Iterable, num_labels: int = 2) -> np.ndarray:
     """Counts, shape (num_labels, num_labels): row = gold label, column = predicted label."""
     return confusion_matrix(label_array(labels), label_array(predictions), labels=list(range(num_labels)))
+
+
+def mean_sd(values: Iterable[float], digits: int = 4) -> str:
+    """``"0.7510 ± 0.0123"``: the mean and the sample standard deviation (ddof=1) of a score over seeds or subsets."""
+    values = np.asarray(list(values), dtype=float)
+    spread = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{values.mean():.{digits}f} ± {spread:.{digits}f}"
+
+
+def cluster_bootstrap_interval(labels: Iterable, predictions_a: Iterable, predictions_b: Iterable,
+                               groups: Iterable, resamples: int = 2000, seed: int = 0,
+                               level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of accuracy(a) - accuracy(b) when whole groups (movies) are resampled, not examples.
+
+    Each resample draws as many groups as there are, with replacement, and keeps all the examples of each drawn
+    group (a group drawn twice counts twice); the difference is computed over the examples drawn, both models on
+    the same draw (paired). Reviews of one movie are not independent: this is the interval for *new movies*.
+    ``cluster_bootstrap_interval([1, 0, 1, 1], [1, 0, 1, 0], [1, 1, 1, 1], ["a", "a", "b", "b"])``
+    """
+    labels, a, b = (label_array(values) for values in (labels, predictions_a, predictions_b))
+    _, group_index = np.unique(np.asarray(list(groups), dtype=object).astype(str), return_inverse=True)
+    differences = (a == labels).astype(float) - (b == labels).astype(float)  # -1, 0 or 1 per example
+    per_group = np.bincount(group_index, weights=differences)  # (groups,) summed differences
+    sizes = np.bincount(group_index).astype(float)  # (groups,) examples per group
+    drawn = np.random.default_rng(seed).integers(0, len(sizes), size=(resamples, len(sizes)))
+    means = per_group[drawn].sum(axis=1) / sizes[drawn].sum(axis=1)  # (resamples,)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
