@@ -1,5 +1,12 @@
 """The report every checker returns: a blank stub, a crash and a wrong value never raise, and never pass."""
 
+import inspect
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
 from behind_pipeline.checks import CheckReport
 
 
@@ -59,3 +66,97 @@ def test_tensor_of_shape_names_what_is_wrong():
     assert not tensor_of_shape(report, torch.zeros(3), (2,), "probs")
     assert tensor_of_shape(report, torch.zeros(2), (2,), "probs")
     assert "should be a torch.Tensor" in repr(report) and "expected (2,)" in repr(report)
+
+
+# --- an error inside a learner's answer names the learner's line, never torch's or the checker's -------------------
+
+
+def _line_of(function, text: str) -> int:
+    """The file line number of the line of ``function``'s source containing ``text``."""
+    lines, start = inspect.getsourcelines(function)
+    return start + next(number for number, line in enumerate(lines) if text in line)
+
+
+def float_labels(logits, labels):
+    return F.cross_entropy(logits, labels.float())  # raises inside torch/nn/functional.py
+
+
+def double_input(x):
+    layer = torch.nn.Linear(3, 4)
+    return layer(x.double())  # raises inside torch/nn/modules/linear.py
+
+
+def wrong_axis(x):
+    return F.softmax(x, dim=2).argmax(dim=2)  # raises inside torch/nn/functional.py
+
+
+def numpy_input(x):
+    return torch.nn.Linear(3, 4)(x.numpy())
+
+
+def transposed(x):
+    weight = torch.zeros(4, 3)
+    return x @ weight
+
+
+def no_hint(x):
+    raise KeyError("queue")
+
+
+@pytest.mark.parametrize(("learner", "marker", "hint"), [
+    (float_labels, "F.cross_entropy", "torch.long"),
+    (double_input, "layer(x.double())", "float64 (double) tensor met a float32 one"),
+    (wrong_axis, "F.softmax", "that axis does not exist"),
+    (numpy_input, "x.numpy()", "torch.as_tensor(array)"),
+    (transposed, "x @ weight", "the shapes do not fit"),
+    (no_hint, "raise KeyError", None),
+])
+def test_an_error_names_the_learners_line_and_a_hint(learner, marker, hint):
+    report = CheckReport("demo")
+    args = (torch.zeros(2, 3), torch.zeros(2)) if learner is float_labels else (torch.zeros(2, 3),)
+    assert report.call(learner, *args) is Ellipsis
+    text = repr(report)
+    assert f"(line {_line_of(learner, marker)} of your {learner.__name__})" in text, text
+    assert text.count("(line ") == 1, text
+    if hint:
+        assert hint in text, text
+    else:
+        assert text.rstrip().endswith(f"of your {learner.__name__})"), text
+
+
+def test_an_error_in_a_notebook_cell_names_the_cells_line():
+    """ipykernel names a cell's code ``<ipython-input-N-hash>`` (older) or ``/tmp/ipykernel_<pid>/<hash>.py``."""
+    cell = "import torch\n\ndef forward(x):\n    scores = x.float()\n    return scores.argmax(dim=3)\n"
+    for filename in ("<ipython-input-7-0123abcd>", "/tmp/ipykernel_12345/2718281828.py"):
+        namespace: dict = {}
+        exec(compile(cell, filename, "exec"), namespace)
+        report = CheckReport("demo")
+        report.call(namespace["forward"], torch.zeros(2, 3))
+        assert "IndexError" in repr(report) and "(line 5 of your forward)" in repr(report), (filename, report)
+
+
+def test_an_error_with_no_learner_line_names_no_line():
+    report = CheckReport("demo")
+    report.call(torch.nn.functional.softmax, torch.zeros(2, 3), dim=4, name="softmax")
+    assert "IndexError" in repr(report) and "(line " not in repr(report), report
+
+
+def test_a_multiline_library_message_is_cut_to_its_first_line():
+    def learner(x):
+        raise RuntimeError("first line\nsecond line")
+
+    report = CheckReport("demo")
+    report.call(learner, 1)
+    assert "first line" in repr(report) and "second line" not in repr(report)
+
+
+def test_library_and_checker_files_are_not_the_learners():
+    from behind_pipeline.checks import _core
+
+    assert not _core.is_learner_file(torch.nn.functional.__file__)
+    assert not _core.is_learner_file(np.__file__)
+    assert not _core.is_learner_file(inspect.__file__)
+    assert not _core.is_learner_file(_core.__file__)
+    assert not _core.is_learner_file("<frozen importlib._bootstrap>")
+    assert _core.is_learner_file(__file__)
+    assert _core.is_learner_file("<ipython-input-3-abcdef>")

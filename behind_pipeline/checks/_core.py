@@ -2,8 +2,10 @@
 
 import json
 import os
+import sysconfig
 import traceback
 from functools import cache
+from pathlib import Path
 
 import torch
 
@@ -50,8 +52,7 @@ class CheckReport:
         try:
             result = function(*args, **kwargs)
         except Exception as error:  # a learner's bug must become a message, not a crashed notebook
-            where = traceback.extract_tb(error.__traceback__)[-1]
-            self.fail(f"{name}(...) raised {type(error).__name__}: {error} (line {where.lineno})")
+            self.fail(f"{name}(...) raised {describe_error(error)}")
             return Ellipsis
         if result is None or result is Ellipsis:
             self.fail(f"{name}(...) returned {result!r}: replace the `...` in its body with your code")
@@ -92,6 +93,85 @@ class CheckReport:
         """The report as data for `make grade`: the exercise, whether it passed, and each FIX message."""
         failures = [line.removeprefix("  FIX  ") for line in self.lines if line.startswith("  FIX  ")]
         return {"exercise": self.exercise, "passed": self.passed, "failures": failures}
+
+
+# Where a learner's code is not: the Python installation (standard library, site-packages) and this package (the
+# checkers and the book's helpers, which the learner calls but does not write).
+_NOT_LEARNER_DIRS = tuple(sorted({str(Path(sysconfig.get_paths()[key]).resolve()) for key in
+                                  ("stdlib", "platstdlib", "purelib", "platlib")} | {
+                                     str(Path(__file__).resolve().parents[1])}))
+
+
+def is_learner_file(filename: str) -> bool:
+    """Whether a traceback frame's file is the learner's: a notebook cell (``<ipython-input-...>`` or ipykernel's
+    ``/tmp/ipykernel_<pid>/<hash>.py``) or any file outside the Python installation and ``behind_pipeline``."""
+    if filename.startswith("<"):
+        return filename.startswith("<ipython-input")
+    path = str(Path(filename).resolve())
+    parts = Path(path).parts
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    return not any(path == folder or path.startswith(folder + os.sep) for folder in _NOT_LEARNER_DIRS)
+
+
+def learner_frame(error: BaseException) -> traceback.FrameSummary | None:
+    """The innermost frame of ``error``'s traceback in the learner's own code, or None when it has none."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return next((frame for frame in reversed(frames) if is_learner_file(frame.filename)), None)
+
+
+def error_hint(error: BaseException) -> str | None:
+    """A likely cause, in the book's words, for the errors learners meet most; None for any other error."""
+    text = str(error)
+    low = text.lower()
+    if "numpy.ndarray" in low and ("must be tensor" in low or "has no attribute" in low):
+        return ("a NumPy array reached a torch function: make it a tensor with torch.as_tensor(array) (and .float() "
+                "before a model: NumPy's floats are float64)")
+    if "expected np.ndarray (got tensor)" in low:
+        return "torch.from_numpy takes a NumPy array, and this is already a tensor: use it as it is"
+    if "numpy() on tensor that requires grad" in low:
+        return "call .detach() before .numpy() (or compute under torch.no_grad())"
+    if "'tensor' object has no attribute" in low:
+        return ("a tensor is not a NumPy array: use the torch spelling (.to(dtype) for .astype, dim= for axis=) or "
+                "convert with .numpy() first")
+    if "target dtype" in low or ("scalar type long" in low and "found float" in low):
+        return "class labels must be integers: pass them as a torch.long tensor (labels.long())"
+    if "dtype" in low or "scalar type" in low:
+        if "double" in low or "float64" in low:
+            return ("a float64 (double) tensor met a float32 one: NumPy arrays and torch.tensor(..., "
+                    "dtype=torch.float64) give float64, model weights are float32; convert with .float() (or "
+                    "dtype=torch.float32)")
+        if any(word in low for word in ("long", "int", "byte", "bool")):
+            return "an integer (or bool) tensor met a float one: convert with .float() before the arithmetic"
+    if "dimension out of range" in low or "axiserror" in type(error).__name__.lower() or (
+            "axis" in low and "out of bounds" in low):
+        return ("that axis does not exist: a (batch, classes) tensor has axes 0 and 1; argmax / softmax / sum over "
+                "the classes is dim=-1 (axis=-1)")
+    if any(words in low for words in ("shapes cannot be multiplied", "must match the size of tensor",
+                                      "could not be broadcast", "is invalid for input of size", "size mismatch",
+                                      "out of bounds for dimension", "index out of range")):
+        return ("the shapes do not fit: print the .shape of each tensor on that line; check the axis of argmax / "
+                "softmax / sum (dim=-1 for the classes of (batch, classes) logits) and whether a matrix needs .T")
+    if "does not require grad" in low:
+        return ("backward() needs a result computed from tensors that require grad: not under torch.no_grad(), not "
+                "from .detach()-ed or .item() values")
+    return None
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: first line of the message (line N of your f): hint``: the line is the learner's own code's, never a
+    line inside torch, scikit-learn or the checker (left out when the learner's code is not in the traceback)."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
+    if len(message) > 300:
+        message = message[:297] + "..."
+    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    frame = learner_frame(error)
+    if frame is not None:
+        text += f" (line {frame.lineno} of your {frame.name})" if not frame.name.startswith("<") else (
+            f" (line {frame.lineno} of your code)")
+    hint = error_hint(error)
+    return f"{text}: {hint}" if hint else text
 
 
 def log_check_cell(result) -> None:
