@@ -68,3 +68,33 @@ def cluster_bootstrap_interval(labels: Iterable, predictions_a: Iterable, predic
     means = per_group[drawn].sum(axis=1) / sizes[drawn].sum(axis=1)  # (resamples,)
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
+
+
+def mean_and_sd(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof=1``) of a few runs' scores, e.g. one per seed."""
+    values = np.asarray(list(values), dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=1))
+
+
+def cluster_bootstrap(statistic, groups: Iterable, samples: int = 1000, seed: int = 0,
+                      confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of ``statistic(indices)`` when whole groups (movies) are resampled, not examples.
+
+    Reviews of one movie share a verdict and words, so they are not independent draws; for a question about new
+    movies, draw as many movies as there are, with replacement, and keep all reviews of each drawn movie.
+    ``statistic`` gets the (repeated) example indices of one resample and returns a number; resamples where it
+    returns NaN (e.g. an empty length bin) are left out. ``groups`` holds each example's movie name.
+    """
+    groups = np.asarray(list(groups))
+    names, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == number) for number in range(len(names))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(samples):
+        drawn = rng.integers(0, len(members), len(members))
+        values.append(statistic(np.concatenate([members[number] for number in drawn])))
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
