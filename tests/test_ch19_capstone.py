@@ -214,6 +214,14 @@ def per_queue(probs, labels, target, mistake=None):
             out.append(math.inf)
             continue
         curve = capstone.triage_curve(probs[mine], labels[mine])
+        if mistake == "first_drop":  # walk down from the highest threshold, stop at the first one below the target
+            kept = math.inf
+            for threshold, precision in zip(curve["threshold"], curve["precision"], strict=True):
+                if precision < target:
+                    break
+                kept = float(threshold)
+            out.append(kept)
+            continue
         if mistake == "strict":
             reaching = np.flatnonzero(curve["precision"] > target)
         else:
@@ -243,9 +251,40 @@ def test_per_queue_checker_accepts_the_reference_and_a_list_returning_solution()
     ("strict", ["exactly at the target"]),
     ("highest", ["highest threshold"]),
     ("untied", ["tie was split"]),
+    ("first_drop", ["stopped at the first threshold", "dip and recover"]),
 ])
 def test_per_queue_checker_names_each_mistake(mistake, words):
     assert_rejected(check_per_queue_thresholds(lambda p, y, t: per_queue(p, y, t, mistake)), *words)
+
+
+def test_a_scan_stopping_at_the_first_drop_is_not_told_it_refused_the_target():
+    report = check_per_queue_thresholds(lambda p, y, t: per_queue(p, y, t, "first_drop"))
+    assert "exactly at the target" not in repr(report) and "precision >= target" not in repr(report), report
+
+
+def test_strict_comparison_is_named_even_where_a_first_drop_scan_gives_the_same_thresholds():
+    """On the exact-target case both give 0.8 for queue 0; the dip case, passed before it, rules the scan out."""
+    report = check_per_queue_thresholds(lambda p, y, t: per_queue(p, y, t, "strict"))
+    assert_rejected(report, "exactly at the target")
+    assert "stopped at the first threshold" not in repr(report)
+
+
+def test_none_for_a_queue_without_a_threshold_is_told_to_use_inf():
+    def none_for_empty(p, y, t):
+        return [None if math.isinf(value) else value for value in per_queue(p, y, t)]
+
+    report = check_per_queue_thresholds(none_for_empty)
+    assert_rejected(report, "entry 0 is None", "use math.inf")  # the tie case: no threshold reaches 0.9 in queue 0
+    assert "got list" not in repr(report)
+
+
+def test_a_wrong_answer_no_mistake_explains_shows_the_inputs_got_and_expected():
+    def off_by_a_bit(p, y, t):
+        return [value if math.isinf(value) else value - 0.01 for value in per_queue(p, y, t)]
+
+    report = check_per_queue_thresholds(off_by_a_bit)
+    assert_rejected(report, "got [0.54, 0.59, 0.79], expected [0.55, 0.6, 0.8]",
+                    "as (confidence, gold label): [(0.95, 0), (0.9, 0), (0.85, 1)")
 
 
 def test_per_queue_checker_never_raises():
@@ -328,6 +367,10 @@ def mismatches(expected, actual, tolerance, mistake=None):
             moved, label_changed = max(gaps) > tolerance, False
         elif mistake == "at_tolerance":
             moved = max(gaps) >= tolerance
+        elif mistake == "exact":
+            moved = want["probs"] != got["probs"]
+        elif mistake == "rounded":
+            moved = [round(p, 1) for p in want["probs"]] != [round(p, 1) for p in got["probs"]]
         elif mistake == "relative":
             moved = any(abs(a - b) > tolerance * abs(a) for a, b in zip(want["probs"], got["probs"], strict=True))
         elif mistake == "top_only":
@@ -354,9 +397,22 @@ def test_golden_checker_accepts_the_reference_and_numpy_indices():
     ("relative", ["relative"]),
     ("top_only", ["top probability"]),
     ("twice", ["twice"]),
+    ("exact", ["tolerance was not used", "=="]),
+    ("rounded", ["tolerance was not used", "rounding"]),
 ])
 def test_golden_checker_names_each_mistake(mistake, words):
     assert_rejected(check_golden_mismatches(lambda e, a, t: mismatches(e, a, t, mistake)), *words)
+
+
+@pytest.mark.parametrize("mistake", ["exact", "rounded"])
+def test_an_exact_or_rounded_comparison_is_not_told_the_tolerance_was_relative(mistake):
+    report = check_golden_mismatches(lambda e, a, t: mismatches(e, a, t, mistake))
+    assert "relative" not in repr(report), report
+
+
+def test_a_golden_answer_no_mistake_explains_shows_the_records_got_and_expected():
+    report = check_golden_mismatches(lambda e, a, t: [0, 1, 2, 3])
+    assert_rejected(report, "got [0, 1, 2, 3], expected []", "tolerance 0.0625", "no record changed")
 
 
 def test_golden_checker_never_raises():

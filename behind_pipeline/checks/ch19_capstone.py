@@ -2,9 +2,14 @@
 point, and the comparison behind a golden-file test.
 
 Each compares the learner's function with a reference computed here, on small hand-made cases chosen to expose one
-mistake each: precision exactly at the target (a threshold must be kept there), tied confidences (a threshold
-routes a whole tie or none of it), four queues as well as three, a queue nobody is predicted into, costs that make
-"route nothing" the cheapest, and probabilities exactly at the golden tolerance.
+mistake each: precision that dips below the target and recovers (a scan cannot stop at the first drop), precision
+exactly at the target (a threshold must be kept there), tied confidences (a threshold routes a whole tie or none of
+it), four queues as well as three, a queue nobody is predicted into, costs that make "route nothing" the cheapest,
+and probabilities that move within the golden tolerance, or by exactly it.
+
+A wrong answer is named only by a mistake that gives the same answer on the failing case *and* on every case the
+learner passed before it; where no mistake, or more than one, fits, the report shows the case's inputs, the answer
+and the expected value instead of guessing a reason.
 """
 
 import math
@@ -37,6 +42,20 @@ def _routing(probs, threshold: float) -> np.ndarray:
     return np.asarray(probs).max(axis=1) >= threshold
 
 
+def _the_mistake(mistakes_per_case: list[dict], same) -> str | None:
+    """The one mistake whose answer equals the learner's on the failing case (the last dict) and the expected one on
+    every earlier case (which the learner passed), or None when no mistake or several fit.
+
+    Each dict maps a message to ``(wrong answer, expected answer)``; a mistake that gives the expected answer on the
+    failing case does not explain it. ``same(a, b)`` compares two answers.
+    """
+    *passed, failing = mistakes_per_case
+    fitting = [message for message, (wrong, expected, got) in failing.items()
+               if not same(wrong, expected) and same(got, wrong)
+               and all(same(*case[message][:2]) for case in passed)]
+    return fitting[0] if len(fitting) == 1 else None
+
+
 # --- Exercise 1: one threshold per queue ------------------------------------------------------------------------
 
 
@@ -65,6 +84,11 @@ def _per_queue_case(seed: int, queues: int, size: int, grid: bool = True):
 
 # (probabilities, labels, target, what the case exposes)
 PER_QUEUE_CASES = [
+    (_probs([_row(c, q, 3) for c, q in [(0.95, 0), (0.9, 0), (0.85, 0), (0.8, 0), (0.7, 0), (0.65, 0), (0.6, 0),
+                                        (0.55, 0), (0.9, 1), (0.6, 1), (0.8, 2), (0.7, 2)]]),
+     np.array([0, 0, 1, 2, 0, 0, 0, 0, 1, 1, 2, 0]), 0.7,
+     "queue 0's precision dips below 0.7 (at 0.85 and 0.8) and recovers to 0.75 at 0.55: the lowest threshold "
+     "reaching the target lies past the dip"),
     (_probs([_row(c, q, 3) for c, q in [(0.9, 0), (0.8, 0), (0.7, 0), (0.6, 0), (0.95, 1), (0.85, 1), (0.5, 1),
                                         (0.9, 2), (0.6, 2)]]),
      np.array([0, 0, 1, 0, 1, 2, 1, 2, 2]), 0.75,
@@ -92,6 +116,11 @@ def _per_queue_mistakes(probs, labels, target) -> dict[str, list[float]]:
         reaching = np.flatnonzero(curve["precision"] >= target)
         return float(curve["threshold"][reaching[0]]) if len(reaching) else math.inf
 
+    def first_drop(curve, target):
+        below = np.flatnonzero(curve["precision"] < target)
+        stop = below[0] if len(below) else len(curve["precision"])
+        return float(curve["threshold"][stop - 1]) if stop > 0 else math.inf
+
     def per_queue(select, choose):
         out = []
         for queue in range(queues):
@@ -116,6 +145,9 @@ def _per_queue_mistakes(probs, labels, target) -> dict[str, list[float]]:
             per_queue(lambda queue: predicted == queue, strict),
         "that is the highest threshold reaching the target: take the lowest (the largest coverage)":
             per_queue(lambda queue: predicted == queue, highest),
+        "the scan stopped at the first threshold whose precision is below the target: precision does not only "
+        "fall as the threshold drops (it can dip and recover), so look at every threshold and keep the lowest that "
+        "reaches the target": per_queue(lambda queue: predicted == queue, first_drop),
         "a tie was split: a threshold routes every item with that confidence, so compute precision per group of "
         "equal confidences": [untied(probs[predicted == q], labels[predicted == q]) if (predicted == q).any()
                               else math.inf for q in range(queues)],
@@ -131,28 +163,53 @@ def _same_thresholds(got: torch.Tensor, expected: list[float]) -> bool:
 def check_per_queue_thresholds(per_queue_thresholds) -> CheckReport:
     """``per_queue_thresholds(probs, labels, target)`` -> one threshold per queue (``inf``: route nothing there)."""
     report = CheckReport("Per-queue thresholds")
+    mistakes_per_case = []
     for number, (probs, labels, target, description) in enumerate(PER_QUEUE_CASES):
         expected = per_queue_reference(probs, labels, target)
         got = report.call(per_queue_thresholds, _given(probs, number), _given(labels, number + 1), target,
                           name="per_queue_thresholds")
         if got is Ellipsis:
             return report
+        if isinstance(got, list | tuple) and any(value is None for value in got):
+            queue = next(index for index, value in enumerate(got) if value is None)
+            report.fail(f"{description}: entry {queue} is None: use math.inf (a threshold nothing reaches) for a "
+                        "queue with no threshold, because no item is predicted into it or none reaches the target")
+            return report
         values = report.tensor(got, "the thresholds", shape=(probs.shape[1],))
         if values is None:
             return report
+        mistakes_per_case.append({message: (wrong, expected, values) for message, wrong in
+                                  _per_queue_mistakes(probs, labels, target).items()})
         if _same_thresholds(values, expected):
             report.ok(f"{description}: {[round(value, 4) for value in expected]}")
             continue
-        for message, wrong in _per_queue_mistakes(probs, labels, target).items():
-            if not _same_thresholds(torch.tensor(wrong, dtype=torch.float64), expected) and _same_thresholds(
-                    values, wrong):
-                report.fail(f"{description}: {message}")
-                break
-        else:
-            report.fail(f"{description}: got {[round(v, 4) for v in values.tolist()]}, expected "
-                        f"{[round(v, 4) for v in expected]}")
+        message = _the_mistake(mistakes_per_case, _same_threshold_lists)
+        report.fail(f"{description}: {message}" if message else
+                    f"{description}: got {_rounded(values.tolist())}, expected {_rounded(expected)}; "
+                    f"{_per_queue_inputs(probs, labels, values.tolist(), expected, number)}")
         return report
     return report
+
+
+def _rounded(values) -> list:
+    return [value if math.isinf(value) else round(value, 4) for value in values]
+
+
+def _same_threshold_lists(a, b) -> bool:
+    return _same_thresholds(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64).tolist())
+
+
+def _per_queue_inputs(probs, labels, got, expected, number: int) -> str:
+    """The inputs of the first queue whose threshold is wrong: its items as (confidence, gold label) pairs."""
+    queue = next(q for q, (a, b) in enumerate(zip(got, expected, strict=True))
+                 if not _same_thresholds(torch.tensor([a], dtype=torch.float64), [b]))
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    mine = probs.argmax(axis=1) == queue
+    if mine.sum() > 12:
+        return (f"queue {queue} has {int(mine.sum())} items: the inputs are PER_QUEUE_CASES[{number}] in "
+                "behind_pipeline.checks.ch19_capstone (probs, labels, target)")
+    pairs = [(round(float(c), 4), int(y)) for c, y in zip(probs[mine].max(axis=1), labels[mine], strict=True)]
+    return f"the items predicted into queue {queue}, as (confidence, gold label): {pairs}"
 
 
 # --- Exercise 2: the cheapest operating point -------------------------------------------------------------------
@@ -271,6 +328,8 @@ GOLDEN_CASES = [
     (_BASE, _moved(0), 0.0625, "nothing moved: no index"),
     (_BASE, _moved(1, label="fresh"), 0.0625, "a label changed with the same probabilities"),
     (_BASE, _moved(1, probs=[0.625, 0.25, 0.125]), 0.0625, "the top probability moved by 0.125, label unchanged"),
+    (_BASE, _moved(0, probs=[0.3125, 0.4375, 0.25]), 0.25,
+     "two probabilities moved by 0.0625, well within a tolerance of 0.25: no index"),
     (_BASE, _moved(2, probs=[0.0625, 0.0, 0.9375]), 0.125,
      "a small probability moved from 0.0625 to 0: an absolute move of 0.0625, within a tolerance of 0.125"),
     (_BASE, _moved(2, probs=[0.0625, 0.125, 0.8125]), 0.0625,
@@ -300,6 +359,9 @@ def _golden_mistakes(expected, actual, tolerance) -> dict[str, list[int]]:
             [i for i, (w, g) in pairs if gap(w, g) > tolerance],
         "a move of exactly the tolerance was flagged: the tolerance is allowed, so flag only moves beyond it":
             [i for i, (w, g) in pairs if w["label"] != g["label"] or gap(w, g) >= tolerance],
+        "the tolerance was not used: comparing probabilities with == (or after rounding) flags any move; a move "
+        "within the tolerance is no change": [i for i, (w, g) in pairs if w["label"] != g["label"]
+                                               or list(w["probs"]) != list(g["probs"])],
         "the tolerance was used relative to the probability: the golden files state an absolute one":
             [i for i, (w, g) in pairs if w["label"] != g["label"] or any(
                 abs(a - b) > tolerance * abs(a) for a, b in zip(w["probs"], g["probs"], strict=True))],
@@ -312,6 +374,7 @@ def _golden_mistakes(expected, actual, tolerance) -> dict[str, list[int]]:
 def check_golden_mismatches(golden_mismatches) -> CheckReport:
     """``golden_mismatches(expected, actual, tolerance)`` -> sorted indices of the records that changed."""
     report = CheckReport("Golden-file comparison")
+    mistakes_per_case = []
     for expected_records, actual_records, tolerance, description in GOLDEN_CASES:
         expected = golden_reference(expected_records, actual_records, tolerance)
         got = report.call(golden_mismatches, [dict(r) for r in expected_records], [dict(r) for r in actual_records],
@@ -323,14 +386,18 @@ def check_golden_mismatches(golden_mismatches) -> CheckReport:
         except (TypeError, ValueError):
             report.fail(f"{description}: return a list of record indices (ints), got {type(got).__name__}")
             return report
+        mistakes_per_case.append({message: (wrong, expected, indices) for message, wrong in
+                                  _golden_mistakes(expected_records, actual_records, tolerance).items()})
         if indices == expected:
             report.ok(f"{description}: {expected}")
             continue
-        for message, wrong in _golden_mistakes(expected_records, actual_records, tolerance).items():
-            if wrong != expected and indices == wrong:
-                report.fail(f"{description}: {message}")
-                break
+        message = _the_mistake(mistakes_per_case, lambda a, b: list(a) == list(b))
+        if message:
+            report.fail(f"{description}: {message}")
         else:
-            report.fail(f"{description}: got {indices}, expected {expected}")
+            changed = [f"record {i}: label {w['label']!r} -> {g['label']!r}, probs {w['probs']} -> {g['probs']}"
+                       for i, (w, g) in enumerate(zip(expected_records, actual_records, strict=True)) if w != g]
+            report.fail(f"{description}: got {indices}, expected {expected}; tolerance {tolerance}, "
+                        f"{'; '.join(changed) or 'no record changed'}")
         return report
     return report
