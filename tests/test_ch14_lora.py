@@ -5,6 +5,7 @@ peft) does not depend on the size.
 """
 
 import copy
+import inspect
 import math
 
 import pytest
@@ -20,7 +21,7 @@ from behind_pipeline.checks.ch14_lora import (
 )
 from behind_pipeline.lora import LoRALinear, add_lora, copy_from_peft, parameter_counts
 
-from checker_asserts import assert_rejected
+from checker_asserts import assert_rejected, failures
 
 
 def tiny_bert(seed=0, num_labels=2):
@@ -207,6 +208,30 @@ def test_conv1d_checker_rejects_an_update_built_with_the_conv1d_orientation_of_w
                                     lambda base, r, alpha: "layer"])
 def test_conv1d_checker_reports_instead_of_raising(answer):
     assert not check_lora_conv1d(answer).passed
+
+
+class ForwardWithADoubleInput(LoRAConv1D):
+    def forward(self, x):
+        return self.base(x) + self.scaling * (x.double() @ self.lora_A.T) @ self.lora_B.T  # float64 meets float32
+
+
+def test_a_forward_that_raises_gets_one_line_naming_the_learners_line_and_the_dtype():
+    report = check_lora_conv1d(ForwardWithADoubleInput)
+    line = inspect.getsourcelines(ForwardWithADoubleInput)[1] + 2
+    assert_rejected(report, f"(line {line} of your forward)", "float64 (double) tensor met a float32 one")
+    assert len(failures(report)) == 1 and "still `...`" not in repr(report), report
+
+
+class ForwardUnderNoGrad(LoRAConv1D):
+    def forward(self, x):
+        with torch.no_grad():  # nothing learns: the output has no gradient
+            return super().forward(x)
+
+
+def test_a_training_step_that_raises_is_reported_not_raised():
+    report = check_lora_conv1d(ForwardUnderNoGrad)
+    assert_rejected(report, "a training step through LoRAConv1D(...)(x) raised RuntimeError",
+                    "not under torch.no_grad()")
 
 
 # --- Exercise 3: the trainable count ---------------------------------------------------------------------------------
