@@ -3,8 +3,11 @@
 Every chapter, ``make prepare``, the tests, the benchmark and the service call :func:`predict_logits` rather
 than a loop of their own. It tokenizes all texts once, groups texts of similar token length into the same batch
 (chapter 6: little padding, so little wasted compute), pads each batch to its own longest text, runs the model
-without gradients and writes each row back at its text's index. Because of the attention mask the result does not
-depend on which batch a text lands in (up to float rounding, below 1e-5), so the grouping changes only the speed.
+without gradients and writes each row back at its text's index. For an fp32 (or fp16) model, because of the
+attention mask, the result does not depend on which batch a text lands in (up to float rounding, below 1e-5), so
+the grouping changes only the speed. Not so for a dynamic-int8 model (chapter 15): it quantizes each layer's
+input with one scale computed over the whole batch, so a text's logits move with the other texts of its batch
+(``tests/test_service.py`` measures it; chapter 18 says what it means for a service).
 """
 
 from collections.abc import Sequence
