@@ -10,12 +10,17 @@ import torch
 from torch import nn
 
 from behind_pipeline.checks.ch15_quantization import (
+    ASYMMETRIC_CASES,
     asymmetric_rows_reference,
     check_int8_matmul,
     check_nf4_levels,
     check_quantize_asymmetric_rows,
     int8_matmul_reference,
+    matmul_inputs,
     nf4_levels_reference,
+)
+from behind_pipeline.checks.ch15_quantization import (
+    test_weight as weight_for_case,
 )
 from behind_pipeline.quantize import (
     asymmetric_params,
@@ -164,6 +169,24 @@ def range_without_zero(weight):
     return torch.clamp(torch.round(weight / scale) + zero_point, 0, 255), scale, zero_point
 
 
+def zero_row_unguarded(weight):
+    low = weight.amin(dim=1, keepdim=True).clamp(max=0)
+    high = weight.amax(dim=1, keepdim=True).clamp(min=0)
+    scale = (high - low) / 255  # 0 for a row of zeros
+    zero_point = torch.clamp(torch.round(-low / scale), 0, 255)  # NaN there
+    return torch.clamp(torch.round(weight / scale) + zero_point, 0, 255), scale, zero_point
+
+
+def zero_row_with_a_tiny_scale(weight):
+    """A right answer: any positive scale stores a row of zeros exactly."""
+    low = weight.amin(dim=1, keepdim=True).clamp(max=0)
+    high = weight.amax(dim=1, keepdim=True).clamp(min=0)
+    scale = (high - low).clamp(min=1e-8) / 255
+    zero_point = torch.clamp(torch.round(-low / scale), 0, 255)
+    q = torch.clamp(torch.round(weight / scale) + zero_point, 0, 255)
+    return q.to(torch.uint8), scale, zero_point.to(torch.int32)
+
+
 def numpy_rows(weight):
     q, scale, zero_point = asymmetric_rows_reference(weight)
     return q.numpy().astype(np.uint8), scale.flatten().numpy(), zero_point.numpy().astype(np.int64)
@@ -172,6 +195,12 @@ def numpy_rows(weight):
 def test_asymmetric_rows_checker_accepts_right_answers_in_any_container():
     assert check_quantize_asymmetric_rows(right_rows).passed
     assert check_quantize_asymmetric_rows(numpy_rows).passed
+    assert check_quantize_asymmetric_rows(zero_row_with_a_tiny_scale).passed
+
+
+def test_the_asymmetric_cases_include_a_row_of_zeros():
+    assert any(not weight_for_case(rows, cols, seed, zero).any(dim=1).all()
+               for seed, (rows, cols, zero, _) in enumerate(ASYMMETRIC_CASES))
 
 
 @pytest.mark.parametrize("wrong, words", [
@@ -180,12 +209,13 @@ def test_asymmetric_rows_checker_accepts_right_answers_in_any_container():
     (scale_over_wrong_axis, ["dim=1"]),
     (rounding_before_scaling, ["divide by the scale first"]),
     (range_without_zero, ["0 inside the range", "row 1"]),
+    (zero_row_unguarded, ["row 3 is all zeros", "scale 1"]),
     (lambda weight: asymmetric_rows_reference(weight)[:2], ["tuple"]),
     (lambda weight: (_ for _ in ()).throw(ValueError("boom")), ["raised valueerror"]),
     (lambda weight: None, ["returned none"]),
     (..., ["still `...`"]),
 ], ids=["scale_from_mean", "zero_point_not_integer", "scale_over_wrong_axis", "rounding_before_scaling",
-        "range_without_zero", "two_values", "raises", "returns_none", "not_done"])
+        "range_without_zero", "zero_row_unguarded", "two_values", "raises", "returns_none", "not_done"])
 def test_asymmetric_rows_checker_rejects(wrong, words):
     assert_rejected(check_quantize_asymmetric_rows(wrong), *words)
 
@@ -242,9 +272,39 @@ def zero_row_divides_by_zero(x, weight):
     return (x_int @ w_int.T) * (x_scale * w_scale.T)
 
 
+def zero_row_cast_to_int32(x, weight):
+    """No guard, as the statement's steps read: the NaN of 0 / 0 cast to int32, then multiplied by the 0 scale."""
+    def quantize_rows(t):
+        scale = t.abs().amax(dim=1, keepdim=True) / 127  # 0 for a row of zeros
+        return torch.clamp(torch.round(t / scale), -127, 127).to(torch.int32), scale
+
+    (x_int, x_scale), (w_int, w_scale) = quantize_rows(x), quantize_rows(weight)
+    return (x_int @ w_int.T).float() * (x_scale * w_scale.T)
+
+
+def zero_row_guarded_with_where(x, weight):
+    """A right answer that computes 0 / 0 but throws the NaN away before any cast."""
+    def quantize_rows(t):
+        scale = t.abs().amax(dim=1, keepdim=True) / 127
+        q = torch.where(scale > 0, torch.clamp(torch.round(t / scale), -127, 127), 0.0)
+        return q.to(torch.int32), torch.where(scale > 0, scale, 1.0)
+
+    (x_int, x_scale), (w_int, w_scale) = quantize_rows(x), quantize_rows(weight)
+    return (x_int @ w_int.T).float() * (x_scale * w_scale.T)
+
+
 def test_int8_matmul_checker_accepts_the_right_answer_and_a_float64_result():
     assert check_int8_matmul(right_matmul).passed
     assert check_int8_matmul(lambda x, weight: int8_matmul_reference(x, weight)).passed
+    assert check_int8_matmul(zero_row_guarded_with_where).passed
+
+
+def test_the_zero_row_case_catches_a_missing_guard_the_result_hides():
+    x, weight = matmul_inputs(4, 16, 16, 2)
+    hidden = zero_row_cast_to_int32(x, weight)
+    assert torch.isfinite(hidden).all() and torch.allclose(hidden.double(), int8_matmul_reference(x, weight),
+                                                           atol=1e-4)  # the output alone cannot tell
+    assert_rejected(check_int8_matmul(zero_row_cast_to_int32), "a row of zeros", "NaN", "scale 1")
 
 
 @pytest.mark.parametrize("wrong, words", [

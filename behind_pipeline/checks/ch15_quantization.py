@@ -1,11 +1,14 @@
 """Checkers for the exercises of chapter 15 (quantization): asymmetric int8 per row, an int8 matmul, the NF4 levels.
 
 Test weights are not square (so a scale over the wrong axis has the wrong shape or the wrong values), their rows
-span ranges from 0.01 to 30 (so one scale per tensor cannot pass for one per row), and some rows are all positive
-or all negative (so a range that forgets to include 0 shows).
+span ranges from 0.01 to 30 (so one scale per tensor cannot pass for one per row), some rows are all positive
+or all negative (so a range that forgets to include 0 shows), and one case has a row of zeros in each exercise (its
+range is [0, 0], so a scale of 0 gives 0 / 0 = NaN; the int8 matmul's checker watches for that NaN inside the
+learner's function, where a cast to int32 and the 0 scale would otherwise hide it).
 """
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from behind_pipeline.checks._core import CheckReport
 from behind_pipeline.quantize import nf4_levels
@@ -26,18 +29,23 @@ def asymmetric_rows_reference(weight: torch.Tensor) -> tuple[torch.Tensor, torch
     return q, scale, zero_point
 
 
-def test_weight(out_features: int, in_features: int, seed: int) -> torch.Tensor:
-    """Rows of very different ranges; row 1 all positive, row 2 all negative, row 0 with one large outlier."""
+def test_weight(out_features: int, in_features: int, seed: int, zero_row: int | None = None) -> torch.Tensor:
+    """Rows of very different ranges; row 1 all positive, row 2 all negative, row 0 with one large outlier; row
+    ``zero_row`` (when given) all zeros."""
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=generator, dtype=torch.float64).float()
     weight *= torch.logspace(-2, 1.5, out_features)[:, None]  # row ranges from 0.01 to ~30
     weight[0, 0] = 25.0
     weight[1] = weight[1].abs() + 0.5
     weight[2] = -weight[2].abs() - 0.25
+    if zero_row is not None:
+        weight[zero_row] = 0.0
     return weight
 
 
-ASYMMETRIC_CASES = [(6, 20, "6 rows x 20 inputs"), (24, 7, "24 rows x 7 inputs"), (9, 9, "a square 9 x 9 weight")]
+# (rows, inputs, the all-zero row or None, what the case exposes)
+ASYMMETRIC_CASES = [(6, 20, None, "6 rows x 20 inputs"), (24, 7, None, "24 rows x 7 inputs"),
+                    (9, 9, None, "a square 9 x 9 weight"), (5, 12, 3, "5 rows x 12 inputs, row 3 all zeros")]
 
 
 def _as_column(report: CheckReport, value, name: str, rows: int, description: str) -> torch.Tensor | None:
@@ -56,8 +64,8 @@ def _as_column(report: CheckReport, value, name: str, rows: int, description: st
 def check_quantize_asymmetric_rows(quantize_asymmetric_rows) -> CheckReport:
     """``quantize_asymmetric_rows(weight)`` -> (q, scale, zero_point), one scale and integer zero point per row."""
     report = CheckReport("Asymmetric int8 per output row")
-    for seed, (rows, cols, description) in enumerate(ASYMMETRIC_CASES):
-        weight = test_weight(rows, cols, seed)
+    for seed, (rows, cols, zero_row, description) in enumerate(ASYMMETRIC_CASES):
+        weight = test_weight(rows, cols, seed, zero_row)
         before = weight.clone()
         result = report.call(quantize_asymmetric_rows, weight, name="quantize_asymmetric_rows")
         if result is Ellipsis:
@@ -74,6 +82,16 @@ def check_quantize_asymmetric_rows(quantize_asymmetric_rows) -> CheckReport:
         zero_point = _as_column(report, result[2], "zero_point", rows, description)
         if q is None or scale is None or zero_point is None:
             return report
+        if zero_row is not None:
+            # A row of zeros may have any positive scale (its q are all z = 0); compare the others with the reference.
+            row_scale = scale[zero_row, 0].item()
+            if not (torch.isfinite(scale[zero_row]).all() and row_scale > 0 and zero_point[zero_row, 0] == 0
+                    and bool((q[zero_row] == 0).all())):
+                report.fail(f"{description}: row {zero_row} is all zeros, so its range is [0, 0] and (max - min) / "
+                            f"255 is 0 (got scale {row_scale:.3g}, zero point {zero_point[zero_row, 0]:.3g}): give "
+                            "such a row scale 1 (its zero point and all its q are then 0)")
+                return report
+            scale_ref[zero_row] = scale[zero_row]
         if not torch.equal(zero_point, torch.round(zero_point)):
             report.fail(f"{description}: the zero points are not integers (e.g. {zero_point.flatten()[0]:.3f}): "
                         "round -min / scale, so that 0.0 is stored exactly by an integer")
@@ -141,14 +159,44 @@ def matmul_inputs(tokens: int, d_in: int, d_out: int, seed: int) -> tuple[torch.
     return x, weight
 
 
+_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+class NaNCastWatch(TorchFunctionMode):
+    """Records the first torch call inside a learner's function that turns a float tensor holding NaN into integers.
+
+    A row of zeros without a guard has scale 0, so ``round(0 / 0)`` is NaN; cast to int32 it becomes an arbitrary
+    integer, which the 0 scale then multiplies away: the result is right, the guard missing. Only such a cast is
+    recorded, so an answer that computes a NaN it then discards (``torch.where(scale > 0, x / scale, 0)``) is fine.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.cast: str | None = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if self.cast is None and isinstance(result, torch.Tensor) and result.dtype in _INTEGERS and any(
+                isinstance(a, torch.Tensor) and a.is_floating_point() and bool(torch.isnan(a).any()) for a in args):
+            self.cast = getattr(func, "__name__", "a cast")
+        return result
+
+
 def check_int8_matmul(int8_matmul) -> CheckReport:
     """``int8_matmul(x, weight)`` equals the int8 product with per-token and per-output-row scales."""
     report = CheckReport("An int8 matmul with a scale per row")
     for seed, (tokens, d_in, d_out, description) in enumerate(MATMUL_CASES):
         x, weight = matmul_inputs(tokens, d_in, d_out, seed)
         x_before, w_before = x.clone(), weight.clone()
-        result = report.call(int8_matmul, x, weight, name="int8_matmul")
+        watch = NaNCastWatch()
+        with watch:
+            result = report.call(int8_matmul, x, weight, name="int8_matmul")
         if result is Ellipsis:
+            return report
+        if watch.cast is not None:
+            report.fail(f"{description}: a row of zeros has max 0, so its scale is 0 and round(0 / 0) is NaN; your "
+                        f"function turned that NaN into integers (`{watch.cast}`), which only the 0 scale hides in "
+                        "the result: give a row of zeros scale 1 (its integers are then all 0)")
             return report
         if not torch.equal(x, x_before) or not torch.equal(weight, w_before):
             report.fail(f"{description}: int8_matmul changed its inputs; leave x and weight unchanged")
