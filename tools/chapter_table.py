@@ -22,24 +22,17 @@ import sys
 
 import nbformat
 
-from notebook_files import ROOT, notebooks
+from blocks import exit_status, update
+from notebook_files import ROOT, TITLE, about, doc_link, notebooks
 
 README = ROOT / "README.md"
-START, END = "<!-- chapter-table:start -->", "<!-- chapter-table:end -->"
 # Measured by `make runtimes` on the book's reference machine: 2 CPU cores, no GPU.
 RUNS_LINE = re.compile(r"Runs in about [^\n]*? on (?:a 2-core laptop CPU|2 CPU cores, no GPU \(measured\))\.")
-TITLE = re.compile(r"^# (\d+)\. ([^:\n]+): ([^\n]+)$", re.MULTILINE)
 
 
 def results(name: str) -> dict:
     path = ROOT / "results" / name
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def about(seconds: float | None) -> str:
-    if seconds is None:
-        return "not measured yet"
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def chapter_rows(runtimes: dict) -> list[str]:
@@ -89,26 +82,20 @@ def setup_lines() -> list[str]:
     return lines
 
 
-def render_readme(text: str, runtimes: dict) -> str:
-    block = "\n".join([START, *chapter_rows(runtimes), *setup_lines(), END])
-    return re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL)
-
-
 def site_rows(runtimes: dict) -> list[str]:
     """The same table for the website: links to the pages the site builds, exercises but not solutions (they sit
     in their own section, out of the reader's path); a chapter the site does not list yet is plain text."""
-    from instructor_tables import _doc  # imported here: instructor_tables imports this module
-
     rows = ["| # | chapter | what you learn | exercises | run time (chapter + solutions) |", "|---|---|---|---|---|"]
     for chapter in notebooks(("notebooks",)):
         match = TITLE.search(nbformat.read(chapter, as_version=4).cells[0].source)
         number, title, subtitle = match.groups() if match else ("?", chapter.stem, "")
         exercise = f"exercises/{chapter.stem}_exercises"
-        practice = _doc(exercise, "exercises") if (ROOT / f"{exercise}.ipynb").exists() else "-"
+        practice = doc_link(exercise, "exercises") if (ROOT / f"{exercise}.ipynb").exists() else "-"
         seconds = runtimes.get(f"notebooks/{chapter.name}")
         extra = runtimes.get(f"solutions/{chapter.stem}_solutions.ipynb")
         timing = about(seconds) + (f" (+{about(extra)})" if extra is not None else "")
-        rows.append(f"| {number} | {_doc('notebooks/' + chapter.stem, title)} | {subtitle} | {practice} | {timing} |")
+        link = doc_link("notebooks/" + chapter.stem, title)
+        rows.append(f"| {number} | {link} | {subtitle} | {practice} | {timing} |")
     return ["", *rows, *setup_lines(), ""]
 
 
@@ -119,14 +106,12 @@ def memory_text(mib: float | None) -> str:
 def troubleshooting_rows(runtimes: dict, memory: dict) -> list[str]:
     """Time and peak memory of every notebook the tests execute. Chapters are linked; solutions are not (they stay
     out of the reader's path, and an instructor may drop them from the site)."""
-    from instructor_tables import _doc
-
     # The memory column appears once a run recorded memory (results/memory.json, `make runtimes`).
     rows = ["| notebook | run time | peak memory |", "|---|---|---|"] if memory else ["| notebook | run time |",
                                                                                  "|---|---|"]
     for path in notebooks(("notebooks", "solutions")):
         key = str(path.relative_to(ROOT))
-        name = _doc(key.removesuffix(".ipynb"), path.stem) if path.parent.name == "notebooks" else f"`{key}`"
+        name = doc_link(key.removesuffix(".ipynb"), path.stem) if path.parent.name == "notebooks" else f"`{key}`"
         peak = f" {memory_text(memory.get(key))} |" if memory else ""
         rows.append(f"| {name} | {about(runtimes.get(key))} |{peak}")
     return ["", *rows, ""]
@@ -191,21 +176,9 @@ def site_blocks(runtimes: dict) -> dict[str, dict[str, list[str]]]:
 
 def render_site(check: bool) -> list[str]:
     """Rewrite (or, with ``check``, only compare) the website's rendered blocks; the stale ones, named."""
-    from instructor_tables import render
-
     stale = []
     for page, tables in site_blocks(results("runtimes.json")).items():
-        path = ROOT / "book" / page
-        text = path.read_text() if path.exists() else ""
-        try:
-            rendered = render(text, tables)
-        except ValueError as error:
-            stale.append(f"book/{page}: {error}")
-            continue
-        if rendered != text:
-            stale.append(f"book/{page} rendered block")
-            if not check:
-                path.write_text(rendered)
+        stale += update(ROOT / "book" / page, tables, check)
     config = ROOT / "_config.yml"
     text = config.read_text()
     if not FOOTER.search(text):
@@ -223,11 +196,7 @@ def main() -> int:
     args = parser.parse_args()
     runtimes = results("runtimes.json")
     stale = []
-    readme = README.read_text()
-    if render_readme(readme, runtimes) != readme:
-        stale.append("README.md chapter table")
-        if not args.check:
-            README.write_text(render_readme(readme, runtimes))
+    stale += update(README, {"chapter-table": [*chapter_rows(runtimes), *setup_lines()]}, args.check)
     for path in notebooks(("notebooks", "solutions")):
         nb = nbformat.read(path, as_version=4)
         line = f"Runs in about {about(runtimes.get(str(path.relative_to(ROOT))))} on 2 CPU cores, no GPU (measured)."
@@ -241,7 +210,7 @@ def main() -> int:
     current = "chapter tables, run-time lines and versions current"
     print("\n".join(f"out of date: {s}" for s in stale) if stale else current)
     # A page that lost its markers cannot be rendered: an error in both modes.
-    return 1 if stale and (args.check or any("markers" in s or "no `" in s for s in stale)) else 0
+    return 1 if any("no `" in s for s in stale) else exit_status(stale, args.check)
 
 
 if __name__ == "__main__":

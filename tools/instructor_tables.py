@@ -10,16 +10,15 @@ chapters the site builds (listed in _toc.yml) are rendered, so every link resolv
 """
 
 import argparse
-import fnmatch
 import json
 import re
 import sys
 from pathlib import Path
 
 import nbformat
-from chapter_table import TITLE, about
 
-from notebook_files import ROOT, notebooks
+from blocks import exit_status, update
+from notebook_files import ROOT, TITLE, about, doc_link, in_site, notebooks
 
 BULLET = re.compile(r"^- ", re.MULTILINE)
 
@@ -44,25 +43,10 @@ def chapters() -> list[dict]:
     return found
 
 
-def in_site(path: str) -> bool:
-    """Whether the site builds ``path`` (no suffix): it exists, and a ``file:`` or ``glob:`` of _toc.yml names it."""
-    if not any((ROOT / path).with_suffix(suffix).exists() for suffix in (".ipynb", ".md")):
-        return False
-    toc = (ROOT / "_toc.yml").read_text()
-    files = re.findall(r"^\s*-?\s*file:\s*(\S+)", toc, flags=re.MULTILINE)
-    globs = re.findall(r"^\s*-?\s*glob:\s*(\S+)", toc, flags=re.MULTILINE)
-    return path in files or any(fnmatch.fnmatch(path, pattern) for pattern in globs)
-
-
-def _doc(path: str, text: str) -> str:
-    """A link to a page of the site; plain text for one the site does not build (a broken link fails the build)."""
-    return f"{{doc}}`{text} <../{path}>`" if in_site(path) else text
-
-
 def objectives_block(found: list[dict]) -> list[str]:
     lines = []
     for chapter in found:
-        lines += ["", f"**{_doc('notebooks/' + chapter['stem'], chapter['number'] + '. ' + chapter['title'])}: "
+        lines += ["", f"**{doc_link('notebooks/' + chapter['stem'], chapter['number'] + '. ' + chapter['title'])}: "
                       f"{chapter['subtitle']}.** Learners will learn:", ""]
         lines += [f"- {bullet}" for bullet in chapter["bullets"]] or ["- (the chapter lists no objectives yet)"]
     return [*lines, ""]
@@ -79,7 +63,7 @@ def runtimes_block(found: list[dict], runtimes: dict) -> list[str]:
         solution = _exercises(chapter["stem"])
         chapter_time = about(runtimes.get(f"notebooks/{chapter['stem']}.ipynb"))
         solution_time = about(runtimes.get(f"{solution}.ipynb")) if solution else "no exercises"
-        rows.append(f"| {chapter['number']} | {_doc('notebooks/' + chapter['stem'], chapter['title'])} "
+        rows.append(f"| {chapter['number']} | {doc_link('notebooks/' + chapter['stem'], chapter['title'])} "
                     f"| {chapter_time} | {solution_time} |")
     return [*rows, ""]
 
@@ -88,9 +72,9 @@ def learner_block(found: list[dict], runtimes: dict) -> list[str]:
     rows = ["", "| # | chapter | what you learn | run time of the chapter | exercises |", "|---|---|---|---|---|"]
     for chapter in found:
         solution = _exercises(chapter["stem"])
-        exercises = _doc(f"exercises/{chapter['stem']}_exercises", "exercises") if solution else "-"
+        exercises = doc_link(f"exercises/{chapter['stem']}_exercises", "exercises") if solution else "-"
         chapter_time = about(runtimes.get(f"notebooks/{chapter['stem']}.ipynb"))
-        rows.append(f"| {chapter['number']} | {_doc('notebooks/' + chapter['stem'], chapter['title'])} "
+        rows.append(f"| {chapter['number']} | {doc_link('notebooks/' + chapter['stem'], chapter['title'])} "
                     f"| {chapter['subtitle']} | {chapter_time} | {exercises} |")
     return [*rows, ""]
 
@@ -102,18 +86,6 @@ def blocks(runtimes: dict) -> dict[str, dict[str, list[str]]]:
             "learners.md": {"chapter-times": learner_block(found, runtimes)}}
 
 
-def render(text: str, tables: dict[str, list[str]]) -> str:
-    """``text`` with each marked table replaced; a page without a table's markers raises ValueError."""
-    for name, lines in tables.items():
-        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-        pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), flags=re.DOTALL)
-        if not pattern.search(text):
-            raise ValueError(f"no {start} ... {end} markers")
-        block = "\n".join([start, *lines, end])
-        text = pattern.sub(lambda _, block=block: block, text)
-    return text
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
@@ -123,19 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     runtimes = json.loads(args.runtimes.read_text()) if args.runtimes.exists() else {}
     stale = []
     for page, tables in blocks(runtimes).items():
-        path = args.book / page
-        text = path.read_text()
-        try:
-            rendered = render(text, tables)
-        except ValueError as error:
-            stale.append(f"{page}: {error}")
-            continue
-        if rendered != text:
-            stale.append(f"{page}: tables out of date with the chapters and results/runtimes.json")
-            if not args.check:
-                path.write_text(rendered)
+        stale += update(args.book / page, tables, args.check)
     print("\n".join(stale) if stale else "instructor and learner tables current")
-    return 1 if stale and (args.check or any("markers" in line for line in stale)) else 0
+    return exit_status(stale, args.check)
 
 
 if __name__ == "__main__":

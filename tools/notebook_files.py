@@ -1,10 +1,14 @@
 """The notebooks of the book, in one place for every tool: chapters, solutions and generated exercises."""
 
+import fnmatch
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKED_FOLDERS = ("notebooks", "solutions")  # executed by nbval and compared
+CHECKED_FOLDERS = ("notebooks", "solutions", "book")  # executed by nbval and compared (book/: reference pages)
 ALL_FOLDERS = CHECKED_FOLDERS + ("exercises",)
+# A chapter's title line: "# 7. Other heads: one body, many tasks" gives number, title and subtitle.
+TITLE = re.compile(r"^# (\d+)\. ([^:\n]+): ([^\n]+)$", re.MULTILINE)
 
 
 def notebooks(folders=ALL_FOLDERS) -> list[Path]:
@@ -25,3 +29,24 @@ def unexpected_errors(path: Path) -> list[str]:
         if any(output.output_type == "error" for output in cell.outputs):
             found.append(f"{path.relative_to(ROOT)} cell {index}: stored error output")
     return found
+
+
+def in_site(path: str) -> bool:
+    """Whether the site builds ``path`` (no suffix): it exists, and a ``file:`` or ``glob:`` of _toc.yml names it."""
+    if not any((ROOT / path).with_suffix(suffix).exists() for suffix in (".ipynb", ".md")):
+        return False
+    toc = (ROOT / "_toc.yml").read_text()
+    files = re.findall(r"^\s*-?\s*file:\s*(\S+)", toc, flags=re.MULTILINE)
+    globs = re.findall(r"^\s*-?\s*glob:\s*(\S+)", toc, flags=re.MULTILINE)
+    return path in files or any(fnmatch.fnmatch(path, pattern) for pattern in globs)
+
+
+def doc_link(path: str, text: str) -> str:
+    """A link to a page of the site; plain text for one the site does not build (a broken link fails the build)."""
+    return f"{{doc}}`{text} <../{path}>`" if in_site(path) else text
+
+
+def about(seconds: float | None) -> str:
+    if seconds is None:
+        return "not measured yet"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
