@@ -9,16 +9,15 @@ Every number comes from a results file written by a notebook's ``record(...)`` c
 
 import argparse
 import json
-import re
 import sys
 
 from behind_pipeline.results import load_rows
 
+from blocks import exit_status, update
 from notebook_files import ROOT
 
 PAGE = ROOT / "book" / "results.md"
 README = ROOT / "README.md"
-START, END = "<!-- results-tables:start -->", "<!-- results-tables:end -->"
 RUN_TITLES = {
     "small": "Small run: the settings of the stored notebooks (what the tests execute), `make small`",
     "full": "Full run: all training data and epochs, `make full`",
@@ -65,30 +64,17 @@ def table(run: str) -> list[str]:
     return lines
 
 
-def block() -> str:
-    return "\n".join([START, "", *table("small"), *table("full"), END])
-
-
-def render(text: str) -> str:
-    return re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block(), text, flags=re.DOTALL)
+def blocks() -> dict[str, list[str]]:
+    return {"results-tables": ["", *table("small"), *table("full")]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    stale = []
-    for path in (PAGE, README):
-        text = path.read_text()
-        if START not in text:
-            stale.append(f"{path.relative_to(ROOT)} has no {START} block")
-            continue
-        if render(text) != text:
-            stale.append(f"{path.relative_to(ROOT)} results tables")
-            if not args.check:
-                path.write_text(render(text))
+    stale = [line for path in (PAGE, README) for line in update(path, blocks(), args.check)]
     print("\n".join(f"out of date: {s}" for s in stale) if stale else "results tables current")
-    return 1 if stale and args.check else 0
+    return exit_status(stale, args.check)
 
 
 if __name__ == "__main__":
