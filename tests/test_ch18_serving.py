@@ -5,20 +5,20 @@ below (each named after the mistake it models), and never raise, whatever the le
 (every bad input, parity with ``pipeline()``, load) is tested in ``tests/test_service.py``.
 """
 
-import asyncio
 import json
 
 import pytest
 import torch
 
 from behind_pipeline.checks.ch18_serving import (
-    check_guarded_encode,
-    check_predict_within,
+    check_budget_passes,
+    check_run_isolated,
     check_serve_requests,
     fifo_passes,
 )
 from behind_pipeline.service import bench
-from behind_pipeline.service.app import RequestRefused
+
+from checker_asserts import assert_rejected
 
 # ---------------------------------------------------------------------------------------------------------------
 # The service benchmark writes only its own section
@@ -56,146 +56,166 @@ def test_the_tiny_benchmark_writes_a_well_formed_service_section(tmp_path):
     assert set(section["models"]) == set(bench.TINY_MODELS)
     for figures in section["models"].values():
         latency = figures[f"latency_batch_{bench.BATCH}"]
-        assert 0 < latency["p50_ms"] <= latency["p95_ms"] and latency["requests"] == bench.SIZES["tiny"][
-            "latency_requests"]
+        assert latency["repeats"] == bench.SIZES["tiny"]["repeats"] == len(latency["runs"])
+        for run in latency["runs"]:
+            assert 0 < run["p50_ms"] <= run["p95_ms"] and run["requests"] == bench.SIZES["tiny"]["latency_requests"]
         for mode in ("throughput_micro_batching", "throughput_one_by_one"):
-            run = figures[mode]
-            assert run["texts_per_second"] > 0 and run["failed"] == 0
-            assert run["requests"] == bench.CLIENTS * bench.SIZES["tiny"]["requests_per_client"]
-        assert figures["throughput_one_by_one"]["largest_batch"] == 1  # max_batch=1 really served one by one
+            for run in figures[mode]["runs"]:
+                assert run["texts_per_second"] > 0 and run["failed"] == 0 and 0 <= run["busy_share"] <= 1
+                assert run["requests"] == bench.CLIENTS * bench.SIZES["tiny"]["requests_per_client"]
+            assert figures[mode]["texts_per_second"] == pytest.approx(
+                sum(run["texts_per_second"] for run in figures[mode]["runs"]) / len(figures[mode]["runs"]), abs=0.01)
+        assert {run["largest_batch"] for run in figures["throughput_one_by_one"]["runs"]} == {1}  # really one by one
         ratio = figures["throughput_micro_batching"]["texts_per_second"] / figures["throughput_one_by_one"][
             "texts_per_second"]
         assert figures["micro_batching_vs_one_by_one"] == pytest.approx(ratio, abs=0.01)
         assert figures[f"in_process_batch_{bench.IN_PROCESS_BATCH}_texts_per_second"] > 0
+        for setting in ("token_budget", "no_token_budget"):
+            for run in figures["head_of_line"][setting]["runs"]:
+                assert 0 < run["short_request_p50_ms"] <= run["short_request_max_ms"]
+        assert ("wrk_micro_batching" in figures) == (section["wrk"] is not None)
+
+
+def test_repeated_reports_mean_spread_and_every_run():
+    values = iter([1.0, 2.0, 6.0])
+    summary = bench.repeated(lambda: {"x": next(values)}, 3, ("x",))
+    assert summary["x"] == 3.0 and summary["x_sd"] == pytest.approx(2.65, abs=0.01) and len(summary["runs"]) == 3
+
+
+def test_wrk_output_is_read_in_milliseconds(monkeypatch):
+    """wrk prints latencies in us, ms or s; the bench stores milliseconds."""
+    import subprocess
+
+    out = ("Running 1s test\n  Latency Distribution\n     50%  850.00us\n     75%    1.20ms\n     90%    2.00ms\n"
+           "     99%    1.50s\n  100 requests in 1.00s\nRequests/sec:    123.45\nNon-2xx or 3xx responses: 7\n")
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, out, ""))
+    monkeypatch.setattr(bench, "_busy", lambda url: (0.0, 0))
+    figures = bench.wrk_throughput("/usr/bin/wrk", "http://127.0.0.1:1", ["a review"], 4, 1)
+    assert (figures["texts_per_second"], figures["p50_ms"], figures["p99_ms"], figures["non_2xx"]) == (
+        123.5, 0.8, 1500.0, 7)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Exercise 1: a guard in front of the tokenizer
+# Exercise 1: a token-budget batcher
 
 
-def _refuse(status, error, detail="see the limits"):
-    raise RequestRefused(status, error, detail)
+def reference_budget_passes(lengths, max_batch, max_tokens):
+    passes, current, longest = [], [], 0
+    for index, length in enumerate(lengths):
+        longer = max(longest, length)
+        if current and (len(current) == max_batch or (len(current) + 1) * longer > max_tokens):
+            passes.append(current)
+            current, longer = [], length
+        current.append(index)
+        longest = longer
+    return passes + [current] if current else passes
 
 
-def reference_guarded_encode(texts, tokenizer, max_chars, max_texts, max_total_chars):
-    texts = [texts] if isinstance(texts, str) else texts
-    if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
-        _refuse(422, "invalid_request")
-    if len(texts) > max_texts:
-        _refuse(413, "too_many_texts")
-    for text in texts:
-        if not text.strip():
-            _refuse(422, "empty_text")
-        if len(text) > max_chars:
-            _refuse(413, "text_too_long")
-    if sum(len(text) for text in texts) > max_total_chars:
-        _refuse(413, "request_too_long")
-    return tokenizer(texts, truncation=True)
+def counts_the_sum(lengths, max_batch, max_tokens):
+    """Budget on the sum of lengths: a pass pads every text to its longest, so it costs more than the sum."""
+    passes, current, total = [], [], 0
+    for index, length in enumerate(lengths):
+        if current and (len(current) == max_batch or total + length > max_tokens):
+            passes.append(current)
+            current, total = [], 0
+        current.append(index)
+        total += length
+    return passes + [current] if current else passes
 
 
-def limit_checked_after_tokenization(texts, tokenizer, max_chars, max_texts, max_total_chars):
-    """Tokenizes first, then checks: every refused request already cost a tokenization."""
-    encoding = tokenizer([texts] if isinstance(texts, str) else texts, truncation=True)
-    reference_guarded_encode(texts, _NoTokenizer(), max_chars, max_texts, max_total_chars)
-    return encoding
+def pads_to_the_newest(lengths, max_batch, max_tokens):
+    """(texts + 1) x the newest text's length: a short text after a long one hides the long one's padding."""
+    passes, current = [], []
+    for index, length in enumerate(lengths):
+        if current and (len(current) == max_batch or (len(current) + 1) * length > max_tokens):
+            passes.append(current)
+            current = []
+        current.append(index)
+    return passes + [current] if current else passes
 
 
-class _NoTokenizer:
-    def __call__(self, *args, **kwargs):
-        return {}
+def budget_strictly_below(lengths, max_batch, max_tokens):
+    """``>=`` instead of ``>``: a pass of exactly max_tokens padded tokens is refused."""
+    return reference_budget_passes(lengths, max_batch, max_tokens - 1)
 
 
-def limit_in_tokens(texts, tokenizer, max_chars, max_texts, max_total_chars):
-    """Measures each text in tokens: few long words pass a character limit they break."""
-    texts = [texts] if isinstance(texts, str) else texts
-    if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
-        _refuse(422, "invalid_request")
-    if len(texts) > max_texts:
-        _refuse(413, "too_many_texts")
-    encoding = tokenizer(texts, truncation=True)
-    for text, ids in zip(texts, encoding["input_ids"], strict=True):
-        if not text.strip():
-            _refuse(422, "empty_text")
-        if len(ids) > max_chars:
-            _refuse(413, "text_too_long")
-    if sum(len(text) for text in texts) > max_total_chars:
-        _refuse(413, "request_too_long")
-    return encoding
+def ignores_max_batch_in_budget(lengths, max_batch, max_tokens):
+    """Only the token budget: a pass of many short texts goes over max_batch."""
+    return reference_budget_passes(lengths, 10**9, max_tokens)
 
 
-def off_by_one_at_the_limit(texts, tokenizer, max_chars, max_texts, max_total_chars):
-    """``>=`` instead of ``>``: a text of exactly max_chars is refused."""
-    return reference_guarded_encode(texts, tokenizer, max_chars - 1, max_texts, max_total_chars)
+def drops_texts_over_the_budget(lengths, max_batch, max_tokens):
+    """A text longer than the whole budget is skipped: its request never gets an answer."""
+    kept = [index for index, length in enumerate(lengths) if length <= max_tokens]
+    passes = reference_budget_passes([lengths[index] for index in kept], max_batch, max_tokens)
+    return [[kept[position] for position in one] for one in passes]
 
 
-def limit_in_bytes(texts, tokenizer, max_chars, max_texts, max_total_chars):
-    """Counts UTF-8 bytes: an accented review of max_chars characters is refused."""
-    as_list = [texts] if isinstance(texts, str) else texts
-    if isinstance(as_list, list) and any(isinstance(t, str) and len(t.encode()) > max_chars for t in as_list):
-        _refuse(413, "text_too_long")
-    return reference_guarded_encode(texts, tokenizer, max_chars, max_texts, max_total_chars)
+def loops_on_a_text_over_the_budget(lengths, max_batch, max_tokens):
+    """Waits for a pass with room for a text that can never fit: never returns."""
+    if any(length > max_tokens for length in lengths):
+        import time
+
+        time.sleep(60)
+    return reference_budget_passes(lengths, max_batch, max_tokens)
 
 
-def whitespace_accepted(texts, tokenizer, max_chars, max_texts, max_total_chars):
-    """Refuses "" but lets "  \\n" through to the model."""
-    as_list = [texts] if isinstance(texts, str) else texts
-    if isinstance(as_list, list) and all(isinstance(t, str) for t in as_list) and as_list and all(as_list):
-        as_list = [t if t.strip() else "x" for t in as_list]
-        reference_guarded_encode(as_list, _NoTokenizer(), max_chars, max_texts, max_total_chars)
-        return tokenizer([texts] if isinstance(texts, str) else texts, truncation=True)
-    return reference_guarded_encode(texts, tokenizer, max_chars, max_texts, max_total_chars)
+def shortest_first(lengths, max_batch, max_tokens):
+    """Sorts by length to pack better: a long text can wait forever behind short ones, and answers come out of
+    order."""
+    order = sorted(range(len(lengths)), key=lambda index: lengths[index])
+    passes = reference_budget_passes([lengths[index] for index in order], max_batch, max_tokens)
+    return [[order[position] for position in one] for one in passes]
 
 
-def no_total_limit(texts, tokenizer, max_chars, max_texts, max_total_chars):
-    """Forgets the new limit on the request's total characters."""
-    return reference_guarded_encode(texts, tokenizer, max_chars, max_texts, 10**9)
+def forgets_the_last_pass(lengths, max_batch, max_tokens):
+    """The pass still open at the end is never returned."""
+    return reference_budget_passes(lengths, max_batch, max_tokens)[:-1]
 
 
-def wrong_status_for_too_long(texts, tokenizer, max_chars, max_texts, max_total_chars):
-    """Refuses an over-long text with 422 rather than 413 (payload too large)."""
-    try:
-        return reference_guarded_encode(texts, tokenizer, max_chars, max_texts, max_total_chars)
-    except RequestRefused as refused:
-        if refused.error == "text_too_long":
-            _refuse(422, "text_too_long")
-        raise
+def no_return(lengths, max_batch, max_tokens):
+    reference_budget_passes(lengths, max_batch, max_tokens)
 
 
-def raises_value_error(texts, tokenizer, max_chars, max_texts, max_total_chars):
-    """Refuses with a plain exception the app cannot turn into a 4xx."""
-    try:
-        return reference_guarded_encode(texts, tokenizer, max_chars, max_texts, max_total_chars)
-    except RequestRefused as refused:
-        raise ValueError(refused.detail) from None
+def test_budget_checker_accepts_the_solution():
+    assert check_budget_passes(reference_budget_passes).passed
 
 
-def tokenizes_one_by_one(texts, tokenizer, max_chars, max_texts, max_total_chars):
-    """One tokenizer call per text, then stitched together."""
-    reference_guarded_encode(texts, _NoTokenizer(), max_chars, max_texts, max_total_chars)
-    texts = [texts] if isinstance(texts, str) else texts
-    return {"input_ids": [tokenizer(text, truncation=True)["input_ids"] for text in texts]}
+def test_budget_checker_accepts_tuples_and_numpy_indices():
+    import numpy as np
+
+    def as_tuples(lengths, max_batch, max_tokens):
+        return tuple(tuple(np.int64(i) for i in one) for one in reference_budget_passes(lengths, max_batch, max_tokens))
+
+    assert check_budget_passes(as_tuples).passed
 
 
-def test_guard_checker_accepts_the_solution():
-    assert check_guarded_encode(reference_guarded_encode).passed
+@pytest.mark.parametrize(("wrong", "words"), [
+    (counts_the_sum, ("padded tokens", "not the sum")), (pads_to_the_newest, ("padded tokens", "newest")),
+    (budget_strictly_below, ("exactly max_tokens is allowed",)), (ignores_max_batch_in_budget, ("over max_batch",)),
+    (drops_texts_over_the_budget, ("exactly once", "alone")), (loops_on_a_text_over_the_budget, ("no answer",)),
+    (shortest_first, ("arrival order",)), (forgets_the_last_pass, ("exactly once",)),
+    (no_return, ("returned none", "return")),
+], ids=lambda value: getattr(value, "__name__", ""))
+def test_budget_checker_names_the_mistake(wrong, words, monkeypatch):
+    from behind_pipeline.checks import ch18_serving
+
+    monkeypatch.setattr(ch18_serving, "CHECK_BOUND_S", 2.0)
+    assert_rejected(check_budget_passes(wrong), *words)
 
 
-@pytest.mark.parametrize("wrong", [limit_checked_after_tokenization, limit_in_tokens, off_by_one_at_the_limit,
-                                   limit_in_bytes, whitespace_accepted, no_total_limit, wrong_status_for_too_long,
-                                   raises_value_error, tokenizes_one_by_one], ids=lambda f: f.__name__)
-def test_guard_checker_rejects(wrong):
-    assert not check_guarded_encode(wrong).passed
+def test_budget_checker_reports_the_learners_line():
+    def crashes(lengths, max_batch, max_tokens):
+        return [[lengths[0]]] if not lengths else max(lengths) / 0
+
+    shown = repr(check_budget_passes(crashes))
+    assert "ZeroDivisionError" in shown and "line" in shown and "of your crashes" in shown
 
 
-def test_guard_checker_names_the_tokenization_before_the_limits():
-    shown = repr(check_guarded_encode(limit_checked_after_tokenization))
-    assert "only after calling the tokenizer" in shown
-
-
-@pytest.mark.parametrize("answer", [..., None, 42, lambda *args, **kwargs: None,
-                                    lambda *args, **kwargs: 1 / 0, lambda *args, **kwargs: "encoding"])
-def test_guard_checker_never_raises(answer):
-    assert not check_guarded_encode(answer).passed
+@pytest.mark.parametrize("answer", [..., None, 3, lambda *args: 42, lambda *args: [None], lambda *args: [["a"]],
+                                    lambda *args: "passes"])
+def test_budget_checker_never_raises(answer):
+    assert not check_budget_passes(answer).passed
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -300,87 +320,116 @@ def test_pack_checker_never_raises(answer):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Exercise 3: a timeout that leaves the batcher serving
+# Exercise 3: one failing request never fails its batch-mates
 
 
-async def reference_predict_within(batcher, texts, timeout_s):
+def reference_run_isolated(run, requests):
     try:
-        return await asyncio.wait_for(batcher.logits(texts), timeout_s)
-    except TimeoutError:
-        return None
+        logits = run([text for texts in requests for text in texts])
+    except Exception:
+        answers = []
+        for texts in requests:
+            try:
+                answers.append(run(texts))
+            except Exception as error:
+                answers.append(error)
+        return answers
+    answers, start = [], 0
+    for texts in requests:
+        answers.append(logits[start:start + len(texts)])
+        start += len(texts)
+    return answers
 
 
-async def timeout_kills_the_worker(batcher, texts, timeout_s):
-    """Stops the batcher's worker when time is up: every other request then waits forever."""
+def fails_everyone(run, requests):
+    """The naive batcher: a failed pass fails every request in it."""
     try:
-        return await asyncio.wait_for(batcher.logits(texts), timeout_s)
-    except TimeoutError:
-        batcher.worker.cancel()
-        return None
+        return _shared(run, requests)
+    except Exception as error:
+        return [error] * len(requests)
 
 
-async def no_timeout(batcher, texts, timeout_s):
-    """Ignores the timeout: the answer comes, however late."""
-    return await batcher.logits(texts)
+def _shared(run, requests):
+    logits = run([text for texts in requests for text in texts])
+    answers, start = [], 0
+    for texts in requests:
+        answers.append(logits[start:start + len(texts)])
+        start += len(texts)
+    return answers
 
 
-async def timeout_escapes(batcher, texts, timeout_s):
-    """Lets TimeoutError escape instead of returning None."""
-    return await asyncio.wait_for(batcher.logits(texts), timeout_s)
+def lets_the_error_escape(run, requests):
+    """No try at all: one poisoned request takes the whole batch (and the worker) down."""
+    return _shared(run, requests)
 
 
-async def work_left_queued(batcher, texts, timeout_s):
-    """Stops waiting but never cancels: the late text still costs a forward pass nobody reads."""
-    task = asyncio.ensure_future(batcher.logits(texts))
-    done, _ = await asyncio.wait([task], timeout=timeout_s)
-    return task.result() if done else None
-
-
-def not_async(batcher, texts, timeout_s):
-    """A plain function: it cannot await the batcher."""
-    return None
-
-
-def test_timeout_checker_accepts_the_solution():
-    assert check_predict_within(reference_predict_within).passed
-
-
-def test_timeout_checker_accepts_asyncio_timeout():
-    async def with_timeout_block(batcher, texts, timeout_s):
+def always_one_by_one(run, requests):
+    """Isolated, but never batched: as many passes as requests even when nothing fails."""
+    answers = []
+    for texts in requests:
         try:
-            async with asyncio.timeout(timeout_s):
-                return await batcher.logits(texts)
-        except TimeoutError:
-            return None
-
-    assert check_predict_within(with_timeout_block).passed
+            answers.append(run(texts))
+        except Exception as error:
+            answers.append(error)
+    return answers
 
 
-@pytest.mark.parametrize("wrong", [timeout_kills_the_worker, no_timeout, timeout_escapes, work_left_queued,
-                                   not_async], ids=lambda f: f.__name__)
-def test_timeout_checker_rejects(wrong):
-    assert not check_predict_within(wrong).passed
+def text_by_text(run, requests):
+    """Re-runs every text alone after a failure: isolated, but a pass per text."""
+    try:
+        return _shared(run, requests)
+    except Exception:
+        answers = []
+        for texts in requests:
+            try:
+                answers.append(torch.cat([run([text]) for text in texts]))
+            except Exception as error:
+                answers.append(error)
+        return answers
 
 
-def test_timeout_checker_names_the_killed_worker():
-    assert "stopped the batcher's worker" in repr(check_predict_within(timeout_kills_the_worker))
+def poisoned_get_zeros(run, requests):
+    """The poisoned request gets rows of zeros, as if it had an answer."""
+    answers = reference_run_isolated(run, requests)
+    return [torch.zeros(len(texts), 2) if isinstance(answer, Exception) else answer
+            for texts, answer in zip(requests, answers, strict=True)]
 
 
-def test_timeout_checker_names_the_work_left_queued():
-    assert "still went through the model" in repr(check_predict_within(work_left_queued))
+def offsets_from_the_end(run, requests):
+    """Rows handed back from the end of the shared pass."""
+    try:
+        logits = run([text for texts in requests for text in texts])
+    except Exception:
+        return reference_run_isolated(run, requests)
+    answers, end = [], len(logits)
+    for texts in requests:
+        answers.append(logits[end - len(texts):end])
+        end -= len(texts)
+    return answers
 
 
-@pytest.mark.parametrize("answer", [..., None, 7])
-def test_timeout_checker_never_raises(answer):
-    assert not check_predict_within(answer).passed
+def test_isolation_checker_accepts_the_solution():
+    assert check_run_isolated(reference_run_isolated).passed
 
 
-def test_timeout_checker_never_raises_on_a_raising_coroutine():
-    async def raises(batcher, texts, timeout_s):
-        raise RuntimeError("boom")
+@pytest.mark.parametrize(("wrong", "words"), [
+    (fails_everyone, ("is fine but got", "on its own")), (lets_the_error_escape, ("raised", "ValueError")),
+    (always_one_by_one, ("did not fail", "one shared pass")), (text_by_text, ("not each text",)),
+    (poisoned_get_zeros, ("made the model fail", "exception")), (offsets_from_the_end, ("belong to other texts",)),
+], ids=lambda value: getattr(value, "__name__", ""))
+def test_isolation_checker_names_the_mistake(wrong, words):
+    assert_rejected(check_run_isolated(wrong), *words)
 
-    async def returns_a_string(batcher, texts, timeout_s):
-        return "logits"
 
-    assert not check_predict_within(raises).passed
-    assert not check_predict_within(returns_a_string).passed
+def test_isolation_checker_does_not_say_still_dots_for_a_missing_return():
+    def forgot_return(run, requests):
+        reference_run_isolated(run, requests)
+
+    shown = repr(check_run_isolated(forgot_return))
+    assert "returned None" in shown and "`...`" not in shown
+
+
+@pytest.mark.parametrize("answer", [..., None, 3, lambda *args: 1 / 0, lambda *args: [None],
+                                    lambda run, requests: ["rows"] * len(requests), lambda *args: 7])
+def test_isolation_checker_never_raises(answer):
+    assert not check_run_isolated(answer).passed
