@@ -1,10 +1,14 @@
 """The served model (chapter 18): a real uvicorn server on a free loopback port, started and stopped here.
 
 Every kind of bad input gets a 4xx with a JSON message and the server keeps serving; answers equal
-``pipeline()``'s; concurrent clients lose no request; ``/health`` answers while a batch computes.
+``pipeline()``'s; concurrent clients lose no request; ``/health`` answers while a batch computes; overload is
+refused at once with Retry-After; a failed pass fails only its own request; every response says which model
+answered and carries a request id; ``/metrics`` counts it all. Every server started here is stopped here.
 """
 
 import asyncio
+import json
+import time
 
 import httpx
 import pytest
@@ -22,9 +26,14 @@ def reviews(splits):
 
 
 @pytest.fixture(scope="module")
-def server():
+def local_server():
     with start_server(LIMITS) as running:
-        yield running.url
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(local_server):
+    return local_server.url
 
 
 def post(url: str, content: bytes, content_type: str = "application/json") -> httpx.Response:
@@ -55,6 +64,17 @@ BAD_REQUESTS = {
     "top_k a string": (b'{"texts": "ok", "top_k": "2"}', "application/json", 422, "invalid_request"),
     "top_k a float": (b'{"texts": "ok", "top_k": 1.5}', "application/json", 422, "invalid_request"),
     "body over the limit": (b'{"texts": "' + b"a" * 5000 + b'"}', "application/json", 413, "body_too_large"),
+    # Three bodies that gave a 500 when the JSON was read with json.loads: RecursionError, int-digits, surrogate.
+    "deeply nested arrays": (b'{"texts": ' + b"[" * 2000 + b"]" * 2000 + b"}", "application/json", 400,
+                             "malformed_json"),
+    "an integer of thousands of digits": (b'{"texts": "ok", "top_k": ' + b"7" * 1900 + b"}", "application/json",
+                                          400, "malformed_json"),
+    "a lone surrogate escape": (b'{"texts": ["\\ud800"]}', "application/json", 400, "malformed_json"),
+    "a lone low surrogate escape": (b'{"texts": "fine \\udc00"}', "application/json", 400, "malformed_json"),
+    "a blank made of a Unicode space": ('{"texts": "\u3000\u2003"}'.encode(), "application/json", 422,
+                                        "empty_text"),
+    "a text over the limit once padded": (b'{"texts": " ' + b"a" * 199 + b' "}', "application/json", 413,
+                                          "text_too_long"),
 }
 
 
@@ -80,6 +100,7 @@ def test_unknown_routes_and_methods_answer_json_4xx(server):
     assert httpx.get(f"{server}/nowhere", timeout=10).status_code == 404
     wrong_method = httpx.get(f"{server}/predict", timeout=10)
     assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "http_error"
+    assert wrong_method.headers["allow"] == "POST"  # RFC 9110: a 405 names the methods that are allowed
 
 
 def test_answers_equal_the_pipeline(server, reviews):
@@ -157,8 +178,14 @@ def test_a_request_that_outlives_its_timeout_gets_503_and_the_server_recovers():
 
 
 def test_a_server_that_cannot_start_says_why():
-    with pytest.raises(RuntimeError, match="invalid literal for int"):
+    with pytest.raises(RuntimeError, match="BTP_SERVICE_MAX_BATCH='many': not a whole number"):
         start_server({"BTP_SERVICE_MAX_BATCH": "many"}, timeout_s=60)
+
+
+def test_settings_out_of_range_stop_the_server_at_start_up():
+    """MAX_BATCH=0 used to give a server that said ready and answered every request with a 500."""
+    with pytest.raises(RuntimeError, match="BTP_SERVICE_MAX_BATCH=0: a whole number of at least 1"):
+        start_server({"BTP_SERVICE_MAX_BATCH": "0"}, timeout_s=60)
 
 
 def test_requests_that_queued_during_a_pass_share_the_next_one():
@@ -224,3 +251,270 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("BTP_SERVICE_MAX_CHARS", "17")
     monkeypatch.setenv("BTP_SERVICE_INT8", "1")
     assert ServiceSettings.from_environment().max_chars == 17 and ServiceSettings.from_environment().int8
+
+
+def test_every_response_names_the_model_and_its_fingerprint(server, classifier):
+    from behind_pipeline.service.app import weights_fingerprint
+
+    health = httpx.get(f"{server}/health", timeout=10).json()
+    answer = httpx.post(f"{server}/predict", json={"texts": "A film."}, timeout=30).json()
+    assert answer["model"] == health["model"]
+    assert health["model"]["fingerprint"] == weights_fingerprint(classifier)  # the weights the tests load
+    assert health["model"]["batch_invariant"] and health["warnings"] == []
+
+
+def test_the_fingerprint_changes_with_the_weights(classifier):
+    import copy
+
+    import torch
+
+    from behind_pipeline.service.app import weights_fingerprint
+
+    changed = copy.deepcopy(classifier)
+    with torch.no_grad():
+        next(changed.parameters()).view(-1)[0] += 1e-3
+    assert weights_fingerprint(changed) != weights_fingerprint(classifier)
+
+
+def test_request_ids_are_kept_or_made_and_each_request_logs_one_json_line(local_server):
+    url = local_server.url
+    given = httpx.post(f"{url}/predict", json={"texts": ["a", "b"]}, timeout=30,
+                                      headers={"X-Request-ID": "client-42"})
+    assert given.headers["x-request-id"] == "client-42"
+    made = httpx.post(f"{url}/predict", json={"texts": ""}, timeout=30, headers={"X-Request-ID": "bad id\x7f"})
+    assert made.status_code == 422 and made.headers["x-request-id"] not in ("", "bad id\x7f")
+    assert len({made.headers["x-request-id"], httpx.get(f"{url}/nowhere").headers["x-request-id"]}) == 2
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the log line is written just after the answer
+        lines = [json.loads(line) for line in local_server.log_text().splitlines() if line.startswith("{")]
+        mine = [line for line in lines if line.get("request_id") in ("client-42", made.headers["x-request-id"])]
+        if len(mine) == 2:
+            break
+        time.sleep(0.1)
+    assert [(line["request_id"], line["status"], line["texts"], line["path"]) for line in mine] == [
+        ("client-42", given.status_code, 2, "/predict"), (made.headers["x-request-id"], 422, 0, "/predict")]
+    assert all(line["latency_ms"] >= 0 for line in mine)
+
+
+def test_metrics_count_requests_batches_and_the_queue(server):
+    def sample(text: str, name: str, labels: str = "") -> float:
+        for line in text.splitlines():
+            if line.startswith(name + labels + " ") or (not labels and line.startswith(name + " ")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = httpx.get(f"{server}/metrics", timeout=10).text
+    for _ in range(3):
+        httpx.post(f"{server}/predict", json={"texts": ["one", "two"]}, timeout=30)
+    httpx.post(f"{server}/predict", json={"texts": 42}, timeout=30)
+    after = httpx.get(f"{server}/metrics", timeout=10)
+    assert after.headers["content-type"].startswith("text/plain")
+    ok, refused = '{path="/predict",status="200"}', '{path="/predict",status="422"}'
+    assert sample(after.text, "btp_requests_total", ok) - sample(before, "btp_requests_total", ok) == 3
+    assert sample(after.text, "btp_requests_total", refused) - sample(before, "btp_requests_total", refused) == 1
+    assert sample(after.text, "btp_batch_texts_sum") - sample(before, "btp_batch_texts_sum") == 6
+    assert "btp_queue_texts 0.0" in after.text and "btp_failed_passes_total 0.0" in after.text
+    assert sample(after.text, "btp_request_seconds_count", '{path="/predict"}') >= 4
+
+
+def test_liveness_and_readiness_are_separate(server):
+    assert httpx.get(f"{server}/health/live", timeout=10).json() == {"status": "alive"}
+    assert httpx.get(f"{server}/health/ready", timeout=10).json()["status"] == "ready"
+
+
+def test_a_model_that_fails_to_load_is_reported_as_failed_without_its_error_text(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with start_server({"BTP_SERVICE_MODEL": str(missing)}, timeout_s=60, wait_for="/health/live") as running:
+        health = httpx.get(f"{running.url}/health", timeout=10)
+        predict = httpx.post(f"{running.url}/predict", json={"texts": "ok"}, timeout=10)
+        assert httpx.get(f"{running.url}/health/live", timeout=10).status_code == 200
+        assert running.running  # the process stays up: an operator can read why on /health and in the log
+        log = running.log_text()
+    assert health.status_code == 503 and health.json()["error"] == "model_unavailable"
+    assert predict.status_code == 503 and predict.json()["error"] == "model_unavailable"
+    assert "retry" not in health.headers and "no-such-model" not in health.text + predict.text  # no path leaks
+    assert "no-such-model" in log  # ...but the operator's log has the full error
+
+
+def test_overload_is_refused_at_once_with_retry_after_and_no_pass_exceeds_max_batch(reviews):
+    tight = LIMITS | {"BTP_SERVICE_MAX_BATCH": "2", "BTP_SERVICE_MAX_QUEUE": "8", "BTP_SERVICE_RETRY_AFTER_S": "3"}
+
+    async def flood(url):
+        async with httpx.AsyncClient(base_url=url, timeout=60,
+                                     limits=httpx.Limits(max_connections=40)) as http:
+            return await asyncio.gather(*(http.post("/predict", json={"texts": reviews[:8]}) for _ in range(40)))
+
+    with start_server(tight) as running:
+        answers = asyncio.run(flood(running.url))
+        health = httpx.get(f"{running.url}/health", timeout=10).json()
+        after = httpx.post(f"{running.url}/predict", json={"texts": reviews[:8]}, timeout=30)
+    statuses = [answer.status_code for answer in answers]
+    assert set(statuses) == {200, 503}, statuses
+    for answer in answers:
+        if answer.status_code == 503:
+            assert answer.json()["error"] == "overloaded" and answer.headers["retry-after"] == "3"
+    assert health["refused_overloaded"] == statuses.count(503)
+    assert health["largest_batch"] == 2 and health["texts_served"] % 2 == 0  # 8-text requests in passes of 2
+    assert after.status_code == 200  # the flood is over: served again
+
+
+def test_scores_of_int8_depend_on_batch_mates_and_fp32_do_not(classifier, tokenizer, reviews):
+    """Dynamic int8 computes each activation scale over the whole pass: a text's score moves with its batch."""
+    from behind_pipeline.predict import predict_logits
+    from behind_pipeline.quantize import dynamic_int8
+
+    text = reviews[0]
+    mates = [text] + sorted(reviews, key=len)[-7:]  # long, different texts share the pass
+    for model, moves in ((classifier, False), (dynamic_int8(classifier), True)):
+        alone = predict_logits(model, tokenizer, [text]).softmax(-1)[0]
+        batched = predict_logits(model, tokenizer, mates, batch_size=8).softmax(-1)[0]
+        difference = float((alone - batched).abs().max())
+        assert (difference > 1e-4) if moves else (difference < 1e-5), difference
+
+
+def test_the_int8_service_says_its_scores_depend_on_the_batch():
+    from fastapi.testclient import TestClient
+
+    from behind_pipeline.service.app import create_app
+    from behind_pipeline.service.settings import ServiceSettings
+
+    with TestClient(create_app(ServiceSettings(int8=True))) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        health = client.get("/health").json()
+        answer = client.post("/predict", json={"texts": "A film."}).json()
+    assert health["model"]["batch_invariant"] is False and health["model"]["fingerprint"].endswith("+int8")
+    assert "threshold" in health["warnings"][0] and answer["model"] == health["model"]
+
+
+# ---- the batcher alone: passes, budget, isolation, the bounded queue (no model: rows say which text they are)
+
+
+def _rows(items):
+    import torch
+
+    return torch.tensor([[float(len(item)), 0.0] for item in items])
+
+
+def test_a_pass_never_exceeds_max_batch_nor_the_token_budget():
+    from behind_pipeline.service.batcher import MicroBatcher
+
+    passes = []
+
+    def run(items):
+        passes.append(list(items))
+        return _rows(items)
+
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch=4, max_wait_ms=1, max_tokens=100)
+        batcher.start()
+        long = [("L" * n) for n in range(1, 11)]  # costs 50: at most 2 a pass
+        short = [("s" * n) for n in range(1, 10)]  # costs 5: at most 4 a pass (max_batch)
+        answers = await asyncio.gather(batcher.logits(long, [50] * 10), batcher.logits(short, [5] * 9))
+        await batcher.stop()
+        return long, short, answers
+
+    long, short, answers = asyncio.run(scenario())
+    assert answers[0][:, 0].tolist() == [len(text) for text in long]  # each request its own rows, in order
+    assert answers[1][:, 0].tolist() == [len(text) for text in short]
+    assert max(len(one) for one in passes) <= 4
+    assert all(len(one) * max(50 if t.startswith("L") else 5 for t in one) <= 100 for one in passes)
+    assert sorted(t for one in passes for t in one) == sorted(long + short)  # every text exactly once
+
+
+def test_a_short_request_waits_for_one_bounded_pass_not_for_a_whole_long_request():
+    """Head-of-line blocking: the rest of a long request goes behind requests that arrived meanwhile."""
+    from behind_pipeline.service.batcher import MicroBatcher
+
+    passes = []
+
+    def run(items):
+        passes.append(list(items))
+        time.sleep(0.05)
+        return _rows(items)
+
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch=32, max_wait_ms=0, max_tokens=200)
+        batcher.start()
+        long = asyncio.create_task(batcher.logits(["L" * 20] * 16, [100] * 16))  # 8 passes of 2
+        await asyncio.sleep(0.02)  # its first pass is running
+        short = await batcher.logits(["s"], [3])
+        await long
+        await batcher.stop()
+        return short
+
+    assert asyncio.run(scenario()).tolist() == [[1.0, 0.0]]
+    served_short = next(index for index, one in enumerate(passes) if "s" in one)
+    assert served_short == 1  # the very next pass, not after the long request's other passes
+
+
+def test_one_failing_request_never_fails_its_batch_mates_under_concurrency():
+    from behind_pipeline.service.batcher import MicroBatcher
+
+    calls = []
+
+    def run(items):
+        calls.append(len(items))
+        time.sleep(0.01)
+        if "poison" in items:
+            raise ValueError("the model cannot take this text")
+        return _rows(items)
+
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch=32, max_wait_ms=20)
+        batcher.start()
+        requests = [[f"r{n}", "x" * n] for n in range(12)]
+        requests.insert(5, ["fine", "poison"])
+        answers = await asyncio.gather(*(batcher.logits(texts) for texts in requests), return_exceptions=True)
+        stats = batcher.stats
+        await batcher.stop()
+        return requests, answers, stats
+
+    requests, answers, stats = asyncio.run(scenario())
+    for texts, answer in zip(requests, answers, strict=True):
+        if "poison" in texts:
+            assert isinstance(answer, ValueError)
+        else:
+            assert answer.tolist() == _rows(texts).tolist()
+    assert stats.failed_passes >= 2 and max(calls) > 2  # the shared pass failed, then the poisoned request alone
+
+
+def test_a_full_queue_refuses_at_once_and_frees_up_again():
+    from behind_pipeline.service.batcher import MicroBatcher, QueueFull
+
+    release = __import__("threading").Event()
+
+    def run(items):
+        release.wait(5)
+        return _rows(items)
+
+    async def scenario():
+        batcher = MicroBatcher(run, max_batch=4, max_wait_ms=0, max_queue=6)
+        batcher.start()
+        first = asyncio.create_task(batcher.logits(["a"] * 4))  # taken into the blocked pass
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(batcher.logits(["b"] * 6))  # fills the queue exactly
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await batcher.logits(["c"])
+        release.set()
+        await asyncio.gather(first, waiting)
+        again = await batcher.logits(["d"] * 6)
+        await batcher.stop()
+        return batcher.stats.refused_full, again
+
+    refused, again = asyncio.run(scenario())
+    assert refused == 1 and again.shape == (6, 2)
+
+
+def test_settings_are_checked_when_made():
+    from behind_pipeline.service.settings import ServiceSettings, SettingsError
+
+    for bad in ({"max_batch": 0}, {"max_queue": 4, "max_texts": 8}, {"max_wait_ms": float("nan")},
+                {"request_timeout_s": 0}, {"max_batch_tokens": -1}):
+        with pytest.raises(SettingsError, match="BTP_SERVICE_"):
+            ServiceSettings(**bad)
+    with pytest.raises(SettingsError, match="BTP_SERVICE_THREADS='two'"):
+        ServiceSettings.from_environment({"BTP_SERVICE_THREADS": "two"})
+    assert ServiceSettings.from_environment({"BTP_SERVICE_MAX_QUEUE": "64"}).max_queue == 64

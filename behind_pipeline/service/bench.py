@@ -1,13 +1,20 @@
 """The service's figures (chapter 18), measured over HTTP on loopback and written to ``results/bench.json``.
 
-    python -m behind_pipeline.service.bench            # the real measurement (about two minutes on 2 cores)
+    make bench-service                                  # the real measurement, then the tables re-rendered
     python -m behind_pipeline.service.bench --tiny --output /tmp/bench.json   # seconds: checks the file's shape
 
-For fp32 and for the dynamic-int8 model it starts a real server (``local.start_server``) and measures
+For fp32 and for the dynamic-int8 model it starts a real server (``local.start_server``) and measures, each
+``repeats`` times (mean, standard deviation and every run are stored):
 
 - latency: one client sends requests of ``BATCH`` (8) reviews one after another; median and p95 per request;
-- throughput under ``CLIENTS`` (16) concurrent clients, each sending one review per request, with micro-batching
-  (the default settings) and with one-by-one serving (``BTP_SERVICE_MAX_BATCH=1``), in reviews per second;
+- throughput under ``CLIENTS`` (16) concurrent httpx clients, each sending one review per request, with
+  micro-batching (the default settings) and with one-by-one serving (``BTP_SERVICE_MAX_BATCH=1``), in reviews
+  per second; and the server's busy share (forward-pass seconds from ``/health`` over the wall-clock time), so
+  that the time the model computed is told apart from HTTP, JSON and the clients' own work;
+- the same load from Debian's ``wrk`` (compiled, so the load generator takes little of the 2 cores), when it is
+  installed (``make bench-service`` installs it with apt-get; otherwise those runs are skipped with a message);
+- head-of-line blocking: how long a one-review request waits while a request of 64 long reviews is served, with
+  the token budget (the default) and without it (``BTP_SERVICE_MAX_BATCH=64``, an unbounded budget);
 - the same model's in-process ceiling: ``predict_logits`` over the same reviews in batches of 32, no HTTP.
 
 Only the ``"service"`` key of the results file is rewritten: the rest of the file (``make bench``'s own sections)
@@ -36,8 +43,14 @@ BATCH = 8  # reviews per request in the latency measurement
 CLIENTS = 16  # concurrent clients in the throughput measurement
 IN_PROCESS_BATCH = 32  # the ceiling: the same model over the same reviews, batches of 32, no HTTP
 # (latency requests, throughput requests per client, in-process repeats)
-SIZES = {"full": {"latency_requests": 100, "requests_per_client": 24, "repeats": 3},
-         "tiny": {"latency_requests": 3, "requests_per_client": 2, "repeats": 1}}
+SIZES = {"full": {"latency_requests": 100, "requests_per_client": 24, "repeats": 3, "wrk_seconds": 10,
+                  "head_of_line_probes": 10},
+         "tiny": {"latency_requests": 3, "requests_per_client": 2, "repeats": 1, "wrk_seconds": 1,
+                  "head_of_line_probes": 2}}
+WRK_SCRIPT = Path(__file__).with_name("wrk_predict.lua")
+# Head-of-line blocking: the long request's size, and the server without a token budget (the old behaviour).
+LONG_REQUEST_TEXTS = 64
+NO_TOKEN_BUDGET = {"BTP_SERVICE_MAX_BATCH": "64", "BTP_SERVICE_MAX_BATCH_TOKENS": str(10**9)}
 MODELS = {"fp32": {}, "int8": {"BTP_SERVICE_INT8": "1"}}
 TINY_MODELS = ("int8",)  # the tiny run checks the file's shape: one model is enough
 ONE_BY_ONE = {"BTP_SERVICE_MAX_BATCH": "1"}
@@ -64,8 +77,9 @@ def request_latencies(url: str, texts: list[str], batch: int, requests: int, war
     return latencies
 
 
-async def _clients(url: str, texts: list[str], clients: int, requests_each: int) -> tuple[float, list]:
-    """Wall-clock seconds for ``clients`` concurrent clients, each sending ``requests_each`` one-text requests."""
+async def _clients(url: str, texts: list[str], clients: int, requests_each: int) -> tuple[float, list, dict]:
+    """Wall-clock seconds for ``clients`` concurrent clients, each sending ``requests_each`` one-text requests;
+    their answers; and the server's forward-pass seconds and passes over that time (from ``/health``)."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
         async def client(number: int) -> list:
@@ -77,9 +91,13 @@ async def _clients(url: str, texts: list[str], clients: int, requests_each: int)
             return answers
 
         await asyncio.gather(*(client(n) for n in range(clients)))  # warm-up: connections open, batches formed
+        before = (await http.get("/health")).json()
         began = time.perf_counter()
         answers = await asyncio.gather(*(client(n) for n in range(clients)))
-        return time.perf_counter() - began, [answer for one_client in answers for answer in one_client]
+        seconds = time.perf_counter() - began
+        after = (await http.get("/health")).json()
+        server = {key: after[key] - before[key] for key in ("busy_seconds", "forward_passes")}
+        return seconds, [answer for one_client in answers for answer in one_client], server
 
 
 def run_async(coroutine):
@@ -93,13 +111,96 @@ def run_async(coroutine):
         return thread.submit(asyncio.run, coroutine).result()
 
 
+def _busy(url: str) -> tuple[float, int]:
+    health = httpx.get(f"{url}/health", timeout=10).json()
+    return health["busy_seconds"], health["forward_passes"]
+
+
 def concurrent_throughput(url: str, texts: list[str], clients: int, requests_each: int) -> dict:
-    """Reviews per second under ``clients`` concurrent clients; also how many answers were not a 200."""
-    seconds, answers = run_async(_clients(url, texts, clients, requests_each))
+    """Reviews per second under ``clients`` concurrent clients; how many answers were not a 200; and the server's
+    busy share: seconds of forward passes over the wall-clock seconds (the rest is HTTP, JSON, queueing, clients)."""
+    seconds, answers, server = run_async(_clients(url, texts, clients, requests_each))
     failed = sum(status != 200 for _, status, _ in answers)
     health = httpx.get(f"{url}/health", timeout=10).json()
     return {"texts_per_second": round(len(answers) / seconds, 1), "requests": len(answers), "failed": failed,
-            "seconds": round(seconds, 3), "largest_batch": health["largest_batch"]}
+            "seconds": round(seconds, 3), "largest_batch": health["largest_batch"],
+            "busy_share": round(min(1.0, server["busy_seconds"] / seconds), 3),
+            "texts_per_pass": round(len(answers) / max(1, server["forward_passes"]), 2)}
+
+
+def wrk_available(wrk: str | None) -> bool:
+    import os
+
+    return bool(wrk) and os.path.isfile(wrk) and os.access(wrk, os.X_OK)
+
+
+def wrk_throughput(wrk: str, url: str, texts: list[str], clients: int, seconds: int) -> dict:
+    """Requests (one review each) per second from ``wrk`` with ``clients`` connections over ``seconds``."""
+    import json
+    import re
+    import subprocess
+    import tempfile
+
+    bodies = ",\n".join("[==[" + json.dumps({"texts": text}) + "]==]" for text in texts[:200])
+    busy_before, _ = _busy(url)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write("bodies = {" + bodies + "}\n" + WRK_SCRIPT.read_text())
+    began = time.perf_counter()
+    run = subprocess.run([wrk, "-t", "1", "-c", str(clients), "-d", f"{seconds}s", "--latency", "-s", script.name,
+                          url], capture_output=True, text=True, timeout=seconds + 60)
+    elapsed = time.perf_counter() - began
+    Path(script.name).unlink()
+    busy_after, _ = _busy(url)
+    out = run.stdout
+
+    def number(pattern: str, default=float("nan")) -> float:
+        found = re.search(pattern, out)
+        return float(found.group(1)) if found else default
+
+    def ms(label: str) -> float:
+        found = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+        if not found:
+            return float("nan")
+        return round(float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)], 1)
+
+    return {"texts_per_second": round(number(r"Requests/sec:\s+([\d.]+)"), 1),
+            "p50_ms": ms("50"), "p99_ms": ms("99"),
+            "non_2xx": int(number(r"Non-2xx or 3xx responses:\s+(\d+)", 0)),
+            "busy_share": round(min(1.0, (busy_after - busy_before) / elapsed), 3)}
+
+
+async def _head_of_line(url: str, long_texts: list[str], short: str, probes: int) -> list[float]:
+    """Seconds a one-review request takes when it arrives just after a request of ``long_texts``, per probe."""
+    waits = []
+    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+        for _ in range(probes):
+            long_request = asyncio.create_task(http.post("/predict", json={"texts": long_texts}))
+            await asyncio.sleep(0.02)  # the long request is being served
+            began = time.perf_counter()
+            response = await http.post("/predict", json={"texts": short})
+            waits.append(time.perf_counter() - began)
+            response.raise_for_status()
+            (await long_request).raise_for_status()
+    return waits
+
+
+def head_of_line(url: str, texts: list[str], probes: int) -> dict:
+    """A short request's latency behind a request of LONG_REQUEST_TEXTS of the longest reviews: median and max."""
+    long_texts = sorted(texts, key=len)[-LONG_REQUEST_TEXTS:]
+    waits = np.asarray(run_async(_head_of_line(url, long_texts, min(texts, key=len), probes))) * 1000
+    return {"short_request_p50_ms": round(float(np.median(waits)), 1),
+            "short_request_max_ms": round(float(waits.max()), 1), "probes": probes}
+
+
+def repeated(measure, repeats: int, keys: tuple[str, ...]) -> dict:
+    """Run ``measure()`` ``repeats`` times: for each of ``keys`` its mean and standard deviation, and every run."""
+    runs = [measure() for _ in range(repeats)]
+    summary = {}
+    for key in keys:
+        values = np.asarray([run[key] for run in runs], dtype=float)
+        summary[key] = round(float(values.mean()), 2)
+        summary[f"{key}_sd"] = round(float(values.std(ddof=1)) if repeats > 1 else 0.0, 2)
+    return summary | {"repeats": repeats, "runs": runs}
 
 
 def in_process_throughput(env: dict, texts: list[str], batch_size: int, repeats: int) -> float:
@@ -122,27 +223,53 @@ def in_process_throughput(env: dict, texts: list[str], batch_size: int, repeats:
     return round(len(texts) / best, 1)
 
 
-def measure_model(env: dict, texts: list[str], sizes: dict) -> dict:
-    """Latency at BATCH and throughput with and without micro-batching for one model (fp32 or int8)."""
-    # Both servers load side by side; an idle server costs memory, not CPU, so each is measured alone.
-    micro, single = start_servers([env, env | ONE_BY_ONE])
-    with micro, single:
-        latency = percentiles_ms(request_latencies(micro.url, texts, BATCH, sizes["latency_requests"]))
-        batched = concurrent_throughput(micro.url, texts, CLIENTS, sizes["requests_per_client"])
-        one_by_one = concurrent_throughput(single.url, texts, CLIENTS, sizes["requests_per_client"])
+def measure_model(env: dict, texts: list[str], sizes: dict, wrk: str | None = None) -> dict:
+    """Latency at BATCH, throughput with and without micro-batching (httpx and wrk), head-of-line blocking with
+    and without the token budget, and the in-process ceiling, for one model (fp32 or int8)."""
+    repeats = sizes["repeats"]
+    # The servers load side by side; an idle server costs memory, not CPU, so each is measured alone.
+    micro, single, unbudgeted = start_servers([env, env | ONE_BY_ONE, env | NO_TOKEN_BUDGET])
+    with micro, single, unbudgeted:
+        latency = repeated(lambda: percentiles_ms(request_latencies(micro.url, texts, BATCH,
+                                                                    sizes["latency_requests"])),
+                           repeats, ("p50_ms", "p95_ms"))
+        keys = ("texts_per_second", "busy_share")
+        batched = repeated(lambda: concurrent_throughput(micro.url, texts, CLIENTS, sizes["requests_per_client"]),
+                           repeats, keys)
+        one_by_one = repeated(lambda: concurrent_throughput(single.url, texts, CLIENTS,
+                                                            sizes["requests_per_client"]), repeats, keys)
+        figures = {}
+        if wrk_available(wrk):
+            figures["wrk_micro_batching"] = repeated(
+                lambda: wrk_throughput(wrk, micro.url, texts, CLIENTS, sizes["wrk_seconds"]), repeats,
+                ("texts_per_second", "p50_ms", "p99_ms", "busy_share"))
+            figures["wrk_one_by_one"] = repeated(
+                lambda: wrk_throughput(wrk, single.url, texts, CLIENTS, sizes["wrk_seconds"]), repeats,
+                ("texts_per_second", "p50_ms", "p99_ms", "busy_share"))
+        hol_keys = ("short_request_p50_ms", "short_request_max_ms")
+        figures["head_of_line"] = {
+            "token_budget": repeated(lambda: head_of_line(micro.url, texts, sizes["head_of_line_probes"]),
+                                     repeats, hol_keys),
+            "no_token_budget": repeated(lambda: head_of_line(unbudgeted.url, texts, sizes["head_of_line_probes"]),
+                                        repeats, hol_keys)}
     ceiling = in_process_throughput(env, texts[:CLIENTS * sizes["requests_per_client"]], IN_PROCESS_BATCH,
-                                    sizes["repeats"])
-    return {
+                                    max(3, repeats))
+    result = {
         f"latency_batch_{BATCH}": latency,
         "throughput_micro_batching": batched,
         "throughput_one_by_one": one_by_one,
+        **figures,
         f"in_process_batch_{IN_PROCESS_BATCH}_texts_per_second": ceiling,
         "micro_batching_vs_one_by_one": round(batched["texts_per_second"] / one_by_one["texts_per_second"], 2),
         "micro_batching_vs_in_process": round(batched["texts_per_second"] / ceiling, 2),
     }
+    if "wrk_micro_batching" in figures:
+        result["wrk_micro_batching_vs_in_process"] = round(
+            figures["wrk_micro_batching"]["texts_per_second"] / ceiling, 2)
+    return result
 
 
-def measure_service(tiny: bool = False) -> dict:
+def measure_service(tiny: bool = False, wrk: str | None = None) -> dict:
     """The whole ``"service"`` section: settings, machine, and each model's figures."""
     import torch
 
@@ -162,11 +289,19 @@ def measure_service(tiny: bool = False) -> dict:
         "model": describe(classifier_id()),
         "settings": {"batch": BATCH, "clients": CLIENTS, "in_process_batch": IN_PROCESS_BATCH,
                      "max_batch": defaults.max_batch, "max_wait_ms": defaults.max_wait_ms, **sizes},
-        "models": {name: measure_model(env, texts, sizes) for name, env in MODELS.items()
+        "wrk": wrk_version(wrk) if wrk_available(wrk) else None,
+        "models": {name: measure_model(env, texts, sizes, wrk) for name, env in MODELS.items()
                    if not tiny or name in TINY_MODELS},
     }
     torch.set_num_threads(defaults.threads)
     return section
+
+
+def wrk_version(wrk: str) -> str:
+    import subprocess
+
+    run = subprocess.run([wrk, "-v"], capture_output=True, text=True, timeout=10)
+    return (run.stdout + run.stderr).strip().splitlines()[0] if (run.stdout + run.stderr).strip() else "wrk"
 
 
 def write_section(section: dict, path: Path = RESULTS_FILE) -> None:
@@ -183,11 +318,18 @@ def summary_lines(section: dict) -> list[str]:
         latency = figures[f"latency_batch_{BATCH}"]
         lines.append(
             f"{name}: batch {BATCH} p50 {latency['p50_ms']:.1f} ms p95 {latency['p95_ms']:.1f} ms | "
-            f"{CLIENTS} clients: micro-batching {figures['throughput_micro_batching']['texts_per_second']:.1f}/s, "
+            f"{CLIENTS} clients: micro-batching {figures['throughput_micro_batching']['texts_per_second']:.1f}"
+            f" ± {figures['throughput_micro_batching']['texts_per_second_sd']:.1f}/s, "
             f"one by one {figures['throughput_one_by_one']['texts_per_second']:.1f}/s "
             f"({figures['micro_batching_vs_one_by_one']:.2f}x), in-process batch {IN_PROCESS_BATCH} "
             f"{figures[f'in_process_batch_{IN_PROCESS_BATCH}_texts_per_second']:.1f}/s "
-            f"({figures['micro_batching_vs_in_process']:.0%})")
+            f"({figures['micro_batching_vs_in_process']:.0%})"
+            + (f" | wrk: {figures['wrk_micro_batching']['texts_per_second']:.1f}"
+               f" ± {figures['wrk_micro_batching']['texts_per_second_sd']:.1f}/s" if "wrk_micro_batching" in figures
+               else " | wrk: not installed")
+            + f" | short request behind {LONG_REQUEST_TEXTS} long ones: "
+              f"{figures['head_of_line']['no_token_budget']['short_request_p50_ms']:.0f} ms without the token budget, "
+              f"{figures['head_of_line']['token_budget']['short_request_p50_ms']:.0f} ms with it")
     return lines
 
 
@@ -201,9 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.set_verbosity_error()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a few requests only: checks the file, not the speed")
+    parser.add_argument("--wrk", default="/usr/bin/wrk", help="wrk's path; runs without wrk are marked skipped")
     parser.add_argument("--output", type=Path, default=RESULTS_FILE, help="the results file (default: %(default)s)")
     args = parser.parse_args(argv)
-    section = measure_service(tiny=args.tiny)
+    if not wrk_available(args.wrk):
+        print(f"SKIPPED: the wrk runs (no executable wrk at {args.wrk}); the httpx clients still run")
+    section = measure_service(tiny=args.tiny, wrk=args.wrk)
     write_section(section, args.output)
     print("\n".join(summary_lines(section)))
     return 0

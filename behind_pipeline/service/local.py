@@ -67,6 +67,14 @@ class LocalServer:
             self.log = None
         atexit.unregister(self.stop)
 
+    def log_text(self) -> str:
+        """Everything the server wrote so far (its JSON request lines and any error)."""
+        if self.log is None:
+            return ""
+        # pread leaves the file's offset alone: the server shares it and keeps appending at it
+        descriptor = self.log.fileno()
+        return os.pread(descriptor, os.fstat(descriptor).st_size, 0).decode(errors="replace")
+
     @property
     def running(self) -> bool:
         return self.process.poll() is None
@@ -78,22 +86,23 @@ class LocalServer:
         self.stop()
 
 
-def start_server(env: dict | None = None, timeout_s: float = START_TIMEOUT_S) -> LocalServer:
+def start_server(env: dict | None = None, timeout_s: float = START_TIMEOUT_S, wait_for: str = "/health") -> LocalServer:
     """Start ``uvicorn --factory behind_pipeline.service.app:app`` on a free loopback port; return once ready.
 
     ``env`` adds or overrides environment variables, e.g. ``{"BTP_SERVICE_MAX_BATCH": "1"}``. Raises
-    RuntimeError (with the end of the server's log) if it exits or is not ready within ``timeout_s``.
+    RuntimeError (with the end of the server's log) if it exits or ``wait_for`` (readiness by default;
+    ``"/health/live"`` for a server that is up but may never be ready) does not answer 200 within ``timeout_s``.
     """
-    return start_servers([env or {}], timeout_s)[0]
+    return start_servers([env or {}], timeout_s, wait_for)[0]
 
 
-def start_servers(envs: list[dict], timeout_s: float = START_TIMEOUT_S) -> list[LocalServer]:
+def start_servers(envs: list[dict], timeout_s: float = START_TIMEOUT_S, wait_for: str = "/health") -> list[LocalServer]:
     """Start one server per ``env`` at the same time (they load their models side by side); return once all are
     ready. If one fails, all are stopped and RuntimeError says why."""
     servers = [_launch(env) for env in envs]
     try:
         for server in servers:
-            _wait_until_ready(server, timeout_s)
+            _wait_until_ready(server, timeout_s, wait_for)
     except BaseException:
         for server in servers:
             server.stop()
@@ -116,7 +125,7 @@ def _launch(env: dict) -> LocalServer:
     return server
 
 
-def _wait_until_ready(server: LocalServer, timeout_s: float) -> None:
+def _wait_until_ready(server: LocalServer, timeout_s: float, wait_for: str = "/health") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -124,7 +133,7 @@ def _wait_until_ready(server: LocalServer, timeout_s: float) -> None:
             tail = server.log.read().decode(errors="replace")[-2000:]
             raise RuntimeError(f"the server exited with code {server.process.returncode}: {tail}")
         try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}{wait_for}", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass

@@ -1,8 +1,38 @@
-"""Request and response bodies of ``POST /predict``: strict types, limits checked before any tokenization."""
+"""Request and response bodies of ``POST /predict``: strict types, and every limit declared in the schema.
 
+``request_model(settings, num_labels)`` builds the request body's pydantic model with the service's own limits
+(characters per text, texts per request, ``top_k`` between 1 and the number of labels, no blank text), so the
+OpenAPI document at ``/openapi.json`` tells a client exactly what the service accepts. The app parses the raw
+bytes with that model's ``model_validate_json``: one step that neither recurses in Python nor raises anything but
+a ``ValidationError``, whatever the bytes.
+"""
+
+import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, create_model
+
+# Blank means made only of these characters: Python's str.isspace() set together with JSON Schema's (ECMAScript)
+# \s, written out so the schema's pattern and the service's check agree on every character.
+BLANK = ("\t\n\v\f\r \x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+         "\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff")
+NOT_BLANK_PATTERN = "[^" + "".join(f"\\u{ord(char):04x}" for char in BLANK) + "]"
+_NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` has no character outside :data:`BLANK` (the schema's ``pattern`` says the same)."""
+    return _NOT_BLANK.search(text) is None
+
+
+class PredictRequest(BaseModel):
+    """The body's shape and types only: what ``parse_request`` reads the bytes into before checking each limit
+    with its own status and message (the documented schema, :func:`request_model`, adds the limits)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: StrictStr | Annotated[list[StrictStr], Field(min_length=1)]
+    top_k: StrictInt | None = 1
 
 
 class LabelScore(BaseModel):
@@ -10,22 +40,20 @@ class LabelScore(BaseModel):
     score: float = Field(description="the label's probability (softmax over the labels)")
 
 
-class PredictRequest(BaseModel):
-    """One text or a list of texts; ``top_k`` labels per text (default 1; null for every label)."""
+class ServedModel(BaseModel):
+    """Which model answered: its name, a fingerprint of its weights, and whether scores depend on batch-mates."""
 
-    # Unknown fields are refused rather than ignored: a misspelt "top-k" must not silently fall back to 1.
-    model_config = ConfigDict(extra="forbid")
-
-    texts: StrictStr | Annotated[list[StrictStr], Field(min_length=1)] = Field(
-        description="a review, or a list of reviews", examples=["A gorgeous, moving film."])
-    top_k: StrictInt | None = Field(default=1, description="how many labels per text, best first; null for all")
+    name: str = Field(description="the model's id, e.g. local:.cache/models/minilm-fresh-rotten (dynamic int8)")
+    fingerprint: str = Field(description="sha256 of the weights (first 16 hex digits), '+int8' when quantized")
+    batch_invariant: bool = Field(description="false for dynamic int8: a text's score moves slightly with the "
+                                              "other texts of its forward pass")
 
 
 class PredictResponse(BaseModel):
     """One entry per text, in the order sent; each entry is that text's ``top_k`` labels, best first."""
 
     predictions: list[list[LabelScore]]
-    model: str
+    model: ServedModel
 
 
 class ErrorResponse(BaseModel):
@@ -33,3 +61,21 @@ class ErrorResponse(BaseModel):
 
     error: str = Field(description="a short machine-readable name, e.g. text_too_long")
     detail: str = Field(description="what was wrong and how to fix it")
+
+
+def request_model(max_chars: int, max_texts: int, num_labels: int) -> type[BaseModel]:
+    """The ``POST /predict`` body with these limits: ``texts`` (a text or a list) and ``top_k``."""
+    text = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=max_chars,
+                                            pattern=NOT_BLANK_PATTERN)]
+    texts = Annotated[list[text], Field(min_length=1, max_length=max_texts)]
+    top_k = Annotated[StrictInt, Field(ge=1, le=num_labels)]
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),  # a misspelt "top-k" must not silently fall back to 1
+        __doc__="One text or a list of texts; ``top_k`` labels per text (default 1; null for every label).",
+        texts=(text | texts, Field(description=f"a review, or a list of 1 to {max_texts} reviews; each 1 to "
+                                               f"{max_chars} characters, not only whitespace",
+                                   examples=["A gorgeous, moving film."])),
+        top_k=(top_k | None, Field(default=1, description=f"labels per text, best first, 1 to {num_labels}; "
+                                                          "null for all")),
+    )
