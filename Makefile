@@ -79,7 +79,7 @@ test-unit: $(MODELS)
 	$(BIN)/pytest $(PARALLEL) tests
 
 test-notebooks: $(MODELS)
-	$(BIN)/pytest $(PARALLEL) $(NBVAL) --nbval notebooks solutions
+	$(BIN)/pytest $(PARALLEL) $(NBVAL) --nbval notebooks solutions book
 
 test-exercises: $(MODELS)
 	$(BIN)/pytest $(PARALLEL) --nbval-current-env --nbval-lax exercises
@@ -127,17 +127,24 @@ browser: $(INSTALLED)
 	$(BIN)/python tools/browser_check.py _build/html --chromium "$(CHROMIUM)"
 
 # The classifier as a web service (chapter 18). BTP_SERVICE_INT8=1 serves the int8 model; see
-# behind_pipeline/service/settings.py for every limit.
+# behind_pipeline/service/settings.py for every limit of the app (BTP_SERVICE_*). uvicorn's own limits:
+# SERVE_LIMIT_CONCURRENCY (connections and tasks at once; past it uvicorn answers 503), SERVE_KEEP_ALIVE (seconds an
+# idle kept-alive connection stays open), SERVE_GRACEFUL (seconds in-flight requests get to finish on SIGTERM).
 SERVE_PORT ?= 8000
+SERVE_LIMIT_CONCURRENCY ?= 256
+SERVE_KEEP_ALIVE ?= 5
+SERVE_GRACEFUL ?= 30
 serve: $(CLASSIFIER)
 	@echo "Serving the course classifier on http://127.0.0.1:$(SERVE_PORT) (API docs: http://127.0.0.1:$(SERVE_PORT)/docs)"
-	$(BIN)/uvicorn --factory behind_pipeline.service.app:app --host 127.0.0.1 --port $(SERVE_PORT)
+	$(BIN)/uvicorn --factory behind_pipeline.service.app:app --host 127.0.0.1 --port $(SERVE_PORT) \
+	  --limit-concurrency $(SERVE_LIMIT_CONCURRENCY) --timeout-keep-alive $(SERVE_KEEP_ALIVE) \
+	  --timeout-graceful-shutdown $(SERVE_GRACEFUL)
 
 lab: $(MODELS)
 	$(BIN)/jupyter lab --allow-root --notebook-dir=.
 
 # Re-execute every notebook in place (after editing one) and store fresh outputs.
-NOTEBOOKS ?= $(wildcard notebooks/*.ipynb solutions/*.ipynb)
+NOTEBOOKS ?= $(wildcard notebooks/*.ipynb solutions/*.ipynb book/*.ipynb)
 execute: $(MODELS)
 	$(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS)
 	$(MAKE) exercises clean-notebooks
@@ -161,7 +168,22 @@ small full: $(MODELS)
 # (chapter 18); results/bench.json, rendered into book/benchmark.md and the README by tools/bench_tables.py.
 bench: $(CLASSIFIER)
 	$(BIN)/python -m behind_pipeline.bench
-	$(BIN)/python -m behind_pipeline.service.bench
+	$(MAKE) --no-print-directory bench-service
+
+# The service's figures alone (chapter 18): Debian's wrk (installed with apt-get when missing, as `make browser`
+# installs Chromium; its runs are skipped with a message where it cannot be) and the httpx clients, 3 repeats each,
+# into results/bench.json, then the tables re-rendered. BENCH_SERVICE_ARGS=--tiny checks the file in seconds.
+WRK ?= /usr/bin/wrk
+.PHONY: bench-service
+bench-service: $(CLASSIFIER)
+	@if [ ! -x "$(WRK)" ]; then \
+	  echo "installing Debian's wrk with apt-get (once)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y --no-install-recommends wrk >/dev/null 2>&1 \
+	    || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends wrk >/dev/null 2>&1; } \
+	    || echo "SKIPPED: wrk could not be installed here (it needs root and Debian's package lists)"; \
+	fi
+	$(BIN)/python -m behind_pipeline.service.bench --wrk "$(WRK)" $(BENCH_SERVICE_ARGS)
 	$(BIN)/python tools/bench_tables.py
 
 # Grade a folder of submissions, one subfolder per learner holding NN_topic_exercises.ipynb notebooks: each runs
