@@ -1,6 +1,7 @@
 """The report every checker returns: a blank stub, a crash and a wrong value never raise, and never pass."""
 
 import inspect
+import re
 
 import numpy as np
 import pytest
@@ -160,3 +161,48 @@ def test_library_and_checker_files_are_not_the_learners():
     assert not _core.is_learner_file("<frozen importlib._bootstrap>")
     assert _core.is_learner_file(__file__)
     assert _core.is_learner_file("<ipython-input-3-abcdef>")
+
+
+# --- every chapter's checkers: an answer raising inside torch is reported at the learner's line -------------------
+
+
+def _all_checkers():
+    import importlib
+    import pkgutil
+
+    import behind_pipeline.checks as checks
+
+    for info in sorted(pkgutil.iter_modules(checks.__path__), key=lambda module: module.name):
+        if not info.name.startswith("ch"):
+            continue
+        module = importlib.import_module(f"behind_pipeline.checks.{info.name}")
+        for name, function in inspect.getmembers(module, inspect.isfunction):
+            if name.startswith("check_") and function.__module__ == module.__name__:
+                yield pytest.param(function, id=f"{info.name}.{name}")
+
+
+def raises_inside_torch(*args, **kwargs):
+    """Any learner's function, class or method: it fails inside torch/nn/functional.py, as float labels do."""
+    return F.cross_entropy(torch.zeros(2, 3), torch.zeros(2))  # the learner's line
+
+
+# Checkers whose answer is not called as a function (a fitted model), so nothing of the learner's raises there.
+NOT_CALLED = {"check_bigram_against_unigram"}
+
+
+@pytest.mark.parametrize("check", list(_all_checkers()))
+def test_every_checker_reports_an_error_inside_torch_at_the_learners_line(check):
+    required = [p for p in inspect.signature(check).parameters.values() if p.default is inspect.Parameter.empty]
+    report = check(*[raises_inside_torch] * len(required))
+    text = repr(report)
+    assert not report.passed, text
+    if check.__name__ in NOT_CALLED:
+        return
+    line = _line_of(raises_inside_torch, "F.cross_entropy")
+    raised = [entry for entry in report.lines if "raised RuntimeError" in entry]
+    assert raised, text
+    for entry in raised:
+        assert "(line " not in entry or f"(line {line} of your raises_inside_torch)" in entry, entry
+    # No line number from anywhere but the learner's code: torch's functional.py line is far beyond this file's.
+    for number in re.findall(r"\(line (\d+)", text):
+        assert int(number) == line, text
