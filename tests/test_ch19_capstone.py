@@ -180,6 +180,7 @@ def _results():
         capstone.TFIDF_ROW: {"accuracy": 0.7777, "macro_f1": 0.7666, "f1": {"rotten": 0.6, "fresh": 0.7,
                                                                             "plot": 0.8}},
         "_machine": "x86_64, 2 torch threads", "_measured_on": "2026-01-01",
+        "_versions": {"torch": "9.9.9", "transformers": "9.8.7", "tokenizers": "0.65.4"},
     }
 
 
@@ -188,7 +189,7 @@ def test_the_model_card_shows_every_recorded_number():
     for number in ("0.8111", "0.8222", "0.7123", "0.8234", "0.9345", "0.7777", "0.7666", "1.2345", "0.0456",
                    "0.0123", "0.8765", "0.95", "0.6543", "0.9432", "33 of 96", "3,000", "rotten 31, fresh 32, plot 33",
                    "4 of the 33", "2026-01-01", "rotten 17 of 31, fresh 14 of 32, plot 2 of 33", "2 of the 33",
-                   "up to 384"):
+                   "up to 384", "transformers 9.8.7", "tokenizers 0.65.4"):
         assert number in card, number
     changed = _results()
     changed[capstone.ROUTER_ROW]["coverage"] = 0.5
@@ -343,6 +344,25 @@ def test_cost_checker_accepts_the_reference_and_a_threshold_between_confidences(
 ])
 def test_cost_checker_names_each_mistake(mistake, words):
     assert_rejected(check_cheapest_threshold(lambda p, y, e, h: cheapest(p, y, e, h, mistake)), *words)
+
+
+def test_a_threshold_no_mistake_explains_shows_both_costs_and_where_the_inputs_are():
+    def one_confidence_too_high(p, y, e, h):
+        best = cheapest_reference(p, y, e, h)
+        higher = sorted(c for c in np.asarray(p).max(axis=1) if c > best)
+        return higher[0] if higher else 0.0
+
+    assert_rejected(check_cheapest_threshold(one_confidence_too_high), "the cheapest", "costs", "COST_CASES[0]")
+
+
+def test_two_mistakes_that_fit_equally_are_not_guessed_between():
+    from behind_pipeline.checks.ch19_capstone import _the_mistake
+
+    passed = {"a": (False, True), "b": (False, True), "c": (False, False)}
+    assert _the_mistake([passed, {"a": (True, False), "b": (True, False), "c": (False, False)}]) is None
+    assert _the_mistake([passed, {"a": (True, False), "b": (False, False), "c": (False, False)}]) == "a"
+    # c would explain the failing case, but it gives a wrong answer on a case the learner passed: ruled out
+    assert _the_mistake([passed, {"a": (False, False), "b": (False, False), "c": (True, False)}]) is None
 
 
 def test_cost_checker_never_raises():

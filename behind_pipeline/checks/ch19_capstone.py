@@ -42,17 +42,17 @@ def _routing(probs, threshold: float) -> np.ndarray:
     return np.asarray(probs).max(axis=1) >= threshold
 
 
-def _the_mistake(mistakes_per_case: list[dict], same) -> str | None:
-    """The one mistake whose answer equals the learner's on the failing case (the last dict) and the expected one on
-    every earlier case (which the learner passed), or None when no mistake or several fit.
+def _the_mistake(mistakes_per_case: list[dict[str, tuple[bool, bool]]]) -> str | None:
+    """The one mistake that explains the failing case (the last dict) and agrees with the expected answer on every
+    earlier case (which the learner passed), or None when no mistake or several fit: then the caller shows the inputs,
+    the answer and the expected value instead of guessing.
 
-    Each dict maps a message to ``(wrong answer, expected answer)``; a mistake that gives the expected answer on the
-    failing case does not explain it. ``same(a, b)`` compares two answers.
+    Each dict maps a message to ``(explains, agrees)``: ``explains`` when the mistake's answer differs from the
+    expected one and equals the learner's, ``agrees`` when the mistake's answer equals the expected one.
     """
     *passed, failing = mistakes_per_case
-    fitting = [message for message, (wrong, expected, got) in failing.items()
-               if not same(wrong, expected) and same(got, wrong)
-               and all(same(*case[message][:2]) for case in passed)]
+    fitting = [message for message, (explains, _) in failing.items()
+               if explains and all(case[message][1] for case in passed)]
     return fitting[0] if len(fitting) == 1 else None
 
 
@@ -178,12 +178,15 @@ def check_per_queue_thresholds(per_queue_thresholds) -> CheckReport:
         values = report.tensor(got, "the thresholds", shape=(probs.shape[1],))
         if values is None:
             return report
-        mistakes_per_case.append({message: (wrong, expected, values) for message, wrong in
-                                  _per_queue_mistakes(probs, labels, target).items()})
+        mistakes_per_case.append({
+            message: (not _same_thresholds(torch.tensor(wrong, dtype=torch.float64), expected)
+                      and _same_thresholds(values, wrong), _same_thresholds(torch.tensor(wrong, dtype=torch.float64),
+                                                                             expected))
+            for message, wrong in _per_queue_mistakes(probs, labels, target).items()})
         if _same_thresholds(values, expected):
             report.ok(f"{description}: {[round(value, 4) for value in expected]}")
             continue
-        message = _the_mistake(mistakes_per_case, _same_threshold_lists)
+        message = _the_mistake(mistakes_per_case)
         report.fail(f"{description}: {message}" if message else
                     f"{description}: got {_rounded(values.tolist())}, expected {_rounded(expected)}; "
                     f"{_per_queue_inputs(probs, labels, values.tolist(), expected, number)}")
@@ -193,10 +196,6 @@ def check_per_queue_thresholds(per_queue_thresholds) -> CheckReport:
 
 def _rounded(values) -> list:
     return [value if math.isinf(value) else round(value, 4) for value in values]
-
-
-def _same_threshold_lists(a, b) -> bool:
-    return _same_thresholds(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64).tolist())
 
 
 def _per_queue_inputs(probs, labels, got, expected, number: int) -> str:
@@ -268,6 +267,7 @@ def _cost_mistakes(probs, labels, error_cost, human_cost) -> dict[str, float]:
 def check_cheapest_threshold(cheapest_threshold) -> CheckReport:
     """``cheapest_threshold(probs, labels, error_cost, human_cost)`` -> the threshold of least total cost."""
     report = CheckReport("Cost-weighted operating point")
+    mistakes_per_case = []
     for number, (probs, labels, error_cost, human_cost, description) in enumerate(COST_CASES):
         expected = cheapest_reference(probs, labels, error_cost, human_cost)
         best = routing_cost(probs, labels, expected, error_cost, human_cost)
@@ -282,18 +282,21 @@ def check_cheapest_threshold(cheapest_threshold) -> CheckReport:
         if math.isnan(value):
             report.fail(f"{description}: the threshold is NaN")
             return report
-        if np.array_equal(_routing(probs, value), _routing(probs, expected)):
+        routes = {name: _routing(probs, threshold) for name, threshold in (("got", value), ("expected", expected))}
+        mistakes_per_case.append({
+            message: (not np.array_equal(_routing(probs, wrong), routes["expected"])
+                      and np.array_equal(routes["got"], _routing(probs, wrong)),
+                      np.array_equal(_routing(probs, wrong), routes["expected"]))
+            for message, wrong in _cost_mistakes(probs, labels, error_cost, human_cost).items()})
+        if np.array_equal(routes["got"], routes["expected"]):
             report.ok(f"{description}: threshold {expected:.4f}, cost {best:g}")
             continue
-        for message, wrong in _cost_mistakes(probs, labels, error_cost, human_cost).items():
-            if not np.array_equal(_routing(probs, wrong), _routing(probs, expected)) and np.array_equal(
-                    _routing(probs, value), _routing(probs, wrong)):
-                report.fail(f"{description}: {message}")
-                break
-        else:
-            report.fail(f"{description}: threshold {value:.4f} costs "
-                        f"{routing_cost(probs, labels, value, error_cost, human_cost):g}; the cheapest "
-                        f"({expected:.4f}) costs {best:g}")
+        message = _the_mistake(mistakes_per_case)
+        report.fail(f"{description}: {message}" if message else
+                    f"{description}: threshold {value:.4f} costs "
+                    f"{routing_cost(probs, labels, value, error_cost, human_cost):g}; the cheapest ({expected:.4f}) "
+                    f"costs {best:g} (error_cost {error_cost:g}, human_cost {human_cost:g}; the inputs are "
+                    f"COST_CASES[{number}] in behind_pipeline.checks.ch19_capstone)")
         return report
     return report
 
@@ -386,12 +389,13 @@ def check_golden_mismatches(golden_mismatches) -> CheckReport:
         except (TypeError, ValueError):
             report.fail(f"{description}: return a list of record indices (ints), got {type(got).__name__}")
             return report
-        mistakes_per_case.append({message: (wrong, expected, indices) for message, wrong in
+        mistakes_per_case.append({message: (wrong != expected and indices == wrong, wrong == expected)
+                                  for message, wrong in
                                   _golden_mistakes(expected_records, actual_records, tolerance).items()})
         if indices == expected:
             report.ok(f"{description}: {expected}")
             continue
-        message = _the_mistake(mistakes_per_case, lambda a, b: list(a) == list(b))
+        message = _the_mistake(mistakes_per_case)
         if message:
             report.fail(f"{description}: {message}")
         else:
