@@ -87,8 +87,8 @@ PER_QUEUE_CASES = [
     (_probs([_row(c, q, 3) for c, q in [(0.95, 0), (0.9, 0), (0.85, 0), (0.8, 0), (0.7, 0), (0.65, 0), (0.6, 0),
                                         (0.55, 0), (0.9, 1), (0.6, 1), (0.8, 2), (0.7, 2)]]),
      np.array([0, 0, 1, 2, 0, 0, 0, 0, 1, 1, 2, 0]), 0.7,
-     "queue 0's precision dips below 0.7 (at 0.85 and 0.8) and recovers to 0.75 at 0.55: the lowest threshold "
-     "reaching the target lies past the dip"),
+     "queue 0's precision falls below 0.7 from threshold 0.85 down to 0.65, then recovers (0.75 at 0.55): the "
+     "lowest threshold reaching the target lies past the dip"),
     (_probs([_row(c, q, 3) for c, q in [(0.9, 0), (0.8, 0), (0.7, 0), (0.6, 0), (0.95, 1), (0.85, 1), (0.5, 1),
                                         (0.9, 2), (0.6, 2)]]),
      np.array([0, 0, 1, 0, 1, 2, 1, 2, 2]), 0.75,
