@@ -85,7 +85,7 @@ def test_ratios_and_targets_at_their_boundaries():
 
 def test_unknown_variant_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown"):
-        bench.run(["fp16"], "tiny", tmp_path / "bench.json")
+        bench.run(["fp8"], "tiny", tmp_path / "bench.json")
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +165,24 @@ def test_bench_tables_are_current():
     result = subprocess.run([sys.executable, "tools/bench_tables.py", "--check"], cwd=ROOT, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_bench_tables_show_compile_time_and_the_cpu_flags_when_measured():
+    import bench_tables
+
+    results = synthetic_results()
+    section = results["models"]
+    assert "torch.compile" not in bench_tables.block(results, "x.png")  # not measured: no section
+    compiled = row("compiled", 0.83, {"1": 5.0, "32": 85.0}, 86.7)
+    compiled.update(label="PyTorch fp32, torch.compile", peak_memory_mib=300.0, texts=1445,
+                    first_call_seconds=42.25, second_call_seconds=0.0061, first_pass_seconds=63.5)
+    section["variants"].append(compiled)
+    section["variants"][0]["texts"] = 1445
+    section["vs_fp32"] = bench.compare_with_reference(section["variants"], {
+        "fp32": np.zeros((2, 2)), "onnx": np.zeros((2, 2)), "compiled": np.zeros((2, 2))})
+    section["machine"].update(avx512_bf16=True, amx=False)
+    text = bench_tables.block(results, "x.png")
+    assert "first call on one review (it compiles): 42.2 s; second call: 6.1 ms" in text
+    assert "first pass over the 1,445 test reviews" in text and "63.5 s" in text
+    assert "batch 1 2.00x" in text  # fp32 10 ms / compiled 5 ms
+    assert "AVX512-BF16 yes, AMX no" in text

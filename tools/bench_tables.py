@@ -32,7 +32,9 @@ def ms(value: float) -> str:
 def measured_line(section: dict) -> str:
     machine = section["machine"]
     versions = ", ".join(f"{name} {value}" for name, value in section["versions"].items() if value)
-    return (f"Measured on {machine['cpu']} ({machine['architecture']}, {machine['cores']} cores), "
+    flags = "".join(f", {label} {'yes' if machine[key] else 'no'}" for key, label in
+                    (("avx512_bf16", "AVX512-BF16"), ("amx", "AMX")) if key in machine)
+    return (f"Measured on {machine['cpu']} ({machine['architecture']}, {machine['cores']} cores{flags}), "
             f"{section['threads']} threads for every engine, {section['measured_at']}; {versions}.")
 
 
@@ -65,6 +67,29 @@ def ratios_table(section: dict) -> list[str]:
                   f"{ratio['max_abs_logit_diff']:.1e}", str(ratio["label_mismatches"])]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def compile_lines(section: dict) -> list[str]:
+    """``torch.compile``: what the first calls cost against the steady state the tables show (when measured)."""
+    row = next((row for row in section["variants"] if "first_call_seconds" in row), None)
+    if row is None:
+        return []
+    steady = row["latency"].get("1", {}).get("median_ms")
+    fp32 = next((r for r in section["variants"] if r["variant"] == "fp32"), None)
+    lines = ["### `torch.compile`: compile time against steady state", "",
+             f"- first call on one review (it compiles): {row['first_call_seconds']:.1f} s; second call: "
+             f"{1000 * row['second_call_seconds']:.1f} ms"
+             + (f"; steady state at batch 1 (median): {steady:.1f} ms" if steady is not None else "") + ".",
+             f"- first pass over the {row['texts']:,} test reviews (new batch shapes compile again): "
+             f"{row['first_pass_seconds']:.1f} s; the measured pass after it: "
+             f"{row['texts'] / row['throughput_per_s']:.1f} s"
+             + (f" (fp32 without compiling: {fp32['texts'] / fp32['throughput_per_s']:.1f} s)" if fp32 else "")
+             + "."]
+    ratio = section["vs_fp32"].get(row["variant"])
+    if ratio:
+        lines.append("- steady-state speed-up against fp32: "
+                     + ", ".join(f"batch {size} {value:.2f}x" for size, value in ratio["speedup"].items()) + ".")
+    return [*lines, ""]
 
 
 def targets_lines(section: dict) -> list[str]:
@@ -153,7 +178,8 @@ def block(results: dict, image: str) -> str:
         body = ["Not measured yet: run `make bench`.", ""]
     else:
         body = [measured_line(section), "", "### Every variant of the course classifier", "", *models_table(section),
-                "", "### Against fp32, in the same run", "", *ratios_table(section), "", "### The issue's targets",
+                "", "### Against fp32, in the same run", "", *ratios_table(section), "",
+                *compile_lines(section), "### The issue's targets",
                 "", *targets_lines(section), "", f"![{PLOT_ALT}]({image})", ""]
         if section.get("setting") != "full":
             body.insert(0, f"(A `{section.get('setting')}` run: a few texts and repeats, not a measurement.)\n")
