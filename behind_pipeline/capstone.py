@@ -336,7 +336,8 @@ def load_results(run: str = CARD_RUN) -> dict:
     path = paths.RESULTS_DIR / run / f"{NOTEBOOK}.json"
     content = json.loads(path.read_text())
     return {row["model"]: row for row in content["rows"]} | {"_machine": content["machine"],
-                                                              "_measured_on": content["measured_on"]}
+                                                              "_measured_on": content["measured_on"],
+                                                              "_versions": content.get("versions", {})}
 
 
 ROUTER_ROW = "fine-tuned MiniLM router"
@@ -410,7 +411,9 @@ def render_model_card(results: dict) -> str:
         "than when scored. The service refuses texts over its character limit (2,000 by default), which some plot "
         f"summaries exceed ({router['test_plots_over_2000_chars']} of the {counts['test']['plot']} test plot "
         "summaries).",
-        f"- The scores were measured on {results['_machine']}, {results['_measured_on']}.",
+        f"- The scores were measured on {results['_machine']}"  # the machine string names torch's version
+        + "".join(f", {name} {value}" for name, value in results.get("_versions", {}).items() if name != "torch")
+        + f", {results['_measured_on']}.",
         "",
         "## Must not be used for",
         "- Decisions about people (hiring, moderation of a person's speech, anything with legal or financial "

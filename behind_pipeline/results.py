@@ -33,6 +33,7 @@ def record(results_dir: str | Path | None, source: str, model: str, metrics: dic
     content["rows"] = [existing for existing in content["rows"] if existing["model"] != model] + [row]
     content["machine"] = machine_description()
     content["measured_on"] = date.today().isoformat()
+    content["versions"] = library_versions()
     path.write_text(json.dumps(content, indent=2) + "\n")
     return row
 
@@ -40,6 +41,13 @@ def record(results_dir: str | Path | None, source: str, model: str, metrics: dic
 def machine_description() -> str:
     """What the numbers were measured on, e.g. ``x86_64, 2 torch threads, torch 2.13.0+cpu``."""
     return f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries that shape a recorded score (a model card names them)."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("torch", "transformers", "tokenizers")}
 
 
 def load_rows(results_dir: str | Path) -> list[dict]:
