@@ -67,3 +67,26 @@ def plot_confusion(ax, matrix: np.ndarray, label_names: Sequence[str], title: st
     ax.set_xticks(range(len(label_names)), [f"predicted {name}" for name in label_names])
     ax.set_yticks(range(len(label_names)), [f"gold {name}" for name in label_names])
     ax.set_title(title)
+
+
+def leave_one_word_out(classifier, tokenizer, text: str, label: int = 1) -> list[tuple[str, float]]:
+    """Occlusion: how much the probability of ``label`` drops when each word (split on spaces) is left out.
+
+    Every variant goes through the book's prediction path (:func:`behind_pipeline.predict.predict_logits`), the
+    full text first, in one call; a positive value means the word pushed the model towards ``label``. Words, not
+    tokens: a reader can read them, and leaving out one sub-word token would leave a fragment no review contains.
+    """
+    from behind_pipeline.predict import predict_logits
+
+    words = text.split()
+    variants = [text] + [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
+    probs = predict_logits(classifier, tokenizer, variants).softmax(dim=-1)[:, label]  # (1 + words,)
+    return [(word, float(probs[0] - probs[1 + i])) for i, word in enumerate(words)]
+
+
+def contains_word(texts: Iterable[str], word: str) -> np.ndarray:
+    """True for each text holding ``word`` as a whole word, any case (``"but"`` matches *But*, not *button*)."""
+    import re
+
+    pattern = re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE)
+    return np.array([bool(pattern.search(text)) for text in texts])

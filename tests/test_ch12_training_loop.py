@@ -10,7 +10,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertForSequenceClassification, PrinterCallback, get_linear_schedule_with_warmup
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    PrinterCallback,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from behind_pipeline import distributed
 from behind_pipeline.checks.ch12_training_loop import (
@@ -18,7 +24,7 @@ from behind_pipeline.checks.ch12_training_loop import (
     SCHEDULE_CASES,
     check_accumulated_step,
     check_clip_gradients,
-    check_linear_warmup_lr,
+    check_cosine_warmup_lr,
     library_rates,
 )
 from behind_pipeline.paths import PROJECT_ROOT
@@ -91,12 +97,32 @@ def one_process_accelerator():
 
 def test_data_parallel_step_in_one_process_equals_the_plain_step(one_process_accelerator):
     examples = distributed.step_examples()
-    state, losses, sizes = distributed.data_parallel_step(one_process_accelerator, *examples)
+    averaged, losses, sizes = distributed.data_parallel_step(one_process_accelerator, *examples)
     plain, loss = distributed.single_process_step(examples)
     assert sizes == [distributed.GLOBAL_BATCH] and losses == pytest.approx([loss], abs=1e-6)
-    assert max((state[name] - plain[name]).abs().max().item() for name in plain) < 1e-6
-    before = distributed.step_classifier(examples[2]).state_dict()
-    assert max((plain[name] - before[name]).abs().max().item() for name in plain) > 1e-5  # the step moved
+    assert averaged.keys() == plain.keys() and len(plain) > 100  # every parameter has a gradient
+    assert max((averaged[name] - plain[name]).abs().max().item() for name in plain) < 1e-6
+    # the gradients are taken before clipping: a clipped copy would differ (their norm is above MAX_GRAD_NORM)
+    norm = torch.linalg.vector_norm(torch.cat([gradient.flatten() for gradient in plain.values()]))
+    assert norm > distributed.MAX_GRAD_NORM
+
+
+def test_gradients_of_four_and_four_reviews_average_to_the_gradient_of_eight():
+    """What the all-reduce relies on, in one process: equal shares, mean of the means = mean of all."""
+    texts, labels, id2label = distributed.step_examples()
+    whole, _ = distributed.single_process_step((texts, labels, id2label))
+    first, _ = distributed.single_process_step((texts[:4], labels[:4], id2label))
+    second, _ = distributed.single_process_step((texts[4:], labels[4:], id2label))
+    assert max(((first[name] + second[name]) / 2 - whole[name]).abs().max().item() for name in whole) < 1e-6
+    # and a different split of unequal size does not: the plain mean weighs the smaller share more
+    small, _ = distributed.single_process_step((texts[:2], labels[:2], id2label))
+    large, _ = distributed.single_process_step((texts[2:], labels[2:], id2label))
+    assert max(((small[name] + large[name]) / 2 - whole[name]).abs().max().item() for name in whole) > 1e-4
+
+
+def test_gather_for_metrics_drops_nothing_in_one_process(one_process_accelerator):
+    result = distributed.uneven_gather(one_process_accelerator)
+    assert result["gather"] == result["gather_for_metrics"] == list(range(7))
 
 
 def test_the_cpu_flag_starts_one_process_whatever_num_processes_says():
@@ -120,13 +146,14 @@ def test_examples_file_round_trips(tmp_path):
     assert (texts, labels, id2label) == distributed.step_examples() and len(texts) == distributed.GLOBAL_BATCH
 
 
-# --- exercise 1: the schedule ---------------------------------------------------------------------------------
+# --- exercise 1: the cosine schedule ---------------------------------------------------------------------------
 
 
-def linear_warmup_lr(step, peak, warmup_steps, total_steps):
+def cosine_warmup_lr(step, peak, warmup_steps, total_steps):
     if step < warmup_steps:
         return peak * step / max(1, warmup_steps)
-    return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 @pytest.mark.parametrize("case", SCHEDULE_CASES, ids=[case[-1] for case in SCHEDULE_CASES])
@@ -135,54 +162,70 @@ def test_the_checkers_rates_are_the_librarys_at_every_step(case):
     rates = library_rates(peak, warmup_steps, total_steps)
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=peak)
-    schedule = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     library = []
     for _ in rates:
         library.append(schedule.get_last_lr()[0])
         optimizer.step()
         schedule.step()
     assert rates == library  # exactly: the same float operations
-    assert rates[total_steps] == 0.0 and rates[-1] == 0.0
+    assert len(rates) == total_steps + 1 and rates[total_steps] == pytest.approx(0.0, abs=1e-15)
 
 
-def test_check_linear_warmup_lr_accepts_the_solution():
-    assert check_linear_warmup_lr(linear_warmup_lr).passed
-    assert check_linear_warmup_lr(lambda *args: torch.tensor(linear_warmup_lr(*args), dtype=torch.float64)).passed
+def test_the_linear_schedules_last_step_runs_at_peak_over_decay_steps_not_at_zero():
+    """The chapter's correction: the factor reaches 0 one step after the last step run."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=3e-4)
+    schedule = get_linear_schedule_with_warmup(optimizer, 1, 10)
+    rates = []
+    for _ in range(10):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert rates[-1] == pytest.approx(3e-4 / 9) and rates[-1] > 0 and schedule.get_last_lr()[0] == 0.0
+
+
+def test_check_cosine_warmup_lr_accepts_the_solution():
+    assert check_cosine_warmup_lr(cosine_warmup_lr).passed
+    assert check_cosine_warmup_lr(lambda *args: torch.tensor(cosine_warmup_lr(*args), dtype=torch.float64)).passed
 
 
 def schedule_variant(kind):
     def rate(step, peak, warmup_steps, total_steps):
         if step < warmup_steps:
+            if kind == "no_max_1":
+                return peak * step / warmup_steps
             return peak * (step + (kind == "warmup_from_one")) / max(1, warmup_steps)
-        if kind == "decay_over_total":
-            return peak * max(0.0, (total_steps - step) / max(1, total_steps))
-        if kind == "no_floor":
-            return peak * (total_steps - step) / max(1, total_steps - warmup_steps)
-        if kind == "zero_at_last_step":
-            return peak * max(0.0, (total_steps - 1 - step) / max(1, total_steps - warmup_steps - 1))
         if kind == "no_max_1":
-            return peak * max(0.0, (total_steps - step) / (total_steps - warmup_steps))
-        return linear_warmup_lr(step, peak, warmup_steps, total_steps)
+            progress = (step - warmup_steps) / (total_steps - warmup_steps)
+        elif kind == "cosine_over_whole_run":
+            progress = step / max(1, total_steps)
+        else:
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if kind == "quarter_wave":
+            return peak * math.cos(math.pi / 2 * progress)
+        if kind == "unshifted_cosine":
+            return peak * math.cos(math.pi * progress)
+        if kind == "linear_decay":
+            return peak * max(0.0, 1 - progress)
+        return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def no_max_in_warmup(step, peak, warmup_steps, total_steps):
-        return peak * step / warmup_steps if step < warmup_steps else rate(step, peak, warmup_steps, total_steps)
-
-    return no_max_in_warmup if kind == "no_max_1" else rate
+    return rate
 
 
 @pytest.mark.parametrize(("kind", "says"), [("warmup_from_one", "one step ahead"),
-                                            ("decay_over_total", "total_steps - warmup_steps"),
-                                            ("no_floor", "negative"), ("zero_at_last_step", "not at the last step"),
-                                            ("no_max_1", "max(1, ...)")])
-def test_check_linear_warmup_lr_rejects_and_names_the_mistake(kind, says):
-    report = check_linear_warmup_lr(schedule_variant(kind))
+                                            ("cosine_over_whole_run", "starts at the end of the warmup"),
+                                            ("quarter_wave", "quarter wave"), ("unshifted_cosine", "shift and halve"),
+                                            ("linear_decay", "linear decay"), ("no_max_1", "max(1, ...)")])
+def test_check_cosine_warmup_lr_rejects_and_names_the_mistake(kind, says):
+    report = check_cosine_warmup_lr(schedule_variant(kind))
     assert not report.passed and says in repr(report)
 
 
 @pytest.mark.parametrize("answer", [lambda *args: [0.1], lambda *args: "0.1", lambda *args: {"lr": 1},
                                     lambda *args: torch.ones(2), lambda *args: 1 / 0])
-def test_check_linear_warmup_lr_reports_odd_answers(answer):
-    assert not check_linear_warmup_lr(answer).passed
+def test_check_cosine_warmup_lr_reports_odd_answers(answer):
+    assert not check_cosine_warmup_lr(answer).passed
 
 
 # --- exercise 2: clipping -------------------------------------------------------------------------------------
@@ -314,7 +357,7 @@ def test_check_accumulated_step_reports_a_function_that_raises():
     assert not check_accumulated_step(lambda model, optimizer, micro_batches: micro_batches[9]).passed
 
 
-@pytest.mark.parametrize("check", [check_linear_warmup_lr, check_clip_gradients, check_accumulated_step])
+@pytest.mark.parametrize("check", [check_cosine_warmup_lr, check_clip_gradients, check_accumulated_step])
 def test_blank_answers_are_reported_not_raised(check):
     def blank(*args):
         ...
@@ -322,3 +365,17 @@ def test_blank_answers_are_reported_not_raised(check):
     for answer in (Ellipsis, blank):
         report = check(answer)
         assert not report.passed and ("still `...`" in repr(report) or "returned None" in repr(report))
+
+
+def test_bf16_autocast_runs_on_the_cpu_with_trainer(tokenizer, tmp_path):
+    """The chapter's claim: mixed precision is not GPU-only; Trainer's bf16 on a CPU autocasts, weights stay fp32."""
+    from transformers import Trainer, TrainingArguments
+
+    model = tiny_bert(tokenizer)
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True,
+                                                          report_to="none"))
+    assert trainer.accelerator.mixed_precision == "bf16" and trainer.accelerator.device.type == "cpu"
+    batch = tokenizer(["a good film", "bad"], padding=True, return_tensors="pt")
+    with torch.inference_mode(), trainer.accelerator.autocast():
+        logits = model(**batch).logits
+    assert logits.dtype == torch.bfloat16 and model.classifier.weight.dtype == torch.float32

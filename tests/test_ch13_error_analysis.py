@@ -8,8 +8,8 @@ import torch
 
 from behind_pipeline.checks.ch13_error_analysis import (
     check_coverage_and_accuracy,
+    check_dispersion_test,
     check_mcnemar_p_value,
-    check_movie_error_rate,
     exact_mcnemar,
 )
 from behind_pipeline.error_analysis import agreement_table, binned_error_rates, most_confident_mistakes
@@ -93,35 +93,122 @@ def test_mcnemar_checker_reports_instead_of_raising(answer):
     assert not check_mcnemar_p_value(answer).passed
 
 
-# --- Exercise 2: per movie -----------------------------------------------------------------------------------------
+# --- Exercise 2: clustering by movie, a dispersion test ---------------------------------------------------------
 
 
-def movie_rate(movies, errors):
+def dispersion(movies, errors, mistake=None):
+    from scipy.stats import chi2
+
     errors, movies = np.asarray(errors, dtype=float).reshape(-1), np.asarray(movies)
-    return float(np.mean([errors[movies == movie].mean() for movie in np.unique(movies)]))
+    names = np.unique(movies)
+    sizes = np.array([(movies == name).sum() for name in names], dtype=float)
+    counts = np.array([errors[movies == name].sum() for name in names])
+    rate = (counts / sizes).mean() if mistake == "movie_mean_rate" else counts.sum() / sizes.sum()
+    if mistake == "rates_not_counts":
+        statistic = (((counts / sizes - rate) ** 2) / (rate * (1 - rate))).sum()
+    else:
+        statistic = (((counts - sizes * rate) ** 2) / (sizes * rate * (1 - rate))).sum()
+    degrees = len(names) if mistake == "degrees_m" else len(names) - 1
+    p_value = chi2.cdf(statistic, degrees) if mistake == "lower_tail" else chi2.sf(statistic, degrees)
+    return float(statistic), float(p_value)
 
 
-def test_movie_checker_accepts_the_solution():
-    assert check_movie_error_rate(movie_rate).passed
+def test_dispersion_checker_accepts_the_solution():
+    assert check_dispersion_test(dispersion).passed
 
 
-@pytest.mark.parametrize("mistake, answer, words", [
-    ("per_review", lambda movies, errors: float(np.asarray(errors, dtype=float).mean()), ["per review"]),
-    ("mean_error_count", lambda movies, errors: float(np.asarray(errors, dtype=float).sum()) / len(set(movies)),
-     ["number of errors"]),
-    ("median", lambda movies, errors: float(np.median([np.asarray(errors, dtype=float)[np.asarray(movies) == m].mean()
-                                                      for m in set(movies)])), ["median"]),
-    ("only_movies_with_errors", lambda movies, errors: float(np.mean([
-        r for r in (np.asarray(errors, dtype=float)[np.asarray(movies) == m].mean() for m in set(movies)) if r]))
-     if np.asarray(errors, dtype=float).sum() else 0.0, ["only movies with an error"]),
+def test_the_checkers_dispersion_p_value_is_scipys_chi2_contingency_on_the_movies_by_outcome_table():
+    """Pearson's dispersion statistic is the chi-squared test of independence of movie and outcome (no correction)."""
+    from scipy.stats import chi2_contingency
+
+    from behind_pipeline.checks.ch13_error_analysis import MOVIE_CASES, _dispersion
+
+    for sizes, wrong, _ in MOVIE_CASES:
+        table = np.array([[w, s - w] for s, w in zip(sizes, wrong, strict=True)])
+        result = chi2_contingency(table, correction=False)
+        assert _dispersion(sizes, wrong) == pytest.approx((result.statistic, result.pvalue), rel=1e-9)
+
+
+def test_the_dispersion_cases_include_a_clustered_and_an_unclustered_one():
+    from behind_pipeline.checks.ch13_error_analysis import MOVIE_CASES, _dispersion
+
+    p_values = [_dispersion(sizes, wrong)[1] for sizes, wrong, _ in MOVIE_CASES]
+    assert min(p_values) < 0.001 and max(p_values) > 0.5
+
+
+@pytest.mark.parametrize("mistake, words", [
+    ("degrees_m", ["minus 1"]),
+    ("rates_not_counts", ["binomial variance"]),
+    ("movie_mean_rate", ["mean of the movies' rates"]),
+    ("lower_tail", ["upper tail"]),
 ])
-def test_movie_checker_names_the_mistake(mistake, answer, words):
-    assert_rejected(check_movie_error_rate(answer), *words)
+def test_dispersion_checker_names_the_mistake(mistake, words):
+    assert_rejected(check_dispersion_test(lambda movies, errors: dispersion(movies, errors, mistake)), *words)
 
 
-@pytest.mark.parametrize("answer", [None, ..., lambda movies, errors: {"a": 1.0}, lambda movies, errors: 1 / 0])
-def test_movie_checker_reports_instead_of_raising(answer):
-    assert not check_movie_error_rate(answer).passed
+@pytest.mark.parametrize("answer", [None, ..., lambda movies, errors: {"a": 1.0}, lambda movies, errors: 1 / 0,
+                                    lambda movies, errors: 0.5])
+def test_dispersion_checker_reports_instead_of_raising(answer):
+    assert not check_dispersion_test(answer).passed
+
+
+# --- shared helpers the chapter uses: the cluster bootstrap, the word count, occlusion -----------------------------
+
+
+def test_cluster_bootstrap_resamples_whole_movies():
+    from behind_pipeline.metrics import cluster_bootstrap
+
+    # two movies, all reviews of one wrong, none of the other: every resample draws whole movies, so the
+    # error rate can only be 0, 1/2 or 1; resampling reviews would give rates in between.
+    errors = np.array([1] * 10 + [0] * 10, dtype=float)
+    movies = ["a"] * 10 + ["b"] * 10
+    seen = []
+    cluster_bootstrap(lambda indices: seen.append(errors[indices].mean()) or 0.0, movies, samples=200)
+    assert set(seen) <= {0.0, 0.5, 1.0} and len(set(seen)) == 3
+    seen.clear()
+    cluster_bootstrap(lambda indices: seen.append(errors[indices].mean()) or 0.0, range(20), samples=200)
+    assert len(set(seen)) > 3
+
+
+def test_cluster_bootstrap_interval_is_wider_when_errors_cluster_and_skips_nan():
+    from behind_pipeline.metrics import cluster_bootstrap, mean_and_sd
+
+    rng = np.random.default_rng(0)
+    movies = np.repeat(np.arange(30), 20)
+    clustered = np.repeat(rng.random(30) < 0.2, 20).astype(float)  # each movie all right or all wrong
+    spread = rng.permutation(clustered)  # the same errors, scattered over the movies
+    width = [np.subtract(*cluster_bootstrap(lambda i, e=e: e[i].mean(), movies)[::-1]) for e in (clustered, spread)]
+    assert width[0] > 2 * width[1]
+    low, high = cluster_bootstrap(lambda i: float("nan") if 0 in i else 1.0, movies, samples=100)
+    assert low == high == 1.0
+    assert mean_and_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
+
+
+def test_contains_word_matches_whole_words_in_any_case():
+    from behind_pipeline.error_analysis import contains_word
+
+    found = contains_word(["But it works", "a button", "good, but slow", "BUT", "butter"], "but")
+    assert found.tolist() == [True, False, True, True, False]
+
+
+def test_leave_one_word_out_is_the_probability_drop_through_predict_logits(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from behind_pipeline.error_analysis import leave_one_word_out
+    from behind_pipeline.predict import predict_logits
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "bad", "but", "film", "slow"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(str(tmp_path / "vocab.txt"))
+    torch.manual_seed(0)
+    classifier = BertForSequenceClassification(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=32))
+    text = "good film but slow"
+    pushes = leave_one_word_out(classifier, tokenizer, text)
+    assert [word for word, _ in pushes] == text.split()
+    full = predict_logits(classifier, tokenizer, [text]).softmax(dim=-1)[0, 1].item()
+    without_but = predict_logits(classifier, tokenizer, ["good film slow"]).softmax(dim=-1)[0, 1].item()
+    assert pushes[2][1] == pytest.approx(full - without_but, abs=1e-6) and abs(pushes[2][1]) > 0
 
 
 # --- Exercise 3: abstain ---------------------------------------------------------------------------------------------

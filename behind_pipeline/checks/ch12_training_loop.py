@@ -1,6 +1,6 @@
-"""Checkers for the exercises of chapter 12 (the training loop): the schedule, clipping and accumulation by hand.
+"""Checkers for the exercises of chapter 12 (the training loop): a cosine schedule, clipping and accumulation by hand.
 
-Each one compares the learner's code with the library (``get_linear_schedule_with_warmup``'s rates, proven equal
+Each one compares the learner's code with the library (``get_cosine_schedule_with_warmup``'s rates, proven equal
 in the tests; ``torch.nn.utils.clip_grad_norm_``) or with one large batch, on cases chosen to expose one mistake
 each: the boundary steps of the schedule, a gradient norm exactly at the limit, micro-batches of unequal sizes.
 """
@@ -12,11 +12,11 @@ import torch.nn.functional as F
 
 from behind_pipeline.checks._core import CheckReport
 
-# --- Exercise 1: the learning-rate schedule by hand ---------------------------------------------------------------
+# --- Exercise 1: a cosine schedule with warmup by hand ------------------------------------------------------------
 
 # (peak learning rate, warmup steps, total steps, what the case exposes)
 SCHEDULE_CASES = [
-    (3e-4, 2, 20, "the chapter's small run"),
+    (3e-4, 1, 10, "the chapter's small run"),
     (2e-4, 15, 158, "all of train in batches of 64"),
     (1.0, 0, 5, "no warmup: the first step runs at the peak"),
     (0.5, 4, 4, "warmup as long as the run"),
@@ -25,22 +25,26 @@ SCHEDULE_CASES = [
 ]
 
 
-def library_rates(peak: float, warmup_steps: int, total_steps: int, extra: int = 2) -> list[float]:
-    """The learning rate ``get_linear_schedule_with_warmup`` gives for steps 0 .. total_steps + extra.
+def _cosine_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The factor of ``get_cosine_schedule_with_warmup`` (``num_cycles=0.5``), as transformers 5 writes it."""
+    if step < warmup_steps:
+        return float(step) / float(max(1, warmup_steps))
+    progress = float(step - warmup_steps) / float(max(1, total_steps - warmup_steps))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
 
-    Its factor, as transformers 5 writes it, on a ``LambdaLR`` as the library builds it; the tests check the rates
-    against ``get_linear_schedule_with_warmup`` itself (importing it here would cost each exercise notebook seconds).
+
+def library_rates(peak: float, warmup_steps: int, total_steps: int) -> list[float]:
+    """The learning rate ``get_cosine_schedule_with_warmup`` gives for steps 0 .. total_steps.
+
+    Its factor on a ``LambdaLR`` as the library builds it; the tests check the rates against
+    ``get_cosine_schedule_with_warmup`` itself (importing it here would cost each exercise notebook seconds).
     """
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return float(step) / float(max(1, warmup_steps))
-        return max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup_steps)))
-
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=peak)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _cosine_factor(step, warmup_steps, total_steps))
     rates = []
-    for _ in range(total_steps + extra + 1):
+    for _ in range(total_steps + 1):
         rates.append(schedule.get_last_lr()[0])
         optimizer.step()
         schedule.step()
@@ -48,33 +52,41 @@ def library_rates(peak: float, warmup_steps: int, total_steps: int, extra: int =
 
 
 def _schedule_mistakes(peak, warmup_steps, total_steps, steps) -> dict[str, list[float]]:
-    def rate(step, warm_from_one=False, decay_over_total=False, no_floor=False, decay_to_last=False):
+    def rate(step, kind=""):
         if step < warmup_steps:
-            return peak * (step + (1 if warm_from_one else 0)) / max(1, warmup_steps)
-        span = total_steps if decay_over_total else total_steps - warmup_steps - (1 if decay_to_last else 0)
-        value = peak * (total_steps - (1 if decay_to_last else 0) - step) / max(1, span)
-        return value if no_floor else max(0.0, value)
+            return peak * (step + (kind == "ahead")) / max(1, warmup_steps)
+        span = max(1, total_steps if kind == "whole" else total_steps - warmup_steps)
+        progress = (step if kind == "whole" else step - warmup_steps) / span
+        if kind == "quarter":
+            return peak * math.cos(math.pi / 2 * progress)
+        if kind == "unshifted":
+            return peak * math.cos(math.pi * progress)
+        if kind == "linear":
+            return peak * max(0.0, 1 - progress)
+        return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
     return {
         "warmup is one step ahead: step 0 runs at 0, step i of the warmup at i / warmup_steps of the peak": [
-            rate(step, warm_from_one=True) for step in steps],
-        "the decay runs from the end of the warmup to the last step: divide by total_steps - warmup_steps": [
-            rate(step, decay_over_total=True) for step in steps],
-        "past the last step the rate must stay at 0, not turn negative": [rate(step, no_floor=True) for step in steps],
-        "the rate reaches 0 at step total_steps, not at the last step run (total_steps - 1)": [
-            rate(step, decay_to_last=True) for step in steps],
+            rate(step, "ahead") for step in steps],
+        "the cosine runs over the whole run: it starts at the end of the warmup, progress = (step - warmup) / "
+        "(total - warmup)": [rate(step, "whole") for step in steps],
+        "that is a quarter wave, cos(pi/2 * progress): half a wave is (1 + cos(pi * progress)) / 2": [
+            rate(step, "quarter") for step in steps],
+        "cos(pi * progress) alone runs from +1 to -1: shift and halve it, (1 + cos(pi * progress)) / 2, to end at 0":
+            [rate(step, "unshifted") for step in steps],
+        "that is the linear decay of the chapter, not a cosine": [rate(step, "linear") for step in steps],
     }
 
 
-def check_linear_warmup_lr(linear_warmup_lr) -> CheckReport:
-    """``linear_warmup_lr(step, peak, warmup_steps, total_steps)`` equals the library's schedule at every step."""
-    report = CheckReport("Warmup and linear decay by hand")
+def check_cosine_warmup_lr(cosine_warmup_lr) -> CheckReport:
+    """``cosine_warmup_lr(step, peak, warmup_steps, total_steps)`` equals the library's cosine schedule."""
+    report = CheckReport("Warmup and cosine decay by hand")
     for peak, warmup_steps, total_steps, description in SCHEDULE_CASES:
         expected = library_rates(peak, warmup_steps, total_steps)
         steps = list(range(len(expected)))
         got = []
         for step in steps:
-            value = report.call(linear_warmup_lr, step, peak, warmup_steps, total_steps, name="linear_warmup_lr")
+            value = report.call(cosine_warmup_lr, step, peak, warmup_steps, total_steps, name="cosine_warmup_lr")
             if value is Ellipsis:
                 if any("ZeroDivisionError" in line for line in report.lines):
                     report.fail(f"{description}: with warmup_steps={warmup_steps} or total_steps == warmup_steps a "

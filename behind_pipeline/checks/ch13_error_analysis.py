@@ -1,9 +1,10 @@
-"""Checkers for the exercises of chapter 13 (error analysis): McNemar's exact test, errors per movie, abstaining.
+"""Checkers for the exercises of chapter 13 (error analysis): McNemar's exact test, clustering by movie, abstaining.
 
 Each one compares the learner's function with a reference computed here, on small hand-made cases chosen to expose
 one mistake each: a tie between the two models (the p-value must stop at 1), reviews both models get wrong (they
-are not disagreements), movies with very different numbers of reviews, probabilities exactly at the threshold, and
-three classes (the confidence is the largest probability, not the second column).
+are not disagreements), movies with very different numbers of reviews and errors piled on a few movies,
+probabilities exactly at the threshold, and three classes (the confidence is the largest probability, not the
+second column).
 """
 
 import math
@@ -93,14 +94,14 @@ def check_mcnemar_p_value(mcnemar_p_value) -> CheckReport:
     return report
 
 
-# --- Exercise 2: the error rate per movie -------------------------------------------------------------------------
+# --- Exercise 2: errors cluster by movie (overdispersion against the binomial) ---------------------------------------
 
 # (reviews per movie, wrong reviews per movie, what the case exposes)
 MOVIE_CASES = [
-    ([10, 2, 4], [1, 2, 0], "a small movie with every review wrong weighs as much as a large one"),
-    ([1, 30], [1, 3], "one review against thirty"),
-    ([5, 5, 5, 5], [0, 1, 2, 3], "movies of equal size: per movie equals per review"),
-    ([3, 7, 2, 8, 1], [0, 0, 0, 0, 0], "no error at all"),
+    ([20, 20, 20, 20, 20], [0, 1, 9, 10, 0], "errors piled on two of five movies: strongly clustered"),
+    ([10, 40, 25, 5, 20], [2, 7, 5, 1, 4], "errors spread as a binomial would: no clustering"),
+    ([3, 30, 12, 8], [2, 3, 6, 1], "movies of very different sizes"),
+    ([15, 15, 15, 15, 15, 15], [1, 5, 2, 8, 3, 6], "six movies of equal size"),
 ]
 
 
@@ -115,39 +116,68 @@ def movie_reviews(sizes, wrong, seed):
     return [movies[i] for i in order], np.array(errors)[order]
 
 
-def check_movie_error_rate(movie_error_rate) -> CheckReport:
-    """``movie_error_rate(movies, errors)`` is the mean over movies of each movie's share of wrong reviews."""
-    report = CheckReport("Error rate per movie")
+def _dispersion(sizes, wrong, degrees=None, weigh_by_size=True, movie_mean=False, lower_tail=False):
+    """Pearson's statistic of the movies' error counts against one shared binomial rate, and its p-value."""
+    from scipy.stats import chi2
+
+    sizes, wrong = np.asarray(sizes, dtype=float), np.asarray(wrong, dtype=float)
+    rate = (wrong / sizes).mean() if movie_mean else wrong.sum() / sizes.sum()
+    if weigh_by_size:
+        statistic = float((((wrong - sizes * rate) ** 2) / (sizes * rate * (1 - rate))).sum())
+    else:
+        statistic = float((((wrong / sizes - rate) ** 2) / (rate * (1 - rate))).sum())
+    degrees = len(sizes) - 1 if degrees is None else degrees
+    p_value = float(chi2.cdf(statistic, degrees) if lower_tail else chi2.sf(statistic, degrees))
+    return statistic, p_value
+
+
+def _dispersion_mistakes(sizes, wrong) -> dict[str, tuple[float, float]]:
+    return {
+        "the degrees of freedom are the number of movies minus 1: one is spent estimating the shared rate":
+            _dispersion(sizes, wrong, degrees=len(sizes)),
+        "each movie's squared deviation is divided by its binomial variance n p (1 - p): the counts, not the rates, "
+        "or weigh each movie's squared rate deviation by its number of reviews": _dispersion(
+            sizes, wrong, weigh_by_size=False),
+        "the shared rate is all errors over all reviews, not the mean of the movies' rates": _dispersion(
+            sizes, wrong, movie_mean=True),
+        "that is the lower tail: overdispersion makes the statistic large, so the p-value is the upper tail, "
+        "P(chi2 >= statistic)": _dispersion(sizes, wrong, lower_tail=True),
+    }
+
+
+def check_dispersion_test(dispersion_test) -> CheckReport:
+    """``dispersion_test(movies, errors)`` -> (Pearson's statistic, p-value) against one shared binomial rate."""
+    report = CheckReport("Errors clustered by movie: a dispersion test")
     for seed, (sizes, wrong, description) in enumerate(MOVIE_CASES):
         movies, errors = movie_reviews(sizes, wrong, seed)
-        expected = float(np.mean([w / s for s, w in zip(sizes, wrong, strict=True)]))
+        expected = _dispersion(sizes, wrong)
         given_errors = [errors, errors.astype(int).tolist(), torch.as_tensor(errors), errors.tolist()][seed % 4]
-        got = report.call(movie_error_rate, movies, given_errors, name="movie_error_rate")
+        got = report.call(dispersion_test, movies, given_errors, name="dispersion_test")
         if got is Ellipsis:
             return report
-        value = report.scalar(got, "the rate")
-        if value is None:
+        pair = report.tensor(got, "the (statistic, p-value) pair", shape=(2,))
+        if pair is None:
             return report
-        if math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12):
-            report.ok(f"{description}: {expected:.4f}")
+        statistic, p_value = float(pair[0]), float(pair[1])
+        if math.isclose(statistic, expected[0], rel_tol=1e-6) and math.isclose(p_value, expected[1], rel_tol=1e-5,
+                                                                                abs_tol=1e-12):
+            report.ok(f"{description}: statistic {expected[0]:.2f} on {len(sizes) - 1} degrees of freedom, "
+                      f"p = {expected[1]:.3g}")
             continue
-        mistakes = {
-            "that is the error rate per review: average each movie's rate, every movie counting once":
-                sum(wrong) / sum(sizes),
-            "that is the mean number of errors per movie, not the mean of each movie's share of errors":
-                sum(wrong) / len(sizes),
-            "only movies with an error are averaged: a movie without errors has rate 0 and counts too":
-                float(np.mean([w / s for s, w in zip(sizes, wrong, strict=True) if w])) if any(wrong) else -1.0,
-            "that is the median of the movies' rates, not their mean":
-                float(np.median([w / s for s, w in zip(sizes, wrong, strict=True)])),
-        }
-        for message, wrong_value in mistakes.items():
-            if not math.isclose(wrong_value, expected, rel_tol=1e-9) and math.isclose(value, wrong_value,
-                                                                                      rel_tol=1e-9):
+        for message, (wrong_statistic, wrong_p) in _dispersion_mistakes(sizes, wrong).items():
+            same = math.isclose(statistic, wrong_statistic, rel_tol=1e-6) and math.isclose(
+                p_value, wrong_p, rel_tol=1e-5, abs_tol=1e-12)
+            if same:
                 report.fail(f"{description}: {message}")
                 break
         else:
-            report.fail(f"{description}: got {value:.6g}, expected {expected:.6g}")
+            if not 0 <= p_value <= 1:
+                report.fail(f"{description}: the p-value {p_value:.4g} is not a probability")
+            elif math.isclose(statistic, expected[0], rel_tol=1e-6):
+                report.fail(f"{description}: right statistic, wrong p-value: got {p_value:.6g}, expected "
+                            f"{expected[1]:.6g} (chi-squared with {len(sizes) - 1} degrees of freedom, upper tail)")
+            else:
+                report.fail(f"{description}: got statistic {statistic:.6g}, expected {expected[0]:.6g}")
         return report
     return report
 
