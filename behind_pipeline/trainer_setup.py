@@ -51,10 +51,62 @@ def compute_metrics(eval_pred) -> dict[str, float]:
     return classification_scores(labels, np.asarray(logits).argmax(axis=-1))
 
 
+def _rounded(key: str, value):
+    """4 decimals; a learning rate to 3 significant digits (at 4 decimals 2.78e-4 and 3e-4 would both be 0.0003)."""
+    if not isinstance(value, float):
+        return value
+    return float(f"{value:.3g}") if "learning_rate" in key else round(value, 4)
+
+
 def without_machine_keys(entry: dict) -> dict:
-    """One ``log_history`` entry without its timings, rounded to 4 decimals: what a stored notebook can print."""
-    return {key: round(value, 4) if isinstance(value, float) else value for key, value in entry.items()
+    """One ``log_history`` entry without its timings, rounded (:func:`_rounded`): what a stored notebook can print."""
+    return {key: _rounded(key, value) for key, value in entry.items()
             if not any(part in key for part in MACHINE_KEYS)}
+
+
+def learning_rate_log():
+    """A Trainer callback and the list it fills: the learning rate each optimizer step uses, in step order.
+
+    Read from the optimizer just before its step (``on_pre_optimizer_step``), so every step is there, not only the
+    logged ones.
+    """
+    from transformers import TrainerCallback
+
+    rates: list[float] = []
+
+    class LearningRateLog(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            rates.append(optimizer.param_groups[0]["lr"])
+
+    return LearningRateLog(), rates
+
+
+def tiny_bert_classifier(tokenizer, seed: int = 0):
+    """A 2-layer BERT of width 32 with a fresh/rotten head, random weights, no dropout: a
+    ``BertForSequenceClassification`` that trains in milliseconds, to show what Trainer does (not what a model learns).
+    """
+    from transformers import BertConfig, BertForSequenceClassification
+
+    seed_everything(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, num_labels=len(ID2LABEL), id2label=ID2LABEL,
+                        label2id=LABEL2ID)
+    return BertForSequenceClassification(config)
+
+
+def quick_trainer(model, tokenizer, train_ds, output_dir: str | Path, **arguments):
+    """A quiet CPU ``Trainer`` that takes the batches in order (no shuffling) and logs every step: for the chapter's
+    short demonstrations. ``arguments`` go to ``TrainingArguments`` (batch size 8 unless given)."""
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    options = {"output_dir": str(output_dir), "per_device_train_batch_size": 8, "learning_rate": 1e-3,
+               "train_sampling_strategy": "sequential", "logging_steps": 1, "save_strategy": "no", "seed": 0,
+               "report_to": "none", "disable_tqdm": True, "use_cpu": True}
+    trainer = Trainer(model=model, args=TrainingArguments(**options | arguments), train_dataset=train_ds,
+                      processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def trainer_like_loop(classifier, tokenizer, train_ds, settings: TrainingSettings, output_dir: str | Path):

@@ -9,51 +9,36 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
-from transformers import EvalPrediction, Trainer, TrainingArguments
-from transformers.trainer_callback import EarlyStoppingCallback, PrinterCallback
+from transformers import EvalPrediction
 
 from behind_pipeline.checks.ch11_trainer import (
     EARLY_STOPPING_CASES,
+    TINY_LABELS,
+    TinyClassifier,
+    _tiny_loss_run,
     balanced_weights,
     check_early_stopping_outcome,
     check_make_compute_metrics,
     check_make_weighted_loss,
     early_stopping_reference,
+    tiny_dataset,
+    tiny_trainer,
+    tiny_weighted_loss_expected,
+    trainer_early_stopping_outcome,
 )
 from behind_pipeline.trainer_setup import (
     compute_metrics,
+    learning_rate_log,
+    quick_trainer,
+    tiny_bert_classifier,
     tokenize_split,
     trainable_parameters,
     without_machine_keys,
 )
 
 
-class TinyClassifier(torch.nn.Module):
-    """Two numbers in, two logits out; returns the loss when given labels, as a transformers model does."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(2, 2)
-
-    def forward(self, x, labels=None):
-        logits = self.linear(x)
-        return {"logits": logits} if labels is None else {"loss": F.cross_entropy(logits, labels), "logits": logits}
-
-
-def tiny_dataset(size=8):
-    generator = torch.Generator().manual_seed(0)
-    return [{"x": torch.randn(2, generator=generator), "labels": int(index % 3 == 0)} for index in range(size)]
-
-
 def quiet_trainer(tmp_path, model, **arguments):
-    options = {"output_dir": str(tmp_path), "report_to": "none", "disable_tqdm": True, "use_cpu": True,
-               "per_device_train_batch_size": 8, "per_device_eval_batch_size": 8}
-    trainer_options = {key: arguments.pop(key) for key in ("compute_metrics", "callbacks", "compute_loss_func",
-                                                           "eval_dataset") if key in arguments}
-    trainer = Trainer(model=model, args=TrainingArguments(**options | arguments), train_dataset=tiny_dataset(),
-                      **trainer_options)
-    trainer.remove_callback(PrinterCallback)
-    return trainer
+    return tiny_trainer(tmp_path, model, **arguments)
 
 
 # --- the package's Trainer pieces ---------------------------------------------------------------------------
@@ -76,6 +61,21 @@ def test_without_machine_keys_drops_timings_and_rounds():
     assert without_machine_keys(entry) == {"eval_loss": 0.1235, "step": 10, "epoch": 0.5}
 
 
+def test_without_machine_keys_keeps_3_significant_digits_of_a_learning_rate():
+    """At 4 decimals the rates of a warmup (2.78e-4 next to 3e-4, 5e-5) would print as 0.0003 and 0.0001."""
+    entry = {"learning_rate": 0.000277777, "loss": 0.000277777}
+    assert without_machine_keys(entry) == {"learning_rate": 0.000278, "loss": 0.0003}
+
+
+def test_learning_rate_log_records_every_step_with_the_warmup(tmp_path):
+    callback, rates = learning_rate_log()
+    trainer = tiny_trainer(tmp_path, max_steps=6, per_device_train_batch_size=2, learning_rate=1e-3,
+                           warmup_steps=2, lr_scheduler_type="linear", save_strategy="no", callbacks=[callback])
+    trainer.train()
+    # linear warmup over 2 steps, then linear decay to 0 at step 6: the rate each step used
+    assert rates == pytest.approx([0.0, 5e-4, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+
+
 def test_tokenize_split_keeps_label_and_model_inputs_unpadded(splits, tokenizer):
     sample = splits["train"].select(range(6))
     tokens = tokenize_split(sample, tokenizer)
@@ -96,27 +96,18 @@ def test_trainable_parameters_counts_only_what_learns():
 # --- the early-stopping reference is what Trainer does ----------------------------------------------------------
 
 
-def trainer_outcome(tmp_path, values, patience, threshold, greater_is_better):
-    """Run a real Trainer whose evaluation i reports values[i]; return (stopped_at, best_at) as it decided them."""
-    scripted = iter(values)
-    callback = EarlyStoppingCallback(early_stopping_patience=patience, early_stopping_threshold=threshold)
-    trainer = quiet_trainer(
-        tmp_path, TinyClassifier(), max_steps=len(values), learning_rate=1e-3, eval_strategy="steps", eval_steps=1,
-        save_strategy="steps", save_steps=1, save_only_model=True, load_best_model_at_end=True,
-        metric_for_best_model="score", greater_is_better=greater_is_better,
-        eval_dataset=tiny_dataset(4), compute_metrics=lambda _: {"score": next(scripted)}, callbacks=[callback],
-    )
-    trainer.train()
-    state = trainer.state
-    stopped = callback.early_stopping_patience_counter >= patience  # also when it stops at the last evaluation
-    return (state.global_step - 1 if stopped else None), state.best_global_step - 1
-
-
 @pytest.mark.parametrize("case", EARLY_STOPPING_CASES, ids=[case[-1] for case in EARLY_STOPPING_CASES])
-def test_early_stopping_reference_equals_a_real_trainer(tmp_path, case):
-    values, patience, threshold, greater_is_better, _ = case
-    assert early_stopping_reference(values, patience, threshold, greater_is_better) == trainer_outcome(
-        tmp_path, values, patience, threshold, greater_is_better)
+def test_early_stopping_reference_equals_a_real_trainer(case):
+    *inputs, _ = case
+    assert early_stopping_reference(*inputs) == trainer_early_stopping_outcome(*inputs)
+
+
+def test_the_evaluation_at_start_never_becomes_the_best_in_a_real_trainer():
+    """A start value better than all later ones: with eval_on_start the best is still a later evaluation."""
+    values = [0.1, 0.9, 0.8, 0.85, 0.95]
+    stopped_at, best_at = trainer_early_stopping_outcome(values, 2, 0.0, False, True)
+    assert best_at == 2 and stopped_at == 4
+    assert early_stopping_reference(values, 2, 0.0, False, False) == (2, 0)  # without eval_on_start it would be
 
 
 # --- the exercises' solutions work inside a real Trainer ----------------------------------------------------------
@@ -139,7 +130,8 @@ def make_weighted_loss(train_labels, num_labels):
     weights = balanced_weights(train_labels, num_labels).float()
 
     def loss_func(outputs, labels, num_items_in_batch=None):
-        return F.cross_entropy(outputs["logits"], labels, weight=weights)
+        per_review = F.cross_entropy(outputs.logits, labels, reduction="none")
+        return (weights[labels] * per_review).sum() / num_items_in_batch
 
     return loss_func
 
@@ -163,20 +155,76 @@ def test_the_compute_metrics_solution_names_trainer_metrics(tmp_path):
 
 
 def test_the_weighted_loss_solution_is_the_loss_trainer_optimizes(tmp_path):
-    torch.manual_seed(0)
-    model = TinyClassifier()
-    data = tiny_dataset()
-    labels = torch.tensor([row["labels"] for row in data])
-    with torch.no_grad():
-        logits = model(torch.stack([row["x"] for row in data]))["logits"]
-    expected = F.cross_entropy(logits, labels, weight=balanced_weights(labels.tolist(), 2).float()).item()
-    trainer = quiet_trainer(tmp_path, model, max_steps=1, learning_rate=0.0, logging_steps=1,
-                            train_sampling_strategy="sequential", save_strategy="no",
-                            compute_loss_func=make_weighted_loss(labels.tolist(), 2))
-    trainer.train()
-    logged = trainer.state.log_history[0]["loss"]
-    assert logged == pytest.approx(expected, abs=1e-5)
-    assert logged != pytest.approx(F.cross_entropy(logits, labels).item(), abs=1e-3)  # the weights matter here
+    """Over 2 accumulated micro-batches: the logged loss and the step's gradient are those of the 8 reviews."""
+    logged, gradients = _tiny_loss_run(make_weighted_loss(list(TINY_LABELS), 2), accumulation_steps=2)
+    expected_loss, expected_gradients = tiny_weighted_loss_expected()
+    assert logged == pytest.approx(expected_loss, abs=1e-5)
+    for name, gradient in expected_gradients.items():
+        torch.testing.assert_close(gradients[name], gradient, atol=1e-6, rtol=1e-5)
+    one_batch_loss, _ = _tiny_loss_run(make_weighted_loss(list(TINY_LABELS), 2), accumulation_steps=1)
+    assert one_batch_loss == pytest.approx(logged, abs=1e-5)  # the same whatever the accumulation
+
+
+def test_trainer_does_not_divide_a_compute_loss_func_by_the_accumulation_steps():
+    """The statement of exercise 3: a per-micro-batch weighted mean doubles the step's gradient at k = 2."""
+    def micro_batch_mean(train_labels, num_labels):
+        weights = balanced_weights(train_labels, num_labels).float()
+        return lambda outputs, labels, num_items_in_batch=None: F.cross_entropy(outputs.logits, labels,
+                                                                                weight=weights)
+
+    _, one = _tiny_loss_run(micro_batch_mean(list(TINY_LABELS), 2), accumulation_steps=1)
+    _, two = _tiny_loss_run(micro_batch_mean(list(TINY_LABELS), 2), accumulation_steps=2)
+    ratio = two["linear.weight"].norm() / one["linear.weight"].norm()
+    assert 1.5 < ratio < 2.5  # the sum of two micro-batch means, not their mean (not exactly 2: unequal weights)
+
+
+def test_gradient_accumulation_doubles_the_loss_of_bert_for_sequence_classification(tmp_path, splits, tokenizer):
+    """The chapter's trap: forward takes **kwargs, so Trainer does not divide its mean loss by k."""
+    sixteen = tokenize_split(splits["train"].select(range(16)), tokenizer)
+    logs = {}
+    for batch_size, accumulation, accepts in ((16, 1, None), (8, 2, None), (8, 2, False)):
+        model = tiny_bert_classifier(tokenizer)
+        if accepts is not None:
+            model.accepts_loss_kwargs = accepts
+        trainer = quick_trainer(model, tokenizer, sixteen, tmp_path, max_steps=1,
+                                per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation)
+        trainer.train()
+        logs[accepts, accumulation] = trainer.state.log_history[0]
+    one, two, fixed = logs[None, 1], logs[None, 2], logs[False, 2]
+    assert two["loss"] == pytest.approx(2 * one["loss"], rel=1e-4)
+    assert two["grad_norm"] == pytest.approx(2 * one["grad_norm"], rel=1e-4)
+    assert fixed["loss"] == pytest.approx(one["loss"], rel=1e-4)
+    assert fixed["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
+
+
+def test_resume_from_checkpoint_continues_the_run_exactly(tmp_path, splits, tokenizer):
+    sixteen = tokenize_split(splits["train"].select(range(16)), tokenizer)
+
+    def four_steps(seed, output_dir, resume=None):
+        trainer = quick_trainer(tiny_bert_classifier(tokenizer, seed=seed), tokenizer, sixteen, output_dir,
+                                max_steps=4, per_device_train_batch_size=4, save_strategy="steps", save_steps=2)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    straight = four_steps(0, tmp_path / "straight")
+    resumed = four_steps(1, tmp_path / "resumed", resume=str(tmp_path / "straight" / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    fresh = tiny_bert_classifier(tokenizer, seed=1)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.parameters(), resumed.model.parameters(), strict=True))
+
+
+def test_trainer_drops_columns_forward_does_not_take_and_pads_with_the_tokenizer(tmp_path, splits, tokenizer):
+    from transformers import DataCollatorWithPadding
+
+    tokens = tokenize_split(splits["validation"].select(range(8)), tokenizer)
+    trainer = quick_trainer(tiny_bert_classifier(tokenizer), tokenizer, tokens, tmp_path)
+    assert type(trainer.data_collator) is DataCollatorWithPadding
+    batch = next(iter(trainer.get_eval_dataloader(tokens.add_column("weight", [1.0] * 8))))
+    assert "weight" not in batch and "labels" in batch
+    kept = quick_trainer(tiny_bert_classifier(tokenizer), tokenizer, tokens, tmp_path, remove_unused_columns=False)
+    assert "weight" in kept._remove_unused_columns(tokens.add_column("weight", [1.0] * 8)).column_names
 
 
 # --- checkers: right answers pass, typical mistakes fail and say why, odd answers never raise ---------------------
@@ -218,11 +266,58 @@ def test_check_make_compute_metrics_rejects_and_names_the_mistake(mistake, says)
     assert not report.passed and says in repr(report)
 
 
+def test_check_make_compute_metrics_allows_extra_keys():
+    def with_accuracy(id2label):
+        metrics = make_compute_metrics(id2label)
+        return lambda eval_pred: metrics(eval_pred) | {"accuracy": 0.5}
+
+    assert check_make_compute_metrics(with_accuracy).passed
+
+
+def without_labels_argument(zip_strict):
+    """f1_score and recall_score without labels=: a label no review has nor is predicted as drops out."""
+    def factory(id2label):
+        ids = sorted(id2label)
+
+        def metrics(eval_pred):
+            logits, labels = eval_pred
+            predictions = np.asarray(logits).argmax(axis=-1)
+            recalls = recall_score(labels, predictions, average=None, zero_division=0)
+            scores = {"macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0))}
+            return scores | {f"recall_{id2label[i]}": float(r) for i, r in zip(ids, recalls, strict=zip_strict)}
+
+        return metrics
+
+    return factory
+
+
+@pytest.mark.parametrize("zip_strict", [True, False], ids=["zip_raises", "recalls_shifted"])
+def test_check_make_compute_metrics_says_labels_is_needed(zip_strict):
+    report = check_make_compute_metrics(without_labels_argument(zip_strict))
+    assert not report.passed and "labels=sorted(id2label)" in repr(report)
+
+
+def test_check_make_compute_metrics_names_a_macro_over_present_labels_only():
+    """Recalls right (labels= given) but the macro-F1 without labels=: the macro message, not a generic one."""
+    def factory(id2label):
+        right = make_compute_metrics(id2label)
+
+        def metrics(eval_pred):
+            logits, labels = eval_pred
+            predictions = np.asarray(logits).argmax(axis=-1)
+            return right(eval_pred) | {"macro_f1": float(f1_score(labels, predictions, average="macro"))}
+
+        return metrics
+
+    report = check_make_compute_metrics(factory)
+    assert not report.passed and "averages only the labels present" in repr(report)
+
+
 def test_check_make_compute_metrics_catches_axis_0_when_reviews_equal_labels():
     """With as many reviews as labels, argmax(axis=0) raises nothing: only the values give it away."""
     from behind_pipeline.checks.ch11_trainer import _metric_cases, _metric_mistakes, expected_metrics
 
-    description, id2label, logits, labels = _metric_cases()[-1]
+    description, id2label, logits, labels = next(case for case in _metric_cases() if case[0] == "3 labels, 3 reviews")
     assert len(logits) == len(id2label)
     wrong = expected_metrics(id2label, logits.T, labels)
     assert wrong != expected_metrics(id2label, logits, labels)
@@ -243,11 +338,13 @@ def test_check_make_compute_metrics_reports_odd_answers(answer):
 
 
 def test_check_early_stopping_outcome_accepts_the_reference():
-    assert check_early_stopping_outcome(early_stopping_reference).passed
+    report = check_early_stopping_outcome(early_stopping_reference)
+    assert report.passed and "a real Trainer" in repr(report)
 
 
-def stopping_variant(ties=False, ignore_threshold=False, best_needs_threshold=False, no_reset=False, extra=0):
-    def outcome(values, patience, threshold, greater_is_better):
+def stopping_variant(ties=False, ignore_threshold=False, inclusive=False, relative=False, best_needs_threshold=False,
+                     no_reset=False, extra=0, start_is_best=False):
+    def outcome(values, patience, threshold, greater_is_better, eval_on_start):
         best, best_at, waited = None, None, 0
         for index, value in enumerate(values):
             if best is None:
@@ -256,9 +353,12 @@ def stopping_variant(ties=False, ignore_threshold=False, best_needs_threshold=Fa
                 better = value >= best if ties else value > best
             else:
                 better = value <= best if ties else value < best
-            enough = best is None or ignore_threshold or abs(value - best) > threshold
+            limit = threshold * abs(best) if relative and best is not None else threshold
+            enough = best is None or ignore_threshold or (
+                abs(value - best) >= limit if inclusive else abs(value - best) > limit)
             waited = (waited if no_reset else 0) if better and enough else waited + 1
-            if better and (enough or not best_needs_threshold):
+            start = eval_on_start and index == 0 and not start_is_best
+            if better and (enough or not best_needs_threshold) and not start:
                 best, best_at = value, index
             if waited >= patience + extra:
                 return index, best_at
@@ -267,25 +367,46 @@ def stopping_variant(ties=False, ignore_threshold=False, best_needs_threshold=Fa
     return outcome
 
 
+def drops_the_start(values, patience, threshold, greater_is_better, eval_on_start):
+    """Skips the evaluation at start but returns indices into the shortened list."""
+    return early_stopping_reference(values[1:] if eval_on_start else values, patience, threshold, greater_is_better)
+
+
 @pytest.mark.parametrize(("mistake", "says"), [
     (stopping_variant(ties=True), "equal to the best"),
-    (stopping_variant(ignore_threshold=True), "more than the threshold"),
+    (stopping_variant(ignore_threshold=True), "by more than the threshold"),
+    (stopping_variant(inclusive=True), "exactly the threshold does not reset the count"),
+    (stopping_variant(relative=True), "not a share of the best"),
     (stopping_variant(best_needs_threshold=True), "any improvement"),
     (stopping_variant(no_reset=True), "restarts the count"),
-    (stopping_variant(extra=1), "off by one"),
-    (lambda values, patience, threshold, greater: stopping_variant()(values, patience, threshold, not greater),
-     "reversed"),
-], ids=["tie_counts_as_improvement", "threshold_ignored", "best_moves_only_past_threshold", "count_never_resets",
-        "stops_at_patience_plus_one", "greater_is_better_reversed"])
+    (stopping_variant(extra=1), "reach patience + 1"),
+    (lambda values, patience, threshold, greater, start: stopping_variant()(values, patience, threshold, not greater,
+                                                                           start), "reversed"),
+    (stopping_variant(start_is_best=True), "never becomes the best"),
+    (drops_the_start, "values[0] is evaluation 0"),
+], ids=["tie_counts_as_improvement", "threshold_ignored", "threshold_compared_with_ge", "threshold_relative",
+        "best_moves_only_past_threshold", "count_never_resets", "stops_at_patience_plus_one",
+        "greater_is_better_reversed", "start_evaluation_becomes_best", "indices_shifted_by_the_start"])
 def test_check_early_stopping_outcome_rejects_and_names_the_mistake(mistake, says):
-    report = check_early_stopping_outcome(mistake)
+    report = check_early_stopping_outcome(mistake, real_trainer=False)
     assert not report.passed and says in repr(report)
+
+
+@pytest.mark.parametrize("mistake", [stopping_variant(inclusive=True), stopping_variant(relative=True)],
+                         ids=["threshold_compared_with_ge", "threshold_relative"])
+def test_check_early_stopping_outcome_never_calls_a_threshold_mistake_off_by_one(mistake):
+    """Issue 23: these got the patience message. Where a case cannot tell them apart, the line shows the inputs."""
+    report = repr(check_early_stopping_outcome(mistake, real_trainer=False))
+    for line in report.splitlines():
+        if "patience + 1" in line:
+            assert "fits several mistakes" in line and "values [" in line
 
 
 @pytest.mark.parametrize("answer", [
     lambda *args: (2.0, 1), lambda *args: 4, lambda *args: (True, 0), lambda *args: (None,),
     lambda *args: (torch.tensor(4), torch.tensor(2)), lambda *args: [][0],
-], ids=["float_index", "one_number", "bool", "one_item", "tensors", "raises"])
+    lambda values, patience, threshold, greater_is_better: (None, 0),  # the old 4-argument signature
+], ids=["float_index", "one_number", "bool", "one_item", "tensors", "raises", "no_eval_on_start_argument"])
 def test_check_early_stopping_outcome_never_raises(answer):
     report = check_early_stopping_outcome(answer)
     assert isinstance(repr(report), str)
@@ -297,17 +418,19 @@ def test_check_early_stopping_outcome_accepts_integer_tensors():
         stopped_at, best_at = early_stopping_reference(*args)
         return (None if stopped_at is None else torch.tensor(stopped_at)), torch.tensor(best_at)
 
-    assert check_early_stopping_outcome(as_tensors).passed
+    assert check_early_stopping_outcome(as_tensors, real_trainer=False).passed
 
 
-def test_check_make_weighted_loss_accepts_the_solution_at_any_weight_scale():
-    assert check_make_weighted_loss(make_weighted_loss).passed
+def test_check_make_weighted_loss_accepts_the_solution_at_any_weight_scale_of_mean_1():
+    report = check_make_weighted_loss(make_weighted_loss)
+    assert report.passed and "a real Trainer" in repr(report)
 
-    def one_over_count(train_labels, num_labels):  # the same weighted mean: the scale of the weights cancels
-        weights = 1 / torch.bincount(torch.as_tensor(train_labels), minlength=num_labels).float()
-        return lambda outputs, labels, num_items_in_batch=None: F.cross_entropy(outputs.logits, labels, weight=weights)
+    def dictionary_access(train_labels, num_labels):  # outputs["logits"] works on a model output as well
+        weights = balanced_weights(train_labels, num_labels).float()
+        return lambda outputs, labels, num_items_in_batch=None: (weights[labels] * F.cross_entropy(
+            outputs["logits"], labels, reduction="none")).sum() / num_items_in_batch
 
-    assert check_make_weighted_loss(one_over_count).passed
+    assert check_make_weighted_loss(dictionary_access, real_trainer=False).passed
 
 
 def loss_variant(kind):
@@ -317,24 +440,45 @@ def loss_variant(kind):
 
         def loss_func(outputs, labels, num_items_in_batch=None):
             logits = outputs.logits
+            per_review = F.cross_entropy(logits, labels, reduction="none")
             if kind == "unweighted":
+                return per_review.sum() / num_items_in_batch
+            if kind == "unweighted_mean":
                 return F.cross_entropy(logits, labels)
             if kind == "by_count":
-                return F.cross_entropy(logits, labels, weight=counts)
-            if kind == "batch_mean":
-                return (weights[labels] * F.cross_entropy(logits, labels, reduction="none")).mean()
-            return torch.tensor(F.cross_entropy(logits, labels, weight=weights).item())  # "detached"
+                return (counts[labels] * per_review).sum() / num_items_in_batch
+            if kind == "micro_batch_weighted_mean":
+                return F.cross_entropy(logits, labels, weight=weights)
+            if kind == "batch_size_mean":
+                return (weights[labels] * per_review).mean()
+            if kind == "not_divided":
+                return (weights[labels] * per_review).sum()
+            return torch.tensor((weights[labels] * per_review).sum().item()) / num_items_in_batch  # "detached"
 
         return loss_func
 
     return factory
 
 
-@pytest.mark.parametrize(("kind", "says"), [("unweighted", "no class weights"), ("by_count", "grow with"),
-                                            ("batch_mean", "sum of the weights"), ("detached", "graph")])
+@pytest.mark.parametrize(("kind", "says"), [
+    ("unweighted", "no class weights: this is the plain"), ("unweighted_mean", "no class weights, and divided"),
+    ("by_count", "grow with"), ("micro_batch_weighted_mean", "weighted mean of this micro-batch alone"),
+    ("batch_size_mean", "divided by this micro-batch's size"), ("not_divided", "not divided at all"),
+    ("detached", "graph")])
 def test_check_make_weighted_loss_rejects_and_names_the_mistake(kind, says):
     report = check_make_weighted_loss(loss_variant(kind))
     assert not report.passed and says in repr(report)
+
+
+def test_check_make_weighted_loss_reports_a_loss_that_fails_only_inside_trainer():
+    """Right on the direct calls, but it reads the batch size from a fixed number: Trainer's micro-batches of 4."""
+    def fixed_count(train_labels, num_labels):
+        right = make_weighted_loss(train_labels, num_labels)
+        return lambda outputs, labels, num_items_in_batch=None: (
+            right(outputs, labels, num_items_in_batch) if len(labels) != 4 else right(outputs, labels, 4))
+
+    report = check_make_weighted_loss(fixed_count)
+    assert not report.passed and "2 accumulated micro-batches" in repr(report) and "2.00 times" in repr(report)
 
 
 @pytest.mark.parametrize("answer", [
