@@ -286,3 +286,108 @@ def decoding_step_seconds(model, input_ids: torch.Tensor, max_new_tokens: int, u
         seconds.append(time.perf_counter() - start)
         ids = torch.cat([ids, next_id], dim=-1)
     return seconds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Beam search
+
+
+@torch.inference_mode()
+def beam_search_by_hand(model, input_ids: torch.Tensor, num_beams: int, max_new_tokens: int, eos_token_id=None,
+                        length_penalty: float = 1.0) -> torch.Tensor:
+    """Beam search of one prompt as ``generate(num_beams=...)`` runs it with its defaults (``early_stopping=False``).
+
+    Each step scores every (beam, next token) pair by its summed log-probability and keeps the ``2 * num_beams``
+    best. Of those, the ones among the first ``num_beams`` that end (EOS, or the last step) become finished
+    hypotheses scored ``sum / new_tokens ** length_penalty``; the ``num_beams`` best that do not end run on. The
+    search stops at ``max_new_tokens``, or once ``num_beams`` hypotheses are finished and the best running beam,
+    scored by its length so far, cannot beat the worst of them. It returns the best finished hypothesis.
+    Without a cache: each step runs the beams' whole texts (``generate`` reorders a KV cache instead).
+    """
+    running = input_ids.repeat(num_beams, 1)  # (beams, length): all copies of the prompt at first
+    # Only beam 0 counts at the first step, or the copies would fill the beams with the same continuations.
+    running_scores = torch.full((num_beams,), -1e9)
+    running_scores[0] = 0.0
+    finished: list[tuple[float, torch.Tensor]] = []  # (length-penalized score, ids), best first
+    keep = 2 * num_beams  # enough candidates that num_beams of them can run on even if some end
+    for step in range(1, max_new_tokens + 1):
+        logits = model(input_ids=running).logits[:, -1].float()  # (beams, vocab)
+        scores = logits.log_softmax(dim=-1) + running_scores[:, None]  # (beams, vocab): summed log-probabilities
+        vocab = scores.shape[-1]
+        top_scores, flat = scores.flatten().topk(keep)  # (keep,) each, best first
+        beams, tokens = flat // vocab, flat % vocab
+        candidates = torch.cat([running[beams], tokens[:, None]], dim=-1)  # (keep, length + 1)
+        ends = tokens == eos_token_id if eos_token_id is not None else torch.zeros(keep, dtype=torch.bool)
+        if step == max_new_tokens:
+            ends[:] = True  # the length limit ends every candidate
+        for rank in range(num_beams):  # only the num_beams best candidates may become hypotheses
+            if ends[rank]:
+                finished.append((top_scores[rank].item() / step ** length_penalty, candidates[rank]))
+        finished = sorted(finished, key=lambda hypothesis: hypothesis[0], reverse=True)[:num_beams]
+        if ends.all():
+            break
+        alive = top_scores.masked_fill(ends, -1e9).topk(num_beams).indices  # best first
+        running, running_scores = candidates[alive], top_scores[alive]
+        best_running = running_scores[0].item() / step ** length_penalty
+        if len(finished) == num_beams and best_running <= finished[-1][0]:
+            break  # no running beam can enter the finished ones any more
+    return finished[0][1][None]  # (1, length)
+
+
+@torch.inference_mode()
+def sequence_log_prob(model, ids: torch.Tensor, prompt_length: int) -> float:
+    """Sum of the log-probabilities the model gives each new token of ``ids`` (1, length): what beam search ranks."""
+    log_probs = model(input_ids=ids).logits[0, :-1].float().log_softmax(dim=-1)  # (length - 1, vocab)
+    picked = log_probs[torch.arange(len(log_probs)), ids[0, 1:]]  # (length - 1,): each next token's log-prob
+    return picked[prompt_length - 1:].sum().item()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Logits processors behind two stopping options of generate()
+
+
+def min_new_tokens_processor(prompt_length: int, min_new_tokens: int, eos_token_id: int):
+    """``process(ids, logits)`` for :func:`greedy_by_hand`: EOS gets -inf until ``min_new_tokens`` are generated."""
+    def process(ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if ids.shape[1] - prompt_length < min_new_tokens:
+            logits = logits.clone()
+            logits[:, eos_token_id] = -math.inf
+        return logits
+    return process
+
+
+def no_repeat_ngram_processor(ngram_size: int):
+    """``process(ids, logits)``: -inf for every token that would repeat an n-gram already in the text (prompt too).
+
+    The last ``ngram_size - 1`` tokens are the start of the next n-gram; each token that followed the same start
+    earlier in the row is banned.
+    """
+    def process(ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.clone()
+        for row, tokens in enumerate(ids.tolist()):
+            if len(tokens) + 1 < ngram_size:
+                continue  # not enough text for a whole n-gram yet
+            start = tuple(tokens[len(tokens) - ngram_size + 1:])  # () when ngram_size is 1
+            banned = {tokens[i + ngram_size - 1] for i in range(len(tokens) - ngram_size + 1)
+                      if tuple(tokens[i:i + ngram_size - 1]) == start}
+            logits[row, sorted(banned)] = -math.inf
+        return logits
+    return process
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The KV cache's memory
+
+
+def kv_cache_bytes_per_token(config, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes the KV cache holds per token of text: a key and a value vector of every head, in every layer.
+
+    ``2 * n_layer * n_head * head_dim * bytes``, and ``n_head * head_dim`` is the model's width for GPT-2.
+    """
+    head_dim = config.n_embd // config.n_head
+    return 2 * config.n_layer * config.n_head * head_dim * torch.finfo(dtype).bits // 8
+
+
+def cache_tensor_bytes(cache) -> int:
+    """Bytes of every key and value tensor a ``DynamicCache`` holds (``cache.layers[i].keys`` and ``.values``)."""
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
