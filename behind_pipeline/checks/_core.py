@@ -138,9 +138,8 @@ def error_hint(error: BaseException) -> str | None:
         return "class labels must be integers: pass them as a torch.long tensor (labels.long())"
     if "dtype" in low or "scalar type" in low:
         if "double" in low or "float64" in low:
-            return ("a float64 (double) tensor met a float32 one: NumPy arrays and torch.tensor(..., "
-                    "dtype=torch.float64) give float64, model weights are float32; convert with .float() (or "
-                    "dtype=torch.float32)")
+            return ("a float64 (double) tensor met a float32 one: NumPy's floats are float64, torch's defaults and "
+                    "a model's weights float32; convert with .float() (or dtype=torch.float32)")
         if any(word in low for word in ("long", "int", "byte", "bool")):
             return "an integer (or bool) tensor met a float one: convert with .float() before the arithmetic"
     if "dimension out of range" in low or "axiserror" in type(error).__name__.lower() or (
