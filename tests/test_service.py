@@ -67,8 +67,10 @@ BAD_REQUESTS = {
     # Three bodies that gave a 500 when the JSON was read with json.loads: RecursionError, int-digits, surrogate.
     "deeply nested arrays": (b'{"texts": ' + b"[" * 2000 + b"]" * 2000 + b"}", "application/json", 400,
                              "malformed_json"),
-    "an integer of thousands of digits": (b'{"texts": "ok", "top_k": ' + b"7" * 1900 + b"}", "application/json",
-                                          400, "malformed_json"),
+    # (past Python's 4,300-digit limit json.loads raised; that body is over this server's 4,096 bytes, so it is
+    # tested in tests/test_service_contract.py and on the default server in the chapter)
+    "an integer of 1,900 digits": (b'{"texts": "ok", "top_k": ' + b"7" * 1900 + b"}", "application/json",
+                                   422, "invalid_top_k"),
     "a lone surrogate escape": (b'{"texts": ["\\ud800"]}', "application/json", 400, "malformed_json"),
     "a lone low surrogate escape": (b'{"texts": "fine \\udc00"}', "application/json", 400, "malformed_json"),
     "a blank made of a Unicode space": ('{"texts": "\u3000\u2003"}'.encode(), "application/json", 422,
