@@ -554,11 +554,11 @@ def check_make_weighted_loss(make_weighted_loss, real_trainer: bool = True) -> C
 # --- Optional: the learner's compute_metrics and loss inside a few real Trainer steps -------------------------------
 
 
-def short_trainer_run(compute_metrics, compute_loss_func=None, train_examples: int = 32, eval_examples: int = 32,
+def short_trainer_run(compute_metrics, compute_loss_func=None, train_examples: int = 16, eval_examples: int = 32,
                       seed: int = 0) -> list[dict]:
     """Two optimizer steps of the course encoder with a fresh head, then one evaluation; the log, timings left out.
 
-    ``train_examples`` training reviews in micro-batches of 8 with ``gradient_accumulation_steps=2``, evaluated on
+    ``train_examples`` training reviews in micro-batches of 4 with ``gradient_accumulation_steps=2``, evaluated on
     ``eval_examples`` validation reviews with ``compute_metrics``; ``compute_loss_func=None`` keeps the model's own
     loss, divided by the accumulation steps (``accepts_loss_kwargs = False``: without it Trainer would not divide,
     chapter 11). The same seed gives the same head, batches and dropout, so two runs differ only by the loss.
@@ -580,7 +580,7 @@ def short_trainer_run(compute_metrics, compute_loss_func=None, train_examples: i
         model.accepts_loss_kwargs = False
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = tiny_trainer(
-            output_dir, model=model, train_dataset=train, per_device_train_batch_size=8,
+            output_dir, model=model, train_dataset=train, per_device_train_batch_size=4,
             gradient_accumulation_steps=2, per_device_eval_batch_size=64, learning_rate=3e-4, num_train_epochs=1,
             logging_steps=1, eval_strategy="no", save_strategy="no", seed=seed,
             processing_class=tokenizer, compute_metrics=compute_metrics, compute_loss_func=compute_loss_func)
