@@ -92,6 +92,15 @@ def compile_lines(section: dict) -> list[str]:
     return [*lines, ""]
 
 
+def failed_lines(section: dict) -> list[str]:
+    """Variants that could not run in this run, with the last line of their error."""
+    failed = section.get("failed", {})
+    return [*(f"- **{VARIANTS_FAILED}** {name}: {message}" for name, message in failed.items()), ""] if failed else []
+
+
+VARIANTS_FAILED = "not measured:"
+
+
 def targets_lines(section: dict) -> list[str]:
     lines = []
     for target in section["targets"].values():
@@ -179,7 +188,7 @@ def block(results: dict, image: str) -> str:
     else:
         body = [measured_line(section), "", "### Every variant of the course classifier", "", *models_table(section),
                 "", "### Against fp32, in the same run", "", *ratios_table(section), "",
-                *compile_lines(section), "### The issue's targets",
+                *compile_lines(section), *failed_lines(section), "### The issue's targets",
                 "", *targets_lines(section), "", f"![{PLOT_ALT}]({image})", ""]
         if section.get("setting") != "full":
             body.insert(0, f"(A `{section.get('setting')}` run: a few texts and repeats, not a measurement.)\n")
