@@ -10,7 +10,16 @@ a ``ValidationError``, whatever the bytes.
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    create_model,
+)
 
 # Blank means made only of these characters: Python's str.isspace() set together with JSON Schema's (ECMAScript)
 # \s, written out so the schema's pattern and the service's check agree on every character.
@@ -18,6 +27,16 @@ BLANK = ("\t\n\v\f\r \x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u200
          "\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff")
 NOT_BLANK_PATTERN = "[^" + "".join(f"\\u{ord(char):04x}" for char in BLANK) + "]"
 _NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
+
+
+def _json_integer(value):
+    """JSON Schema's ``integer``: a number with no fractional part (so 2.0 is 2), never a string or a boolean."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value  # anything else goes on to StrictInt, which refuses it
+
+
+JsonInt = Annotated[StrictInt, BeforeValidator(_json_integer)]
 
 
 def is_blank(text: str) -> bool:
@@ -32,7 +51,7 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     texts: StrictStr | Annotated[list[StrictStr], Field(min_length=1)]
-    top_k: StrictInt | None = 1
+    top_k: JsonInt | None = 1
 
 
 class LabelScore(BaseModel):
@@ -68,7 +87,7 @@ def request_model(max_chars: int, max_texts: int, num_labels: int) -> type[BaseM
     text = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=max_chars,
                                             pattern=NOT_BLANK_PATTERN)]
     texts = Annotated[list[text], Field(min_length=1, max_length=max_texts)]
-    top_k = Annotated[StrictInt, Field(ge=1, le=num_labels)]
+    top_k = Annotated[int, Field(strict=True, ge=1, le=num_labels), BeforeValidator(_json_integer)]
     return create_model(
         "PredictRequest",
         __config__=ConfigDict(extra="forbid"),  # a misspelt "top-k" must not silently fall back to 1
