@@ -11,14 +11,16 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from transformers import DataCollatorWithPadding
 
 from behind_pipeline.checks.ch09_datasets import (
-    check_add_n_tokens,
-    check_keep_up_to,
+    check_head_and_tail,
     check_pad_to_multiple,
     check_stratified_grouped_split,
+    head_and_tail_ids,
     padded_to_multiple,
 )
 from behind_pipeline.data import movie_bucket
 from behind_pipeline.splits import group_majority_predictions, halves_by_group, shared_groups
+
+from checker_asserts import assert_rejected
 
 
 def test_the_grouped_split_shares_no_movie_and_a_random_one_shares_almost_all(splits):
@@ -119,6 +121,19 @@ def rounds_to_eight_whatever_the_multiple(features, pad_id, multiple=8):
     return pad_to_multiple(features, pad_id, 8)
 
 
+def returns_float_tensors(features, pad_id, multiple=8):
+    return {key: value.float() for key, value in pad_to_multiple(features, pad_id, multiple).items()}
+
+
+def returns_lists(features, pad_id, multiple=8):
+    return {key: value.tolist() for key, value in pad_to_multiple(features, pad_id, multiple).items()}
+
+
+def float_labels_only(features, pad_id, multiple=8):
+    batch = pad_to_multiple(features, pad_id, multiple)
+    return batch | {"labels": batch["labels"].float()}
+
+
 def breaks_on_tensor_rows(features, pad_id, multiple=8):
     if isinstance(features[0]["input_ids"], torch.Tensor):
         raise TypeError("expected lists")
@@ -130,7 +145,8 @@ def test_check_pad_to_multiple():
     messages = {pads_to_512: "512", pads_to_the_longest: "round it up", adds_a_block_at_the_boundary: "no extra block",
                 pads_on_the_left: "right padding", pads_with_zero: "pad id 99", keeps_the_label_key: "`labels`",
                 mask_of_ones: "0 on padding", rounds_to_eight_whatever_the_multiple: "`multiple` argument",
-                breaks_on_tensor_rows: "TypeError"}
+                breaks_on_tensor_rows: "TypeError", returns_float_tensors: "torch.float32",
+                returns_lists: "not a tensor", float_labels_only: "labels is a torch.float32"}
     for wrong, message in messages.items():
         report = check_pad_to_multiple(wrong)
         assert not report.passed and message in repr(report), (wrong.__name__, repr(report))
@@ -139,78 +155,110 @@ def test_check_pad_to_multiple():
     assert not check_pad_to_multiple(lambda features, pad_id, multiple: [1, 2, 3]).passed
 
 
+def test_head_and_tail_ids_keeps_both_ends():
+    ids = [101, *range(1, 21), 102]  # [CLS], 20 tokens, [SEP]
+    assert head_and_tail_ids(ids, 8, 2) == [101, 1, 2, 17, 18, 19, 20, 102]
+    assert head_and_tail_ids(ids, 8, 0) == [101, 15, 16, 17, 18, 19, 20, 102]
+    assert head_and_tail_ids(ids, 8, 6) == [101, 1, 2, 3, 4, 5, 6, 102]
+    assert head_and_tail_ids(ids, 22, 3) == ids  # fits: unchanged
+
+
 @pytest.fixture(scope="module")
-def n_tokens_answers():
+def head_tail_answers():
     from behind_pipeline.checks._core import course_tokenizer
 
     tokenizer = course_tokenizer()
 
-    def add_n_tokens(batch):
-        return {"n_tokens": [len(ids) for ids in tokenizer(batch["text"])["input_ids"]]}
+    def columns(rows):
+        return {"input_ids": rows, "attention_mask": [[1] * len(row) for row in rows]}
 
-    def counts_characters(batch):
-        return {"n_tokens": [len(text) for text in batch["text"]]}
+    def head_and_tail(batch, max_length, head):
+        rows = []
+        for ids in tokenizer(batch["text"])["input_ids"]:
+            if len(ids) > max_length:
+                ids = ids[:1 + head] + ids[len(ids) - 1 - (max_length - 2 - head):]
+            rows.append(ids)
+        return columns(rows)
 
-    def counts_words(batch):
-        return {"n_tokens": [len(text.split()) for text in batch["text"]]}
+    def plain_truncation(batch, max_length, head):
+        encoding = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        return {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
 
-    def forgets_special_tokens(batch):
-        return {"n_tokens": [len(ids) for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]]}
+    def loses_sep(batch, max_length, head):
+        rows = []
+        for ids in tokenizer(batch["text"])["input_ids"]:
+            if len(ids) > max_length:
+                ids = ids[:1 + head] + ids[len(ids) - 1 - (max_length - 2 - head) - 1:-1]
+            rows.append(ids)
+        return columns(rows)
 
-    def written_for_one_row(row):
-        return {"n_tokens": [len(tokenizer(row["text"])["input_ids"])]}
+    def one_token_too_many(batch, max_length, head):
+        rows = []
+        for ids in tokenizer(batch["text"])["input_ids"]:
+            if len(ids) > max_length:
+                ids = ids[:1 + head] + ids[len(ids) - 1 - (max_length - 1 - head):]
+            rows.append(ids)
+        return columns(rows)
 
-    def returns_a_number_not_a_list(row):
-        return {"n_tokens": len(tokenizer(row["text"])["input_ids"])}
+    def cuts_short_reviews_too(batch, max_length, head):
+        rows = []
+        for ids in tokenizer(batch["text"])["input_ids"]:  # no length test: short reviews get tokens twice
+            rows.append(ids[:1 + head] + ids[len(ids) - 1 - (max_length - 2 - head):])
+        return columns(rows)
 
-    def replaces_the_columns(batch):
-        return {"text": batch["text"], "label": [0] * len(batch["text"]), **add_n_tokens(batch)}
+    def written_for_one_row(batch, max_length, head):
+        ids = tokenizer(batch["text"])["input_ids"]
+        if len(ids) > max_length:
+            ids = ids[:1 + head] + ids[len(ids) - 1 - (max_length - 2 - head):]
+        return columns([ids])
 
-    return {"add_n_tokens": add_n_tokens, "counts_characters": counts_characters, "counts_words": counts_words,
-            "forgets_special_tokens": forgets_special_tokens, "written_for_one_row": written_for_one_row,
-            "returns_a_number_not_a_list": returns_a_number_not_a_list,
-            "replaces_the_columns": replaces_the_columns}
+    def mask_of_wrong_length(batch, max_length, head):
+        result = head_and_tail(batch, max_length, head)
+        return result | {"attention_mask": [[1] * max_length for _ in result["input_ids"]]}
+
+    def forgets_the_mask(batch, max_length, head):
+        return {"input_ids": head_and_tail(batch, max_length, head)["input_ids"]}
+
+    return {"head_and_tail": head_and_tail, "plain_truncation": plain_truncation, "loses_sep": loses_sep,
+            "one_token_too_many": one_token_too_many, "cuts_short_reviews_too": cuts_short_reviews_too,
+            "written_for_one_row": written_for_one_row, "mask_of_wrong_length": mask_of_wrong_length,
+            "forgets_the_mask": forgets_the_mask}
 
 
-def test_check_add_n_tokens(n_tokens_answers):
-    assert check_add_n_tokens(n_tokens_answers["add_n_tokens"]).passed
-    messages = {"counts_characters": "characters", "counts_words": "words", "forgets_special_tokens": "[CLS]",
-                "written_for_one_row": "number of texts in its batch", "replaces_the_columns": "existing columns",
-                "returns_a_number_not_a_list": "must be a list too"}
+def test_check_head_and_tail(head_tail_answers):
+    assert check_head_and_tail(head_tail_answers["head_and_tail"]).passed
+    messages = {"plain_truncation": "plain truncation", "loses_sep": "[SEP]", "one_token_too_many": "at most",
+                "cuts_short_reviews_too": "fits in max_length", "written_for_one_row": "list of texts",
+                "mask_of_wrong_length": "attention_mask", "forgets_the_mask": "no column 'attention_mask'"}
     for name, message in messages.items():
-        report = check_add_n_tokens(n_tokens_answers[name])
-        assert not report.passed and message in repr(report), (name, repr(report))
-
-    def blank(batch):
-        ...
-
-    assert "added no column" in repr(check_add_n_tokens(blank))
-    assert "still `...`" in repr(check_add_n_tokens(...))
-    report = check_add_n_tokens(lambda batch: {"n_tokens": 3})  # not one value per row: datasets refuses it
-    assert not report.passed and "raised" in repr(report)
-
-
-def keep_up_to(ds, max_tokens):
-    return ds.filter(lambda batch: [n <= max_tokens for n in batch["n_tokens"]], batched=True)
-
-
-def test_check_keep_up_to():
-    assert check_keep_up_to(keep_up_to).passed
-    strictly_below = check_keep_up_to(lambda ds, max_tokens: ds.filter(lambda row: row["n_tokens"] < max_tokens))
-    assert not strictly_below.passed and "exactly" in repr(strictly_below)
-    as_list = check_keep_up_to(lambda ds, max_tokens: [row for row in ds if row["n_tokens"] <= max_tokens])
-    assert not as_list.passed and "filtered Dataset" in repr(as_list)
-    by_characters = check_keep_up_to(lambda ds, max_tokens: ds.filter(lambda row: len(row["text"]) <= max_tokens))
-    assert not by_characters.passed
-    dropped_column = check_keep_up_to(lambda ds, max_tokens: keep_up_to(ds, max_tokens).remove_columns("label"))
-    assert not dropped_column.passed and "columns" in repr(dropped_column)
-    assert "still `...`" in repr(check_keep_up_to(...))
+        assert_rejected(check_head_and_tail(head_tail_answers[name]), message)
+    assert "still `...`" in repr(check_head_and_tail(...))
 
 
 def stratified_grouped_split(groups, labels, test_share, seed):
     folds = StratifiedGroupKFold(n_splits=round(1 / test_share), shuffle=True, random_state=seed)
     train, test = next(folds.split(np.zeros(len(labels)), labels, groups))
     return train.tolist(), test.tolist()
+
+
+def greedy_stratified_grouped_split(groups, labels, test_share, seed):
+    """The solution's way, by hand: move to test, one at a time, the movie that brings it closest to its targets."""
+    movies, movie_of = np.unique(np.asarray(groups), return_inverse=True)
+    labels = np.asarray(labels)
+    fresh = np.bincount(movie_of, weights=labels, minlength=len(movies))
+    rotten = np.bincount(movie_of, weights=1 - labels, minlength=len(movies))
+    want_fresh, want_rotten = test_share * fresh.sum(), test_share * rotten.sum()
+    order = np.random.default_rng(seed).permutation(len(movies))
+    in_test = np.zeros(len(movies), dtype=bool)
+    while True:
+        distance = np.abs(want_fresh - fresh[order]) + np.abs(want_rotten - rotten[order])
+        distance[in_test[order]] = np.inf
+        if distance.min() >= abs(want_fresh) + abs(want_rotten):
+            break
+        best = order[np.argmin(distance)]
+        in_test[best] = True
+        want_fresh, want_rotten = want_fresh - fresh[best], want_rotten - rotten[best]
+    return np.flatnonzero(~in_test[movie_of]).tolist(), np.flatnonzero(in_test[movie_of]).tolist()
 
 
 def splits_reviews_at_random(groups, labels, test_share, seed):
@@ -237,6 +285,7 @@ def forgets_some_reviews(groups, labels, test_share, seed):
 
 def test_check_stratified_grouped_split():
     assert check_stratified_grouped_split(stratified_grouped_split).passed
+    assert check_stratified_grouped_split(greedy_stratified_grouped_split).passed
     # GroupShuffleSplit's test_size is a share of the movies, and it ignores the labels: either may show first.
     messages = {splits_reviews_at_random: ("both train and test",), grouped_without_stratifying: ("stratified",
                 "count reviews"), md5_buckets: ("stratified",), forgets_some_reviews: ("exactly one",)}

@@ -7,27 +7,39 @@ import pytest
 import torch
 from sklearn.dummy import DummyClassifier
 from sklearn.metrics import f1_score
-from sklearn.pipeline import make_pipeline
-from sklearn.svm import LinearSVC
 
 from behind_pipeline.baselines import (
+    C_VALUES,
     coefficient_count,
     frozen_features,
     probe,
     tfidf_by_hand,
     tfidf_logistic_regression,
     tfidf_vectorizer,
+    tune_c,
+    tuned_tfidf_logistic_regression,
     weighted_words,
 )
 from behind_pipeline.checks._core import course_encoder
 from behind_pipeline.checks.ch10_baselines import (
     check_bigram_against_unigram,
-    check_bigram_model,
+    check_cluster_bootstrap,
     check_macro_f1_from_confusion,
-    check_paired_bootstrap,
+    check_tune_threshold,
+    paired_bootstrap_interval,
 )
-from behind_pipeline.metrics import accuracy, classification_scores, confusion, label_array, macro_f1
+from behind_pipeline.metrics import (
+    accuracy,
+    classification_scores,
+    cluster_bootstrap_interval,
+    confusion,
+    label_array,
+    macro_f1,
+    mean_sd,
+)
 from behind_pipeline.pooling import embed
+
+from checker_asserts import assert_rejected
 
 
 def test_scores_match_their_definitions():
@@ -155,104 +167,182 @@ def test_check_macro_f1_from_confusion():
     assert "raised" in repr(check_macro_f1_from_confusion(lambda c: c.nope()))
 
 
+def test_mean_sd_is_the_mean_and_the_sample_standard_deviation():
+    assert mean_sd([0.1, 0.2, 0.3]) == "0.2000 ± 0.1000"
+    assert mean_sd([1.0, 3.0], digits=1) == "2.0 ± 1.4"
+    assert mean_sd([0.5]) == "0.5000 ± 0.0000"
+
+
+def test_cluster_bootstrap_with_one_review_per_movie_is_the_paired_bootstrap():
+    generator = np.random.default_rng(0)
+    labels, a, b = (generator.integers(0, 2, 300) for _ in range(3))
+    movies = [f"movie_{i:03d}" for i in range(300)]  # sorted names: the movie order is the review order
+    assert cluster_bootstrap_interval(labels, a, b, movies, 500, 7) == pytest.approx(
+        paired_bootstrap_interval(labels, a, b, 500, 7))
+
+
+def test_cluster_bootstrap_is_wider_when_a_movies_reviews_agree():
+    from behind_pipeline.checks.ch10_baselines import _cluster_case
+
+    labels, a, b, movies = _cluster_case(0, 60)
+    low, high = cluster_bootstrap_interval(labels, a, b, movies, 4000, 0)
+    review_low, review_high = paired_bootstrap_interval(labels, a, b, 4000, 0)
+    difference = accuracy(labels, a) - accuracy(labels, b)
+    assert low < difference < high and review_low < difference < review_high
+    assert high - low > 1.2 * (review_high - review_low)
+
+
+def test_tune_c_picks_the_best_validation_score_and_never_sees_test(splits):
+    texts, labels = list(splits["train"]["text"])[:600], list(splits["train"]["label"])[:600]
+    val_texts, val_labels = list(splits["validation"]["text"]), list(splits["validation"]["label"])
+    vectorizer = tfidf_vectorizer().fit(texts)
+    best, scores = tune_c(vectorizer.transform(texts), labels, vectorizer.transform(val_texts), val_labels)
+    assert list(scores) == list(C_VALUES) and scores[best] == max(scores.values())
+    model = tuned_tfidf_logistic_regression(texts, labels, val_texts, val_labels)
+    assert model[-1].C == best
+    assert model[0].vocabulary_ == vectorizer.vocabulary_  # fitted on the training texts only
+    expected = tfidf_logistic_regression(C=best).fit(texts, labels).predict_proba(val_texts)
+    assert np.abs(model.predict_proba(val_texts) - expected).max() < 1e-9
+
+
+def tune_threshold(val_labels, val_fresh_probabilities):
+    labels, probabilities = np.asarray(val_labels), np.asarray(val_fresh_probabilities)
+    candidates = np.unique(probabilities)
+    scores = [f1_score(labels, (probabilities >= t).astype(int), average="macro") for t in candidates]
+    return float(candidates[int(np.argmax(scores))])
+
+
+def _best(val_labels, val_fresh_probabilities, score):
+    labels, probabilities = np.asarray(val_labels), np.asarray(val_fresh_probabilities)
+    candidates = np.unique(probabilities)
+    return candidates, [score(labels, (probabilities >= t).astype(int)) for t in candidates]
+
+
+def maximises_accuracy(val_labels, val_fresh_probabilities):
+    candidates, scores = _best(val_labels, val_fresh_probabilities, lambda y, p: float(np.mean(y == p)))
+    return float(candidates[int(np.argmax(scores))])
+
+
+def returns_the_best_score(val_labels, val_fresh_probabilities):
+    candidates, scores = _best(val_labels, val_fresh_probabilities,
+                               lambda y, p: f1_score(y, p, average="macro"))
+    return float(max(scores))
+
+
+def keeps_one_half(val_labels, val_fresh_probabilities):
+    return 0.5
+
+
+def test_check_tune_threshold():
+    assert check_tune_threshold(tune_threshold).passed
+    assert check_tune_threshold(lambda labels, p: torch.tensor(tune_threshold(labels, p))).passed
+    messages = {maximises_accuracy: "maximises accuracy", returns_the_best_score: "best macro-F1 itself",
+                keeps_one_half: "predict's own threshold"}
+    for wrong, message in messages.items():
+        assert_rejected(check_tune_threshold(wrong), message)
+    assert "still `...`" in repr(check_tune_threshold(...))
+    assert not check_tune_threshold(lambda labels, p: [0.5, 0.6]).passed
+
+
+def cluster_bootstrap(labels, predictions_a, predictions_b, groups, resamples, seed):
+    labels, a, b, groups = (np.asarray(x) for x in (labels, predictions_a, predictions_b, groups))
+    movies = np.unique(groups)
+    rows = {movie: np.flatnonzero(groups == movie) for movie in movies}
+    generator = np.random.default_rng(seed)
+    means = []
+    for _ in range(resamples):
+        drawn = np.concatenate([rows[movie] for movie in generator.choice(movies, len(movies))])
+        means.append(np.mean(a[drawn] == labels[drawn]) - np.mean(b[drawn] == labels[drawn]))
+    return tuple(np.percentile(means, [2.5, 97.5]))
+
+
+def resamples_reviews(labels, predictions_a, predictions_b, groups, resamples, seed):
+    return paired_bootstrap_interval(labels, predictions_a, predictions_b, resamples, seed)
+
+
+def averages_per_movie(labels, predictions_a, predictions_b, groups, resamples, seed):
+    from behind_pipeline.checks.ch10_baselines import _per_movie_mean_interval
+
+    return _per_movie_mean_interval(*(np.asarray(x) for x in (labels, predictions_a, predictions_b, groups)),
+                                    resamples, seed)
+
+
+def b_minus_a(labels, predictions_a, predictions_b, groups, resamples, seed):
+    return cluster_bootstrap(labels, predictions_b, predictions_a, groups, resamples, seed)
+
+
+def movies_without_replacement(labels, predictions_a, predictions_b, groups, resamples, seed):
+    labels, a, b, groups = (np.asarray(x) for x in (labels, predictions_a, predictions_b, groups))
+    generator = np.random.default_rng(seed)
+    means = []
+    for _ in range(resamples):
+        drawn = np.concatenate([np.flatnonzero(groups == movie) for movie in generator.permutation(np.unique(groups))])
+        means.append(np.mean(a[drawn] == labels[drawn]) - np.mean(b[drawn] == labels[drawn]))
+    return tuple(np.percentile(means, [2.5, 97.5]))
+
+
+def ninety_percent(labels, predictions_a, predictions_b, groups, resamples, seed):
+    return cluster_bootstrap_interval(labels, predictions_a, predictions_b, groups, resamples, seed, level=0.90)
+
+
+def test_check_cluster_bootstrap():
+    assert check_cluster_bootstrap(cluster_bootstrap).passed
+    assert check_cluster_bootstrap(lambda *args: torch.tensor(cluster_bootstrap_interval(*args))).passed
+    messages = {resamples_reviews: "resampled reviews", averages_per_movie: "pool the reviews",
+                b_minus_a: "minus b", movies_without_replacement: "with replacement", ninety_percent: "90%"}
+    for wrong, message in messages.items():
+        assert_rejected(check_cluster_bootstrap(wrong), message)
+    assert "still `...`" in repr(check_cluster_bootstrap(...))
+    assert "shape" in repr(check_cluster_bootstrap(lambda *args: cluster_bootstrap_interval(*args)[0]))
+    assert "raised" in repr(check_cluster_bootstrap(lambda labels, a, b, groups, resamples, seed: labels.shape))
+
+
 @pytest.fixture(scope="module")
-def train_and_test(splits):
+def train_texts_and_labels(splits):
     return list(splits["train"]["text"]), list(splits["train"]["label"])
 
 
 @pytest.fixture(scope="module")
-def bigram_model(train_and_test):
-    return tfidf_logistic_regression(ngram_range=(1, 2)).fit(*train_and_test)
+def bigram_model(splits, train_texts_and_labels):
+    return tuned_tfidf_logistic_regression(*train_texts_and_labels, list(splits["validation"]["text"]),
+                                           list(splits["validation"]["label"]), ngram_range=(1, 2))
 
 
-def test_check_bigram_model(train_and_test, bigram_model):
-    train_texts, train_labels = train_and_test
-    assert check_bigram_model(bigram_model).passed
-    unigrams_only = tfidf_logistic_regression().fit(train_texts, train_labels)
-    assert "word pairs" in repr(check_bigram_model(unigrams_only))
-    pairs_only = tfidf_logistic_regression(ngram_range=(2, 2)).fit(train_texts, train_labels)
-    assert "not (2, 2)" in repr(check_bigram_model(pairs_only))
-    always_fresh = DummyClassifier(strategy="most_frequent").fit(train_texts, train_labels)
-    assert "hardly above always answering fresh" in repr(check_bigram_model(always_fresh))
-    no_probabilities = make_pipeline(tfidf_vectorizer(ngram_range=(1, 2)), LinearSVC()).fit(train_texts, train_labels)
-    assert "no predict_proba" in repr(check_bigram_model(no_probabilities))
-    vectorizer_alone = tfidf_vectorizer(ngram_range=(1, 2)).fit(train_texts)
-    assert "no predict()" in repr(check_bigram_model(vectorizer_alone))
-    assert "still `...`" in repr(check_bigram_model(...))
-    unfitted = check_bigram_model(tfidf_logistic_regression(ngram_range=(1, 2)))
-    assert not unfitted.passed and "raised" in repr(unfitted)
+def test_check_bigram_against_unigram(bigram_model):
+    report = check_bigram_against_unigram(cluster_bootstrap_interval, bigram_model)
+    assert report.passed and "movies resampled" in repr(report)
+    assert_rejected(check_bigram_against_unigram(b_minus_a, bigram_model), "far from the expected")
+    assert "still `...`" in repr(check_bigram_against_unigram(cluster_bootstrap_interval, ...))
+    assert "None" in repr(check_bigram_against_unigram(cluster_bootstrap_interval, None))
 
 
-def paired_bootstrap(labels, predictions_a, predictions_b, resamples, seed):
-    labels, a, b = np.asarray(labels), np.asarray(predictions_a), np.asarray(predictions_b)
-    differences = (a == labels).astype(float) - (b == labels)
-    generator = np.random.default_rng(seed)
-    means = [differences[generator.integers(0, len(labels), len(labels))].mean() for _ in range(resamples)]
-    return tuple(np.percentile(means, [2.5, 97.5]))
+def test_check_bigram_against_unigram_rejects_a_model_fitted_on_test_texts(splits, train_texts_and_labels):
+    texts, labels = train_texts_and_labels
+    train_plus_test = tfidf_logistic_regression(ngram_range=(1, 2)).fit(
+        texts + list(splits["test"]["text"]), labels + list(splits["test"]["label"]))
+    assert_rejected(check_bigram_against_unigram(cluster_bootstrap_interval, train_plus_test), "fitted on test texts")
 
 
-def normal_approximation(labels, predictions_a, predictions_b, resamples, seed):
-    """Not a bootstrap, but the same interval: mean +- 1.96 standard errors of the paired differences."""
-    labels, a, b = np.asarray(labels), np.asarray(predictions_a), np.asarray(predictions_b)
-    differences = (a == labels).astype(float) - (b == labels)
-    half = 1.96 * differences.std() / np.sqrt(len(labels))
-    return differences.mean() - half, differences.mean() + half
+class KnowsTheTestLabels:
+    """No vocabulary to inspect: a model that answers the gold label of every test review it has memorised."""
+
+    def __init__(self, splits):
+        self.answers = dict(zip(splits["test"]["text"], splits["test"]["label"], strict=True))
+
+    def predict(self, texts):
+        return [self.answers.get(text, 1) for text in texts]
 
 
-def b_minus_a(labels, predictions_a, predictions_b, resamples, seed):
-    return paired_bootstrap(labels, predictions_b, predictions_a, resamples, seed)
+def test_check_bigram_against_unigram_rejects_a_test_score_no_honest_model_reaches(splits):
+    assert_rejected(check_bigram_against_unigram(cluster_bootstrap_interval, KnowsTheTestLabels(splits)),
+                    "fitted on test texts or labels")
 
 
-def without_replacement(labels, predictions_a, predictions_b, resamples, seed):
-    labels, a, b = np.asarray(labels), np.asarray(predictions_a), np.asarray(predictions_b)
-    differences = (a == labels).astype(float) - (b == labels)
-    generator = np.random.default_rng(seed)
-    means = [differences[generator.permutation(len(labels))].mean() for _ in range(resamples)]
-    return tuple(np.percentile(means, [2.5, 97.5]))
-
-
-def unpaired(labels, predictions_a, predictions_b, resamples, seed):
-    labels, a, b = np.asarray(labels), np.asarray(predictions_a), np.asarray(predictions_b)
-    generator = np.random.default_rng(seed)
-    n = len(labels)
-    means = []
-    for _ in range(resamples):
-        rows_a, rows_b = generator.integers(0, n, n), generator.integers(0, n, n)
-        means.append((a[rows_a] == labels[rows_a]).mean() - (b[rows_b] == labels[rows_b]).mean())
-    return tuple(np.percentile(means, [2.5, 97.5]))
-
-
-def ninety_percent(labels, predictions_a, predictions_b, resamples, seed):
-    labels, a, b = np.asarray(labels), np.asarray(predictions_a), np.asarray(predictions_b)
-    differences = (a == labels).astype(float) - (b == labels)
-    generator = np.random.default_rng(seed)
-    means = [differences[generator.integers(0, len(labels), len(labels))].mean() for _ in range(resamples)]
-    return tuple(np.percentile(means, [5, 95]))
-
-
-def test_check_paired_bootstrap():
-    assert check_paired_bootstrap(paired_bootstrap).passed
-    assert check_paired_bootstrap(normal_approximation).passed
-    assert check_paired_bootstrap(lambda *args: torch.tensor(paired_bootstrap(*args))).passed
-    messages = {b_minus_a: "minus b", without_replacement: "with replacement", unpaired: "paired",
-                ninety_percent: "90%"}
-    for wrong, message in messages.items():
-        report = check_paired_bootstrap(wrong)
-        assert not report.passed and message in repr(report), (wrong.__name__, repr(report))
-    assert "still `...`" in repr(check_paired_bootstrap(...))
-    assert "shape" in repr(check_paired_bootstrap(lambda *args: paired_bootstrap(*args)[0]))
-    assert "raised" in repr(check_paired_bootstrap(lambda labels, a, b, resamples, seed: labels.shape))
-
-
-def test_the_reference_interval_covers_the_observed_difference_and_shrinks_with_agreement():
-    from behind_pipeline.checks.ch10_baselines import _bootstrap_case, paired_bootstrap_interval
-
-    labels, a, b = _bootstrap_case(480, 35, 10, 75, seed=0)
-    low, high = paired_bootstrap_interval(labels, a, b)
-    assert low < (35 - 10) / 600 < high and low > 0
-    labels, a, b = _bootstrap_case(300, 90, 150, 60, seed=1)
-    wide_low, wide_high = paired_bootstrap_interval(labels, a, b)
-    assert wide_high < 0 and wide_high - wide_low > 2 * (high - low)
+def test_check_bigram_against_unigram_rejects_the_majority_class(train_texts_and_labels):
+    always_fresh = DummyClassifier(strategy="most_frequent").fit(*train_texts_and_labels)
+    assert_rejected(check_bigram_against_unigram(cluster_bootstrap_interval, always_fresh), "always answering fresh")
+    vectorizer_alone = tfidf_vectorizer(ngram_range=(1, 2)).fit(train_texts_and_labels[0])
+    assert_rejected(check_bigram_against_unigram(cluster_bootstrap_interval, vectorizer_alone), "no predict()")
 
 
 def test_the_checkers_expected_values_match_scikit_learn():
@@ -273,11 +363,3 @@ def test_tfidf_by_hand_equals_the_vectorizer_on_real_reviews(splits):
     by_hand = tfidf_by_hand([analyze(text) for text in texts], vocabulary)
     assert np.abs(by_hand - vectorizer.transform(texts).toarray()).max() < 1e-12
     assert not by_hand[-2].any()  # the empty review
-
-
-def test_check_bigram_against_unigram(bigram_model):
-    report = check_bigram_against_unigram(paired_bootstrap, bigram_model)
-    assert report.passed and "95% interval" in repr(report)
-    assert not check_bigram_against_unigram(unpaired, bigram_model).passed
-    assert "still `...`" in repr(check_bigram_against_unigram(paired_bootstrap, ...))
-    assert "None" in repr(check_bigram_against_unigram(paired_bootstrap, None))

@@ -1,5 +1,5 @@
-"""Checkers for chapter 9's exercises: a collator padding to a multiple, a batched length column and its filter,
-and a stratified split grouped by movie."""
+"""Checkers for chapter 9's exercises: a collator padding to a multiple, head-and-tail truncation with a batched
+``map``, and a stratified split grouped by movie, by hand."""
 
 import math
 from functools import cache
@@ -54,13 +54,22 @@ def _collate_cases():
 
 
 def _field(report: CheckReport, result, key: str, where: str) -> torch.Tensor | None:
+    """The batch's ``key`` as the tensor it is: a list, or a tensor of another dtype than the library's, fails."""
     try:
         value = result[key]
     except Exception:  # not a dict, or the key is missing
         hint = " (DataCollatorWithPadding renames the rows' `label` to `labels`)" if key == "labels" else ""
         report.fail(f"{where}: the batch has no {key!r}{hint}")
         return None
-    return report.tensor(value, f"{where}: {key}", dtype=torch.long)
+    if not isinstance(value, torch.Tensor):
+        report.fail(f"{where}: {key} is a {type(value).__name__}, not a tensor: a model takes tensors; stack the "
+                    "padded rows with torch.tensor(...), as DataCollatorWithPadding(return_tensors='pt') does")
+        return None
+    if value.dtype != torch.long:
+        report.fail(f"{where}: {key} is a {value.dtype} tensor, DataCollatorWithPadding gives torch.int64: ids, "
+                    "mask and labels are integers (an embedding layer refuses float ids, the loss float labels)")
+        return None
+    return value
 
 
 def check_pad_to_multiple(pad_to_multiple) -> CheckReport:
@@ -113,101 +122,93 @@ def check_pad_to_multiple(pad_to_multiple) -> CheckReport:
     return report
 
 
-# Texts whose token counts differ from their character and word counts, including the empty review.
-LENGTH_EXTRA_TEXTS = ["", "Great.", "An un-be-liev-ably overwrought melodrama!!!"]
-LENGTH_BATCH_SIZES = (1, 3, 1000)
+# Reviews of many lengths (test reviews, the longest ones included), and texts shorter than any limit.
+HEAD_TAIL_EXTRA_TEXTS = ["", "Great.", "An un-be-liev-ably overwrought melodrama!!!"]
+HEAD_TAIL_CASES = ((32, 8), (20, 0), (24, 22))  # (max_length, head): head 0 keeps the tail only, 22 the head only
+HEAD_TAIL_BATCH_SIZES = (1, 7, 1000)
 
 
 @cache
-def _length_texts() -> tuple[str, ...]:
+def _head_tail_texts() -> tuple[str, ...]:
     from behind_pipeline.data import load_rotten_tomatoes
 
-    return tuple(list(load_rotten_tomatoes()["test"]["text"])[:9]) + tuple(LENGTH_EXTRA_TEXTS)
+    texts = list(load_rotten_tomatoes()["test"]["text"])
+    longest = sorted(texts, key=len)[-3:]  # well over any max_length of the cases
+    return tuple(texts[:12] + longest + HEAD_TAIL_EXTRA_TEXTS)
 
 
-def _expected_lengths(texts) -> list[int]:
-    return [len(ids) for ids in course_tokenizer()(list(texts))["input_ids"]]
+def head_and_tail_ids(ids: list[int], max_length: int, head: int) -> list[int]:
+    """The reference: ``[CLS] + first head tokens + last (max_length - head - 2) tokens + [SEP]`` when too long."""
+    if len(ids) <= max_length:
+        return list(ids)
+    body, tail = ids[1:-1], max_length - 2 - head
+    return [ids[0], *body[:head], *(body[len(body) - tail:] if tail else []), ids[-1]]
 
 
-def check_add_n_tokens(add_n_tokens) -> CheckReport:
-    """``ds.map(add_n_tokens, batched=True)`` adds ``n_tokens``, the same for every batch size."""
+def check_head_and_tail(head_and_tail) -> CheckReport:
+    """``ds.map(head_and_tail, batched=True, fn_kwargs=...)``: reviews longer than ``max_length`` keep their
+    beginning and their end."""
     import datasets
 
-    report = CheckReport("A token-count column with a batched map")
-    if not report.answered(add_n_tokens, "add_n_tokens"):
+    report = CheckReport("Head-and-tail truncation with a batched map")
+    if not report.answered(head_and_tail, "head_and_tail"):
         return report
-    texts = list(_length_texts())
-    labels = [index % 2 for index in range(len(texts))]
-    expected = _expected_lengths(texts)
-    dataset = datasets.Dataset.from_dict({"text": texts, "label": labels})
-    for batch_size in LENGTH_BATCH_SIZES:
-        where = f"map(add_n_tokens, batched=True, batch_size={batch_size})"
-        # A fixed fingerprint: datasets need not hash the learner's function (and warn when it cannot).
-        result = report.call(dataset.map, add_n_tokens, batched=True, batch_size=batch_size,
-                             new_fingerprint=f"check-add-n-tokens-{batch_size}", name=f"ds.{where}")
-        if result is Ellipsis:
-            report.fail("with batched=True, `batch` maps each column to a list (batch['text'] is a list of texts), "
-                        "and each new column must be a list too, one value per text")
-            return report
-        if "n_tokens" not in result.column_names:
-            report.fail(f"{where} added no column `n_tokens` (columns: {result.column_names}): return a dict "
-                        "{'n_tokens': [one count per text of the batch]}")
-            return report
-        if list(result["text"]) != texts or list(result["label"]) != labels:
-            report.fail(f"{where} changed the existing columns: add `n_tokens`, leave `text` and `label` as they are")
-            return report
-        counts = list(result["n_tokens"])
-        if counts != expected:
-            if counts == [len(text) for text in texts]:
-                why = "those are characters: count the tokenizer's input_ids"
-            elif counts == [len(text.split()) for text in texts]:
-                why = "those are words: count the tokenizer's input_ids (word pieces)"
-            elif counts == [n - 2 for n in expected]:
-                why = "[CLS] and [SEP] are missing: count them, the model sees them"
-            elif counts == [len(texts[start:start + batch_size]) for start in range(0, len(texts), batch_size)
-                            for _ in texts[start:start + batch_size]]:
-                why = ("every row got the number of texts in its batch: with batched=True, batch['text'] is a list "
-                       "of texts; return one count per text")
-            else:
-                why = f"expected {expected}"
-            report.fail(f"{where}: n_tokens is {counts}; {why}")
-            return report
-    report.ok(f"n_tokens equals the tokenizer's count for {len(texts)} texts, empty one included, with batch sizes "
-              f"{', '.join(map(str, LENGTH_BATCH_SIZES))}")
-    return report
-
-
-def check_keep_up_to(keep_up_to) -> CheckReport:
-    """``keep_up_to(ds, max_tokens)`` keeps the rows with ``n_tokens <= max_tokens``, as a Dataset, in order."""
-    import datasets
-
-    report = CheckReport("Keep the reviews of at most max_tokens tokens")
-    texts = list(_length_texts())
-    lengths = _expected_lengths(texts)
-    dataset = datasets.Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(len(texts))],
-                                          "n_tokens": lengths})
-    middle = sorted(lengths)[len(lengths) // 2]
-    for max_tokens in (middle, min(lengths) - 1, max(lengths)):
-        where = f"keep_up_to(ds, {max_tokens})"
-        result = report.call(keep_up_to, dataset, max_tokens, name="keep_up_to")
-        if result is Ellipsis:
-            return report
-        if not isinstance(result, datasets.Dataset):
-            report.fail(f"{where} returned a {type(result).__name__}: return the filtered Dataset (ds.filter(...))")
-            return report
-        expected = [text for text, n in zip(texts, lengths, strict=True) if n <= max_tokens]
-        if result.column_names != dataset.column_names:
-            report.fail(f"{where}: columns {result.column_names}, expected {dataset.column_names} (filter keeps "
-                        "every column)")
-            return report
-        kept = list(result["text"])
-        if kept != expected:
-            strict = [text for text, n in zip(texts, lengths, strict=True) if n < max_tokens]
-            why = (f"the reviews of exactly {max_tokens} tokens are missing: keep n_tokens <= max_tokens"
-                   if kept == strict else f"expected {len(expected)} reviews, in their original order")
-            report.fail(f"{where}: kept {len(kept)} reviews; {why}")
-            return report
-    report.ok(f"keeps n_tokens <= max_tokens, the boundary included ({middle}), down to an empty result, in order")
+    tokenizer = course_tokenizer()
+    texts = list(_head_tail_texts())
+    full = tokenizer(texts)["input_ids"]
+    dataset = datasets.Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(len(texts))]})
+    for max_length, head in HEAD_TAIL_CASES:
+        expected = [head_and_tail_ids(ids, max_length, head) for ids in full]
+        for batch_size in HEAD_TAIL_BATCH_SIZES:
+            where = f"max_length={max_length}, head={head}, batch_size={batch_size}"
+            # A fixed fingerprint: datasets need not hash the learner's function (and warn when it cannot).
+            result = report.call(dataset.map, head_and_tail, batched=True, batch_size=batch_size,
+                                 fn_kwargs={"max_length": max_length, "head": head},
+                                 new_fingerprint=f"check-head-tail-{max_length}-{head}-{batch_size}",
+                                 name=f"ds.map(head_and_tail, batched=True), {where}")
+            if result is Ellipsis:
+                report.fail("with batched=True, batch['text'] is a list of texts, and each column you return "
+                            "must be a list too, one value per text")
+                return report
+            missing = [key for key in ("input_ids", "attention_mask") if key not in result.column_names]
+            if missing:
+                report.fail(f"{where}: no column {missing[0]!r} (columns: {result.column_names}): return the "
+                            "tokenizer's input_ids and attention_mask")
+                return report
+            ids, mask = [list(row) for row in result["input_ids"]], [list(row) for row in result["attention_mask"]]
+            if any(not isinstance(token, int) for row in ids for token in row):
+                report.fail(f"{where}: a row of input_ids holds lists, not ids: with batched=True, batch['text'] is "
+                            "a list of texts; return one list of ids per text")
+                return report
+            if ids != expected:
+                wrong = next(i for i, (got, want) in enumerate(zip(ids, expected, strict=True)) if got != want)
+                got, want = ids[wrong], expected[wrong]
+                if got == full[wrong][:max_length - 1] + full[wrong][-1:] and got != want:
+                    why = "that is plain truncation (the head only): keep the last tokens too"
+                elif len(got) > max_length:
+                    why = f"{len(got)} tokens: at most max_length ({max_length}), [CLS] and [SEP] included"
+                elif len(full[wrong]) <= max_length:
+                    why = "this review fits in max_length: leave it as the tokenizer gives it"
+                elif not got or got[-1] != want[-1] or got[0] != want[0]:
+                    why = "keep [CLS] first and [SEP] last: cut the tokens between them"
+                elif got[1:1 + head] != want[1:1 + head]:
+                    why = f"the first {head} tokens after [CLS] are not the review's first ones"
+                else:
+                    why = (f"expected the last {max_length - 2 - head} tokens before [SEP] after the head "
+                           f"(got {len(got)} tokens, expected {len(want)})")
+                report.fail(f"{where}: review {wrong} ({len(full[wrong])} tokens) gets {len(got)} ids; {why}")
+                return report
+            if mask != [[1] * len(row) for row in expected]:
+                report.fail(f"{where}: attention_mask must be 1 for every kept token, one per input_id (nothing "
+                            "is padded yet)")
+                return report
+            if list(result["text"]) != texts or list(result["label"]) != dataset["label"][:]:
+                report.fail(f"{where}: the existing columns changed: add the new ones, leave text and label alone")
+                return report
+    cut = sum(len(ids) > HEAD_TAIL_CASES[0][0] for ids in full)
+    report.ok(f"{len(texts)} reviews ({cut} longer than {HEAD_TAIL_CASES[0][0]} tokens), max_length and head "
+              f"{', '.join(map(str, HEAD_TAIL_CASES))}, batch sizes {', '.join(map(str, HEAD_TAIL_BATCH_SIZES))}: "
+              "head and tail kept, [CLS] and [SEP] too, short reviews as they are")
     return report
 
 
