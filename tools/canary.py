@@ -64,7 +64,7 @@ PINNED_RESULTS_DIR = RESULTS_DIR / "pinned"  # the same for what `recheck` ran a
 PARALLEL = ["-p", "no:xdist"]
 NBVAL = ["--nbval-current-env", "--nbval-sanitize-with", "tests/sanitize.cfg"]
 UNIT_TARGETS = ["tests"]
-NOTEBOOK_TARGETS = ["notebooks", "solutions"]
+NOTEBOOK_TARGETS = ["notebooks", "solutions", "book"]
 # Variables the Makefile exports besides the cache folders of behind_pipeline.paths.
 MAKEFILE_SETTINGS = {"JUPYTER_PLATFORM_DIRS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 PIP = ["--disable-pip-version-check"]
