@@ -45,14 +45,14 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV); \
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt; \
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .; \
-	$(PYTHON) tools/record_time.py install $$start
+	$(PYTHON) tools/timings.py record install $$start
 	touch $@
 
 assets: $(ASSETS)
 $(ASSETS): $(INSTALLED) behind_pipeline/assets.py
 	@start=$$(date +%s); set -e; \
 	$(BIN)/python -m behind_pipeline.assets; \
-	$(BIN)/python tools/record_time.py assets $$start
+	$(BIN)/python tools/timings.py record assets $$start
 	touch $@
 
 # Trains again only when the code that shapes the weights changed (prepare.py compares a fingerprint).
@@ -73,7 +73,7 @@ $(ROUTER): $(CLASSIFIER) behind_pipeline/capstone.py $(PREPARE_SOURCES)
 test: $(MODELS)
 	@start=$$(date +%s); set -e; \
 	$(MAKE) --no-print-directory test-unit test-notebooks test-exercises; \
-	$(BIN)/python tools/record_time.py test $$start
+	$(BIN)/python tools/timings.py record test $$start
 
 test-unit: $(MODELS)
 	$(BIN)/pytest $(PARALLEL) tests
@@ -81,8 +81,9 @@ test-unit: $(MODELS)
 test-notebooks: $(MODELS)
 	$(BIN)/pytest $(PARALLEL) $(NBVAL) --nbval notebooks solutions book
 
+# The blank exercise notebooks, run to the end in one kernel (tests/run_blank_exercises.py says why).
 test-exercises: $(MODELS)
-	$(BIN)/pytest $(PARALLEL) --nbval-current-env --nbval-lax exercises
+	$(BIN)/pytest $(PARALLEL) tests/run_blank_exercises.py
 
 # One chapter's loop for authors (about a minute): `make check CH=15` runs chapter 15's notebook and solutions
 # under nbval, its blank exercise notebook, its unit and checker tests, and ruff over what it touches.
@@ -93,13 +94,13 @@ check: $(MODELS)
 	$(BIN)/ruff check $(CH_FILES) $(wildcard tests/test_ch$(CH)_*.py behind_pipeline/checks/ch$(CH)_*.py)
 	$(BIN)/pytest $(PARALLEL) -q $(wildcard tests/test_ch$(CH)_*.py) \
 	  $(NBVAL) --nbval $(CH_FILES)
-	$(BIN)/pytest $(PARALLEL) -q --nbval-current-env --nbval-lax $(wildcard exercises/$(CH)_*.ipynb)
+	$(BIN)/pytest $(PARALLEL) -q tests/run_blank_exercises.py -k "$(CH)_"
 
 # The site is built from the outputs stored in the notebooks: it needs the environment, not the models.
 book: $(INSTALLED)
-	$(BIN)/python tools/check_site_inputs.py
+	$(BIN)/python tools/check_site.py --inputs
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
-	$(BIN)/python tools/check_site_offline.py _build/html
+	$(BIN)/python tools/check_site.py --offline _build/html
 
 # Tests of the built site (run `make book` first): no external resource, every internal link and anchor
 # resolves, every notebook rendered with its outputs, alt text on every image, math by the local MathJax.
@@ -152,7 +153,7 @@ execute: $(MODELS)
 # Run time of every notebook on this machine, written to results/runtimes.json and the README table.
 runtimes: $(MODELS)
 	$(BIN)/python tools/execute_notebooks.py --measure $(NOTEBOOKS)
-	$(BIN)/python tools/gather_timings.py
+	$(BIN)/python tools/timings.py gather
 	$(BIN)/python tools/chapter_table.py
 	$(BIN)/python tools/instructor_tables.py
 	$(MAKE) --no-print-directory exercises clean-notebooks

@@ -1,6 +1,12 @@
-"""Tests of the built website (``make book`` first): what a reader's browser would load and show.
+"""The website's checks: its inputs before a build, and the built site (what a reader's browser would load).
 
-    python tools/check_site.py _build/html
+    python tools/check_site.py --inputs              # before `make book`: the notebooks and rendered blocks
+    python tools/check_site.py --offline _build/html # the last step of `make book`: nothing loaded from the web
+    python tools/check_site.py _build/html           # `make test-site`: every check below
+
+``--inputs`` refuses to build the site from inputs it would show wrong: a notebook that stores an error outside a
+cell tagged ``raises-exception``, or a rendered block (the landing page's chapter table, the troubleshooting
+costs, the versions page, the footer) out of date with results/ and requirements.txt.
 
 Each check reads the HTML files of the site with the standard library's parser and returns one message per
 problem (an empty list when the site passes):
@@ -284,11 +290,30 @@ def run(site: Path, root: Path = ROOT) -> dict[str, list[str]]:
     }
 
 
+def inputs() -> int:
+    from chapter_table import render_site
+
+    from notebook_files import notebooks, unexpected_errors
+
+    errors = [error for path in notebooks() for error in unexpected_errors(path)]
+    errors += [f"out of date: {stale} (run `python tools/chapter_table.py`)" for stale in render_site(check=True)]
+    print("\n".join(errors) if errors else "no unexpected error outputs; rendered blocks current")
+    return 1 if errors else 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--inputs"]:
+        return inputs()
+    offline = argv[:1] == ["--offline"]
+    argv = argv[1:] if offline else argv
     site = Path(argv[0]) if argv else ROOT / "_build" / "html"
     if not pages(site):
         print(f"no pages in {site}: run `make book` first")
         return 1
+    if offline:
+        found = external_resources(site)
+        print("\n".join(found) if found else f"{len(pages(site))} pages, no external resources")
+        return 1 if found else 0
     failed = 0
     for name, problems in run(site).items():
         print(f"{'FAIL' if problems else 'ok  '} {name}: {len(problems)}")
