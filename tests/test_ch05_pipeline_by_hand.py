@@ -3,7 +3,6 @@ answer, rejects the typical wrong ones (each named after its mistake) and never 
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from transformers import PretrainedConfig, pipeline
@@ -16,6 +15,8 @@ from behind_pipeline.checks.ch05_pipeline_by_hand import (
     library_function_to_apply,
 )
 from behind_pipeline.pipeline_by_hand import classify, scores_from_logits
+
+from checker_asserts import ODD_ANSWERS, assert_reported
 
 SAMPLE_EVERY = 4  # every 4th test review: 362 reviews of all lengths, a quarter of the cost of the whole split
 BATCH_SIZE = 64
@@ -320,29 +321,7 @@ def test_check_one_logit_classifier_rejects(answer, hint):
 # --- every checker reports, whatever it is given --------------------------------------------------------------
 
 
-def _blank(*args):
-    ...
-
-
-def _raises(*args):
-    raise KeyError("id2label")
-
-
-ODD_ANSWERS = {
-    "the untouched stub": Ellipsis,
-    "None": None,
-    "a blank function": _blank,
-    "a function that raises": _raises,
-    "a float64 tensor": lambda *args: torch.zeros(2, dtype=torch.float64),
-    "a list": lambda *args: [0.5, 0.5],
-    "a NumPy array": lambda *args: np.zeros(3),
-    "a dict": lambda *args: {"label": "fresh"},
-    "an int": lambda *args: 1,
-}
-
-
 @pytest.mark.parametrize("check", [check_function_to_apply, check_reorder_labels, check_one_logit_classifier])
 @pytest.mark.parametrize("name", list(ODD_ANSWERS))
 def test_checkers_report_odd_answers_and_never_raise(check, name):
-    report = check(ODD_ANSWERS[name])
-    assert not report.passed and "FIX" in repr(report)
+    assert_reported(check(ODD_ANSWERS[name]))
