@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, pipeline
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
@@ -22,21 +22,27 @@ from behind_pipeline import models, tiny_gpt
 from behind_pipeline.checks import ch08_text_generation as ch08
 from behind_pipeline.checks.ch08_text_generation import (
     check_generate_batch,
-    check_nucleus_size,
     check_repetition_penalty,
+    check_stop_string,
 )
 from behind_pipeline.generation import (
+    beam_search_by_hand,
     bpe_tables,
     bytes_to_unicode,
+    cache_tensor_bytes,
     causal_lm_loss,
     encode_by_hand,
     greedy_batch_by_hand,
     greedy_by_hand,
     greedy_with_cache,
+    kv_cache_bytes_per_token,
     left_pad,
+    min_new_tokens_processor,
     new_tokens,
+    no_repeat_ngram_processor,
     position_ids_from_mask,
     sample_by_hand,
+    sequence_log_prob,
     warp_logits,
 )
 
@@ -247,84 +253,169 @@ def test_the_pipeline_puts_the_prompt_string_before_the_decoded_new_tokens(gener
         assert full == prompt + new_text and new[0]["generated_text"] == new_text
 
 
+def _newline(tokenizer):
+    return tokenizer("\n")["input_ids"][0]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize(("num_beams", "stop", "length_penalty"),
+                         [(3, "eos", 1.0), (3, "newline", 1.0), (2, "newline", 1.0), (4, "newline", 2.0),
+                          (3, "newline", -1.0)])
+def test_beam_search_by_hand_equals_generate(generator, gen_tokenizer, prompt, num_beams, stop, length_penalty):
+    # With the newline as EOS, beams end at different steps, so the finished hypotheses, the length penalty and
+    # the early-stopping rule all decide the result; with the model's EOS (never produced) only the last step does.
+    ids = _ids(gen_tokenizer, prompt)
+    stop_id = gen_tokenizer.eos_token_id if stop == "eos" else _newline(gen_tokenizer)
+    expected = _generate(generator, ids, do_sample=False, num_beams=num_beams, max_new_tokens=20,
+                         eos_token_id=stop_id, length_penalty=length_penalty)
+    got = beam_search_by_hand(generator, ids, num_beams, 20, eos_token_id=stop_id, length_penalty=length_penalty)
+    assert torch.equal(got, expected)
+
+
+def test_beam_search_differs_from_greedy_somewhere(generator, gen_tokenizer):
+    # so the parity above is not greedy decoding in disguise
+    differ = 0
+    for prompt in PROMPTS:
+        ids = _ids(gen_tokenizer, prompt)
+        beam = beam_search_by_hand(generator, ids, 3, 20, eos_token_id=gen_tokenizer.eos_token_id)
+        greedy = greedy_by_hand(generator, ids, 20, gen_tokenizer.eos_token_id)
+        differ += not torch.equal(beam, greedy)
+    assert differ > 0
+
+
+def test_sequence_log_prob_is_the_sum_of_the_new_tokens_log_probs(generator, gen_tokenizer):
+    ids = _ids(gen_tokenizer, PROMPTS[0])
+    out = generator.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=5,
+                             pad_token_id=gen_tokenizer.eos_token_id, return_dict_in_generate=True,
+                             output_scores=True)
+    scores = generator.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    assert abs(sequence_log_prob(generator, out.sequences, ids.shape[1]) - scores.sum().item()) < 1e-4
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("min_new", [1, 4, 9])
+def test_min_new_tokens_processor_equals_generate(generator, gen_tokenizer, prompt, min_new):
+    ids, newline = _ids(gen_tokenizer, prompt), _newline(gen_tokenizer)
+    expected = _generate(generator, ids, do_sample=False, max_new_tokens=20, eos_token_id=newline,
+                         min_new_tokens=min_new)
+    got = greedy_by_hand(generator, ids, 20, newline, process=min_new_tokens_processor(ids.shape[1], min_new,
+                                                                                      newline))
+    assert torch.equal(got, expected)
+    assert expected.shape[1] - ids.shape[1] >= min_new
+
+
+def test_min_new_tokens_changes_where_a_line_ends(generator, gen_tokenizer):
+    ids, newline = _ids(gen_tokenizer, PROMPTS[0]), _newline(gen_tokenizer)
+    plain = _generate(generator, ids, do_sample=False, max_new_tokens=20, eos_token_id=newline)
+    longer = _generate(generator, ids, do_sample=False, max_new_tokens=20, eos_token_id=newline, min_new_tokens=5)
+    assert plain.shape[1] - ids.shape[1] < 5 <= longer.shape[1] - ids.shape[1]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_no_repeat_ngram_processor_equals_generate(generator, gen_tokenizer, prompt, size):
+    ids = _ids(gen_tokenizer, prompt)
+    expected = _generate(generator, ids, do_sample=False, max_new_tokens=20, no_repeat_ngram_size=size)
+    got = greedy_by_hand(generator, ids, 20, gen_tokenizer.eos_token_id, process=no_repeat_ngram_processor(size))
+    assert torch.equal(got, expected)
+    tokens = got[0].tolist()
+    ngrams = list(zip(*[tokens[i:] for i in range(size)], strict=False))  # ngrams[j] starts at token j
+    for j in range(ids.shape[1] - size + 1, len(ngrams)):  # each n-gram that ends in a new token
+        assert ngrams[j] not in ngrams[:j]  # never seen before, prompt included (the prompt may repeat)
+
+
+def test_kv_cache_bytes_per_token_match_the_cache_tensors(generator, gen_tokenizer, test_text):
+    ids = torch.tensor([gen_tokenizer(test_text)["input_ids"][:50]])
+    with torch.inference_mode():
+        cache = generator(input_ids=ids, use_cache=True).past_key_values
+    assert cache_tensor_bytes(cache) == 50 * kv_cache_bytes_per_token(generator.config)
+    assert kv_cache_bytes_per_token(generator.config, torch.float16) * 2 == kv_cache_bytes_per_token(generator.config)
+    assert kv_cache_bytes_per_token(GPT2Config()) == 2 * 12 * 768 * 4  # GPT-2 small: 12 layers of width 768
+
+
+def test_reusing_a_dynamic_cache_after_a_step_corrupts_the_next_one(generator, gen_tokenizer):
+    import copy
+
+    ids = _ids(gen_tokenizer, PROMPTS[0])
+    a, b = torch.tensor([[308]]), torch.tensor([[267]])
+    with torch.inference_mode():
+        fresh = generator(input_ids=torch.cat([ids, b], dim=-1)).logits[0, -1]
+        cache = generator(input_ids=ids, use_cache=True).past_key_values
+        kept = copy.deepcopy(cache)
+        generator(input_ids=a, past_key_values=cache, use_cache=True)  # updates `cache` in place
+        assert cache.get_seq_length() == ids.shape[1] + 1
+        reused = generator(input_ids=b, past_key_values=cache, use_cache=True).logits[0, -1]
+        copied = generator(input_ids=b, past_key_values=kept, use_cache=True).logits[0, -1]
+    assert (reused - fresh).abs().max() > 0.1 and (copied - fresh).abs().max() < 1e-4
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# Exercise 1: nucleus size
+# Exercise 1: a stop string by hand
 
 
-def nucleus_size(logits, temperature, top_p):
-    probs = (logits / temperature).softmax(dim=-1)
-    sorted_probs = probs.sort(dim=-1, descending=True).values
-    return ((sorted_probs.cumsum(dim=-1) - sorted_probs) < top_p).sum(dim=-1)
+def stop_string_hit(tokenizer, ids, stop_string):
+    text, before = tokenizer.decode(ids), len(tokenizer.decode(ids[:-1]))
+    return text.find(stop_string, max(0, before - len(stop_string) + 1)) != -1
 
 
-def nucleus_size_with_the_chapters_functions(logits, temperature, top_p):
-    return torch.isfinite(warp_logits(logits, temperature, None, top_p)).sum(dim=-1).numpy()  # NumPy is fine
+def stop_string_hit_by_suffixes(tokenizer, ids, stop_string):
+    # another right answer: a prefix of the text that ends inside the last token ends with the stop string
+    text, before = tokenizer.decode(ids), len(tokenizer.decode(ids[:-1]))
+    return any(text[:end].endswith(stop_string) for end in range(before + 1, len(text) + 1))
 
 
-def temperature_after_the_softmax(logits, temperature, top_p):
-    probs = logits.softmax(dim=-1) / temperature
-    probs = probs / probs.sum(dim=-1, keepdim=True)
-    sorted_probs = probs.sort(dim=-1, descending=True).values
-    return ((sorted_probs.cumsum(dim=-1) - sorted_probs) < top_p).sum(dim=-1)
+def stop_string_anywhere(tokenizer, ids, stop_string):
+    return stop_string in tokenizer.decode(ids)
 
 
-def temperature_multiplied(logits, temperature, top_p):
-    return nucleus_size(logits * temperature, 1.0, top_p)
+def text_ends_with_the_stop_string(tokenizer, ids, stop_string):
+    return tokenizer.decode(ids).endswith(stop_string)
 
 
-def top_p_before_temperature(logits, temperature, top_p):
-    kept = torch.isfinite(warp_logits(logits, 1.0, None, top_p))
-    return torch.isfinite(torch.where(kept, logits / temperature, -torch.inf)).sum(dim=-1)
+def last_token_only(tokenizer, ids, stop_string):
+    return stop_string in tokenizer.decode(ids[-1:])
 
 
-def drops_the_token_crossing_top_p(logits, temperature, top_p):
-    sorted_probs = (logits / temperature).softmax(dim=-1).sort(dim=-1, descending=True).values
-    return (sorted_probs.cumsum(dim=-1) < top_p).sum(dim=-1)
+def returns_a_string(tokenizer, ids, stop_string):
+    return str(stop_string_hit(tokenizer, ids, stop_string))
 
 
-def divides_the_logits_in_place(logits, temperature, top_p):
-    logits /= temperature
-    return nucleus_size(logits, 1.0, top_p)
+def pops_the_last_token(tokenizer, ids, stop_string):
+    last = ids.pop()
+    return stop_string in tokenizer.decode(ids + [last]) and stop_string not in tokenizer.decode(ids)
 
 
-def as_python_floats(logits, temperature, top_p):
-    return [float(n) + 0.5 for n in nucleus_size(logits, temperature, top_p)]
+def test_the_stop_cases_cover_true_and_false_and_each_rule(gen_tokenizer):
+    answers = [ch08.reference_stop_string_hit(gen_tokenizer, gen_tokenizer(text)["input_ids"][:count], stop)
+               for _, text, count, stop in ch08.STOP_CASES]
+    assert True in answers and False in answers
 
 
-def test_every_nucleus_case_is_far_from_the_top_p_boundary():
-    real = ch08._real_logits()
-    cases = [(logits, t, p) for _, logits, t, p in ch08.NUCLEUS_CASES if p < 1.0]
-    cases += [(real, temperature, top_p) for temperature, top_p in ch08.REAL_CASES]
-    for logits, temperature, top_p in cases:
-        for row in logits:
-            # float32 rounding of a cumulative sum over the vocabulary stays below 1e-6
-            assert ch08.nucleus_margin(row, temperature, top_p) > 1e-5
+def test_the_stop_runs_stop_before_the_limit(generator, gen_tokenizer):
+    for prompt, stop, seed in ch08.STOP_RUNS:
+        ids = _ids(gen_tokenizer, prompt)
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = _generate(generator, ids, do_sample=seed is not None, max_new_tokens=ch08.STOP_NEW_TOKENS,
+                        stop_strings=[stop], tokenizer=gen_tokenizer)
+        assert out.shape[1] - ids.shape[1] < ch08.STOP_NEW_TOKENS
 
 
-@pytest.mark.parametrize("answer", [nucleus_size, nucleus_size_with_the_chapters_functions])
-def test_nucleus_checker_accepts_right_answers(answer):
-    assert check_nucleus_size(answer).passed
+@pytest.mark.parametrize("answer", [stop_string_hit, stop_string_hit_by_suffixes])
+def test_stop_string_checker_accepts_right_answers(answer):
+    assert check_stop_string(answer).passed
 
 
 @pytest.mark.parametrize(("answer", "hint"), [
-    (temperature_after_the_softmax, "before* the softmax"),
-    (temperature_multiplied, "don't multiply"),
-    (top_p_before_temperature, "sizes without temperature"),
-    (drops_the_token_crossing_top_p, "makes the sum cross top_p"),
-    (divides_the_logits_in_place, "changed the logits"),
-    (as_python_floats, "whole numbers"),
+    (stop_string_anywhere, "earlier in the text"),
+    (text_ends_with_the_stop_string, "runs past the end"),
+    (last_token_only, "spans several tokens"),
+    (returns_a_string, "return True or False"),
+    (pops_the_last_token, "changed the ids"),
 ])
-def test_nucleus_checker_rejects_typical_mistakes(answer, hint):
-    report = check_nucleus_size(answer)
+def test_stop_string_checker_rejects_typical_mistakes(answer, hint):
+    report = check_stop_string(answer)
     assert not report.passed and hint in repr(report)
-
-
-def test_the_wrong_nucleus_answers_are_wrong_on_some_case():
-    # Not a test of the checker's messages: each mistake really gives other numbers than the library.
-    for answer in (temperature_after_the_softmax, temperature_multiplied, top_p_before_temperature,
-                   drops_the_token_crossing_top_p):
-        assert any(not torch.equal(torch.as_tensor(answer(logits, t, p)), ch08.reference_nucleus_size(logits, t, p))
-                   for _, logits, t, p in ch08.NUCLEUS_CASES)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -398,10 +489,12 @@ def test_the_penalty_changes_the_greedy_text(generator, gen_tokenizer):
 
 
 def generate_batch(model, tokenizer, prompts, max_new_tokens, side="left", positions_from_mask=True, mask_on=True,
-                   cache=True):
+                   cache=True, stop_when="all", mask_from_ids=False):
     tokenizer.padding_side = side
     encoding = tokenizer(prompts, padding=True, return_tensors="pt")
     ids, mask = encoding["input_ids"], encoding["attention_mask"]
+    if mask_from_ids:
+        mask = (ids != tokenizer.pad_token_id).long()
     positions = position_ids_from_mask(mask)
     all_ids = ids
     finished = torch.zeros(len(prompts), dtype=torch.bool)
@@ -421,7 +514,7 @@ def generate_batch(model, tokenizer, prompts, max_new_tokens, side="left", posit
             for row, token in zip(rows, next_ids.tolist(), strict=True):
                 row.append(token)
             finished |= next_ids == tokenizer.eos_token_id
-            if finished.all():
+            if finished.all() if stop_when == "all" else finished.any():
                 break
             ids = next_ids[:, None]
             all_ids = torch.cat([all_ids, ids], dim=-1)
@@ -450,6 +543,14 @@ def without_the_cache(model, tokenizer, prompts, max_new_tokens):
     return generate_batch(model, tokenizer, prompts, max_new_tokens, cache=False)
 
 
+def stops_when_any_row_ends(model, tokenizer, prompts, max_new_tokens):
+    return generate_batch(model, tokenizer, prompts, max_new_tokens, stop_when="any")
+
+
+def mask_from_ids_not_pad(model, tokenizer, prompts, max_new_tokens):
+    return generate_batch(model, tokenizer, prompts, max_new_tokens, mask_from_ids=True)
+
+
 def calls_generate(model, tokenizer, prompts, max_new_tokens):
     rows = []
     for prompt in prompts:
@@ -471,6 +572,8 @@ def test_batch_checker_accepts_right_answers(answer):
     (without_attention_mask, "pass the attention mask"),
     (without_the_cache, "past_key_values"),
     (calls_generate, "never called"),
+    (stops_when_any_row_ends, "until *every* row"),
+    (mask_from_ids_not_pad, "not from input_ids != pad_token_id"),
 ])
 def test_batch_checker_rejects_typical_mistakes(answer, hint):
     report = check_generate_batch(answer)
@@ -485,7 +588,7 @@ def _raises(*args, **kwargs):
     raise RuntimeError("boom")
 
 
-@pytest.mark.parametrize("check", [check_nucleus_size, check_repetition_penalty, check_generate_batch])
+@pytest.mark.parametrize("check", [check_stop_string, check_repetition_penalty, check_generate_batch])
 @pytest.mark.parametrize("answer", [..., None, _raises, lambda *a: None, lambda *a: "text", lambda *a: 3.5,
                                     lambda *a: np.zeros((2, 2)), lambda *a: torch.zeros(7, dtype=torch.float64),
                                     lambda *a: [[1, 2], [3]], lambda *a: {"a": 1}])

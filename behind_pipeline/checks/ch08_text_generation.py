@@ -1,9 +1,9 @@
-"""Checkers for the exercises of chapter 8: the size of the nucleus under temperature, a repetition penalty by hand,
-and batched generation with left padding and the KV cache.
+"""Checkers for the exercises of chapter 8: a stop string by hand, a repetition penalty by hand, and batched
+generation with left padding and the KV cache.
 
-Each checker compares the learner's answer with the library itself (its logits processors, ``generate``) on several
-cases (other sizes, other temperatures, other pad ids, limits met exactly), checks every field on every call, and
-never raises: whatever the learner returns becomes an ``ok`` or a ``FIX`` line.
+Each checker compares the learner's answer with the library itself (``StopStringCriteria``, its logits processors,
+``generate``) on several cases (overhanging tokens, other pad ids, a row that ends early, limits met exactly), checks
+every field on every call, and never raises: whatever the learner returns becomes an ``ok`` or a ``FIX`` line.
 """
 
 from functools import cache
@@ -39,100 +39,140 @@ CHECK_TEXT = ("HAMLET\nGive me your pardon, sir: I've done you wrong;\nBut pardo
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Exercise 1: how many tokens can sampling pick?
+# Exercise 1: a stop string by hand
 
 
-def reference_nucleus_size(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Tokens left with a non-zero probability by the library's temperature then top-p warpers: (rows,) ints."""
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+def reference_stop_string_hit(tokenizer, ids: list[int], stop_string: str) -> bool:
+    """The library's answer: ``StopStringCriteria``, what ``generate(stop_strings=..., tokenizer=...)`` runs."""
+    from transformers import StopStringCriteria
 
-    scores = logits.float()
-    if temperature != 1.0:
-        scores = TemperatureLogitsWarper(temperature)(None, scores)
-    scores = TopPLogitsWarper(top_p)(None, scores)
-    return torch.isfinite(scores).sum(dim=-1)
+    return bool(StopStringCriteria(tokenizer, [stop_string])(torch.tensor([ids]), None)[0])
 
 
-def nucleus_margin(logits: torch.Tensor, temperature: float, top_p: float) -> float:
-    """How far a row's cumulative probabilities (most likely first) stay from ``top_p``: a case close to 0 would
-    depend on float rounding, so the tests keep every case of this module above 1e-5."""
-    probs = (logits.double() / temperature).softmax(dim=-1).sort(dim=-1, descending=True).values
-    return float((probs.cumsum(dim=-1) - top_p).abs().min())
-
-
-# (name, logits rows, temperature, top_p). Logits span far more than 1, rows differ, limits met: top_p 1.0 keeps
-# every token, a dominant token is kept alone, temperature 1.0 changes nothing.
-_CRAFTED = torch.tensor([[4.0, 2.5, 2.0, 0.5, -1.0, -3.0, -3.5, 1.2],
-                         [0.3, 0.1, -0.2, 0.0, 0.25, -0.1, 0.05, 0.2],
-                         [9.0, 1.0, 0.5, 0.0, -0.5, -2.0, -4.0, 0.7]])
-NUCLEUS_CASES = [
-    ("3 rows of 8 logits", _CRAFTED, 1.0, 0.9),
-    ("3 rows of 8 logits", _CRAFTED, 0.5, 0.9),
-    ("3 rows of 8 logits", _CRAFTED, 2.0, 0.8),
-    ("3 rows of 8 logits", _CRAFTED, 1.5, 0.5),
-    ("3 rows of 8 logits (a transposed view, not contiguous)", _CRAFTED.T.contiguous().T, 0.7, 0.75),
-    ("3 rows of 8 logits (top_p=1.0: nothing is dropped)", _CRAFTED, 1.0, 1.0),
-    ("one dominant token", torch.tensor([[12.0, 0.0, -1.0, -2.0, 1.0]]), 1.0, 0.9),
+# (what the case shows, text, how many of its tokens, stop string). The text's tokens are
+# ['Ġmy', 'Ġlord', ',', 'Ġsir', '!'] and ['HAMLET', 'Ċ', 'To', 'Ġbe', ...]: the stop string inside the last token,
+# across tokens, past the end of the last token (an overhang), only earlier in the text, and not at all.
+STOP_TEXT = " my lord, sir!"
+STOP_CASES = [
+    ("the stop string inside the last token", STOP_TEXT, 2, "lord"),
+    ("the stop string across the last two tokens", STOP_TEXT, 3, "d,"),
+    ("the last token runs past the end of the stop string", STOP_TEXT, 4, "lord, s"),
+    ("the stop string only earlier in the text", STOP_TEXT, 5, "lord"),
+    ("the stop string not in the text", STOP_TEXT, 5, "sir?"),
+    ("the stop string at the very end", STOP_TEXT, 5, "ir!"),
+    ("a stop string with a newline, across three tokens", "HAMLET\nTo be", 3, "T\nT"),
+    ("one token: the stop string is the whole text", "HAMLET", 1, "HAMLET"),
 ]
-REAL_POSITIONS = 12  # positions of CHECK_TEXT whose next-token logits are checked too
-# (temperature, top_p) on those logits: with thousands of small probabilities, some cumulative sum always lands near
-# top_p; these two keep every sum at least 1e-5 away from it (a test checks), far above float32 rounding.
-REAL_CASES = ((0.6, 0.9), (1.2, 0.8))
+# (prompt, stop string, seed or None for greedy): generate(stop_strings=...) against generate with your criterion.
+STOP_RUNS = [
+    ("HAMLET\nTo be, or not to be:", ",\nA", None),  # greedy: spans three tokens, the last overhangs
+    ("HAMLET\nGive me your pardon, sir:", "lord", 0),
+    ("HAMLET\nGive me your pardon, sir:", "\n", 1),  # the prompt holds the stop string already
+]
+STOP_NEW_TOKENS = 30
 
 
-@cache
-def _real_logits() -> torch.Tensor:
-    tokenizer, model = _generator()
-    ids = tokenizer(CHECK_TEXT, return_tensors="pt")["input_ids"]
-    with torch.inference_mode():
-        return model(input_ids=ids).logits[0, -REAL_POSITIONS:].float()  # (positions, vocab)
+def _hit_value(report: CheckReport, result, where: str) -> bool | None:
+    """The learner's answer as a bool, or None and a FIX line: a bool, a NumPy bool or a one-element tensor."""
+    if isinstance(result, torch.Tensor) and result.numel() == 1 and result.dtype == torch.bool:
+        return bool(result)
+    if type(result).__name__ in ("bool", "bool_"):
+        return bool(result)
+    report.fail(f"{where}: return True or False, got {type(result).__name__} {result!r:.60}")
+    return None
 
 
-def _nucleus_case(report: CheckReport, nucleus_size, where: str, logits, temperature, top_p) -> bool:
-    given = logits.clone()
-    result = report.call(nucleus_size, given, temperature, top_p, name="nucleus_size")
+def _stop_case(report, stop_string_hit, where, tokenizer, ids, stop_string) -> bool | None:
+    """One crafted case; True when right, False when wrong, None when it could not be graded (already reported)."""
+    given = list(ids)
+    result = report.call(stop_string_hit, tokenizer, given, stop_string, name="stop_string_hit")
     if result is Ellipsis:
+        return None
+    if given != ids:
+        report.fail(f"{where}: your function changed the ids it was given: work on a copy")
+        return None
+    got = _hit_value(report, result, where)
+    if got is None:
+        return None
+    return got == reference_stop_string_hit(tokenizer, ids, stop_string)
+
+
+def _stop_hint(tokenizer, ids, stop_string, got: bool) -> str:
+    text, before = tokenizer.decode(ids), tokenizer.decode(ids[:-1])
+    if got and stop_string in before:
+        return ("the stop string is earlier in the text, but not in the last token: only an occurrence that "
+                "reaches into the last token stops generation (earlier ones were checked at their own step)")
+    if not got and stop_string in text and not text.endswith(stop_string):
+        return ("the last token runs past the end of the stop string: the text need not *end* with the stop "
+                "string, it only has to contain it in a place that reaches into the last token")
+    if not got and stop_string in text and stop_string not in tokenizer.decode(ids[-1:]):
+        return ("the stop string spans several tokens: look for it in the decoded text, not in the last token "
+                "alone")
+    return "compare with StopStringCriteria's rule in the statement"
+
+
+class LearnerStopCriterion:
+    """The learner's ``stop_string_hit`` as a ``StoppingCriteria`` for ``generate``: one bool per row."""
+
+    def __init__(self, stop_string_hit, tokenizer, stop_string):
+        self.hit, self.tokenizer, self.stop_string = stop_string_hit, tokenizer, stop_string
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.tensor([bool(self.hit(self.tokenizer, row.tolist(), self.stop_string)) for row in input_ids])
+
+
+def _stop_run(report, stop_string_hit, prompt, stop_string, seed) -> bool:
+    from transformers import StoppingCriteriaList
+
+    tokenizer, model = _generator()
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    settings = dict(attention_mask=torch.ones_like(ids), max_new_tokens=STOP_NEW_TOKENS,
+                    pad_token_id=tokenizer.eos_token_id, do_sample=seed is not None)
+    where = f"{'greedy' if seed is None else f'sampling with seed {seed}'}, stop string {stop_string!r}"
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.inference_mode():
+        expected = model.generate(ids, stop_strings=[stop_string], tokenizer=tokenizer, **settings)
+    criterion = LearnerStopCriterion(stop_string_hit, tokenizer, stop_string)
+
+    def run():
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            return model.generate(ids, stopping_criteria=StoppingCriteriaList([criterion]), **settings)
+
+    got = report.call(run, name=f"generate with your stop_string_hit ({where})")
+    if got is Ellipsis:
         return False
-    where = f"{where}, temperature={temperature}, top_p={top_p}"
-    sizes = report.tensor(result, f"{where}: nucleus_size(...)", shape=(len(logits),))
-    if sizes is None:
-        return False
-    if not torch.equal(given, logits):
-        report.fail(f"{where}: your function changed the logits it was given: work on a copy")
-        return False
-    expected = reference_nucleus_size(logits, temperature, top_p)
-    if not torch.equal(sizes, sizes.round()):
-        report.fail(f"{where}: {sizes.tolist()} are not whole numbers: count the tokens left")
-        return False
-    got = sizes.long()
+    new_expected, new_got = expected.shape[1] - ids.shape[1], got.shape[1] - ids.shape[1]
     if torch.equal(got, expected):
-        report.ok(f"{where}: sizes {expected.tolist()}")
+        report.ok(f"{where}: generate stops after the same {new_expected} new token(s) as "
+                  "generate(stop_strings=...)")
         return True
-    hints = []
-    if temperature != 1.0 and torch.equal(got, reference_nucleus_size(logits, 1.0, top_p)):
-        hints.append("they are the sizes without temperature: divide the logits by the temperature *before* the "
-                     "softmax (a softmax first, then temperature, leaves the ranking and the nucleus unchanged)")
-    if temperature != 1.0 and torch.equal(got, reference_nucleus_size(logits, 1 / temperature, top_p)):
-        hints.append("they are the sizes at 1/temperature: divide the logits by the temperature, don't multiply")
-    if torch.equal(got, (expected - 1).clamp(min=1)) or torch.equal(got, expected - 1):
-        hints.append("one token short: keep the token whose probability makes the sum cross top_p")
-    if torch.equal(got, expected + 1):
-        hints.append("one token too many: stop at the first token whose cumulative probability reaches top_p")
-    report.fail(f"{where}: got {got.tolist()}, expected {expected.tolist()}"
-                + (f": {'; '.join(hints)}" if hints else ""))
+    report.fail(f"{where}: generate with your criterion stopped after {new_got} new token(s), "
+                f"generate(stop_strings=...) after {new_expected}: "
+                + _stop_hint(tokenizer, got[0].tolist() if new_got < new_expected else expected[0].tolist(),
+                             stop_string, new_got < new_expected))
     return False
 
 
-def check_nucleus_size(nucleus_size) -> CheckReport:
-    """``nucleus_size(logits, temperature, top_p)``: tokens of each row that sampling can still pick."""
-    report = CheckReport("How many tokens can sampling pick?")
-    for where, logits, temperature, top_p in NUCLEUS_CASES:
-        if not _nucleus_case(report, nucleus_size, where, logits, temperature, top_p):
+def check_stop_string(stop_string_hit) -> CheckReport:
+    """``stop_string_hit(tokenizer, ids, stop_string)``: the rule of ``generate(stop_strings=...)``, by hand."""
+    report = CheckReport("A stop string by hand")
+    tokenizer, _ = _generator()
+    for where, text, count, stop_string in STOP_CASES:
+        ids = tokenizer(text)["input_ids"][:count]
+        where = f"{where} ({tokenizer.convert_ids_to_tokens(ids)}, stop string {stop_string!r})"
+        right = _stop_case(report, stop_string_hit, where, tokenizer, ids, stop_string)
+        if right is None:
             return report
-    real = _real_logits()
-    for temperature, top_p in REAL_CASES:
-        if not _nucleus_case(report, nucleus_size, f"the model's logits at {REAL_POSITIONS} positions", real,
-                             temperature, top_p):
+        expected = reference_stop_string_hit(tokenizer, ids, stop_string)
+        if not report.expect(right, f"{where}: {expected}",
+                             f"{where}: got {not expected}, expected {expected}: "
+                             + _stop_hint(tokenizer, ids, stop_string, not expected)):
+            return report
+    for prompt, stop_string, seed in STOP_RUNS:
+        if not _stop_run(report, stop_string_hit, prompt, stop_string, seed):
             return report
     return report
 
@@ -261,24 +301,32 @@ class CountingModel:
         return getattr(self._model, name)
 
 
-# (prompts, max_new_tokens, pad token): lengths from 1 token to a line, two of the same length, one new token only
-# (the limit: a single call), and a pad token that is an ordinary word, so pads that leak into attention show.
+# (prompts, max_new_tokens, pad token, EOS): lengths from 1 token to a line, two of the same length, one new token
+# only (the limit: a single call), a pad token that is an ordinary word, so pads that leak into attention show, a
+# prompt that holds the pad token as a real token (the longest, so no pad goes in front of it: once the EOS, once
+# ' lord' as its last token, which the next token depends on), and the newline as EOS, so rows end at different
+# steps and the batch must go on until every row has ended.
 BATCH_CASES = [
-    (["HAMLET\nGive me your pardon, sir: I've done you wrong;", "O", "To be, or not"], 6, "eos"),
-    (["Good my lord,", "HAMLET\nThe king", "Horatio, what", "Ay"], 5, "ordinary"),
-    (["Good my lord,", "O"], 1, "eos"),
+    (["HAMLET\nGive me your pardon, sir: I've done you wrong;", "O", "To be, or not"], 6, "eos", "eos"),
+    (["Good my lord,", "HAMLET\nThe king", "Horatio, what", "Ay"], 5, "ordinary", "eos"),
+    (["Good my lord,", "O"], 1, "eos", "eos"),
+    (["Good my lord,", "O", "The end.<|endoftext|>HAMLET\nTo be, or"], 6, "eos", "eos"),
+    (["O", "The king", "HAMLET\nGood my lord"], 6, "lord", "eos"),
+    (["HAMLET\nTo be, or not to be:", "O", "The king"], 8, "ordinary", "newline"),
 ]
 
 
-def expected_one_at_a_time(model, tokenizer, prompts, max_new_tokens) -> list[list[int]]:
-    """Greedy new tokens of each prompt alone (no padding at all), from ``generate``."""
+def expected_one_at_a_time(model, tokenizer, prompts, max_new_tokens, eos_token_id=None) -> list[list[int]]:
+    """Greedy new tokens of each prompt alone (no padding at all), from ``generate``, cut after EOS."""
+    eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
     rows = []
     for prompt in prompts:
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id)
-        rows.extend(new_tokens(out, ids.shape[1], tokenizer.eos_token_id))
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
+                                 eos_token_id=eos_token_id)
+        rows.extend(new_tokens(out, ids.shape[1], eos_token_id))
     return rows
 
 
@@ -295,14 +343,18 @@ def _as_rows(report: CheckReport, result, count: int, where: str, eos_token_id) 
     return [row[: row.index(eos_token_id) + 1] if eos_token_id in row else row for row in rows]
 
 
-def _batch_case(report, generate_batch, prompts, max_new_tokens, pad) -> bool:
+def _batch_case(report, generate_batch, prompts, max_new_tokens, pad, eos) -> bool:
     tokenizer_for_expected, model = _generator()
     tokenizer = _fresh_tokenizer()
     if pad == "eos":
         tokenizer.pad_token = tokenizer.eos_token
     else:  # an ordinary token as pad: the mask must hide it, whatever it is
-        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(tokenizer("e")["input_ids"][0])
-    where = f"{len(prompts)} prompts, max_new_tokens={max_new_tokens}, pad {tokenizer.pad_token!r}"
+        word = " lord" if pad == "lord" else "e"
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(tokenizer(word)["input_ids"][0])
+    if eos == "newline":  # rows then end at different steps
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(tokenizer("\n")["input_ids"][0])
+    where = (f"{len(prompts)} prompts, max_new_tokens={max_new_tokens}, pad {tokenizer.pad_token!r}, "
+             f"EOS {tokenizer.eos_token!r}")
     counting = CountingModel(model)
     result = report.call(generate_batch, counting, tokenizer, list(prompts), max_new_tokens, name="generate_batch")
     if result is Ellipsis:
@@ -310,15 +362,27 @@ def _batch_case(report, generate_batch, prompts, max_new_tokens, pad) -> bool:
     rows = _as_rows(report, result, len(prompts), where, tokenizer.eos_token_id)
     if rows is None:
         return False
-    expected = expected_one_at_a_time(model, tokenizer_for_expected, prompts, max_new_tokens)
+    expected = expected_one_at_a_time(model, tokenizer_for_expected, prompts, max_new_tokens,
+                                      tokenizer.eos_token_id)
     wrong = [i for i, (row, want) in enumerate(zip(rows, expected, strict=True)) if row[:len(want)] != want
              or len(row) != len(want)]
     if wrong:
-        lengths = [len(tokenizer(prompt)["input_ids"]) for prompt in prompts]
+        token_lists = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+        lengths = [len(ids) for ids in token_lists]
+        holds_pad = [i for i, ids in enumerate(token_lists) if tokenizer.pad_token_id in ids]
+        ended = [i for i, row in enumerate(rows) if row and row[-1] == tokenizer.eos_token_id]
         hint = ""
-        if all(lengths[i] < max(lengths) for i in wrong):
+        if ended and all(len(rows[i]) < len(expected[i]) and rows[i] == expected[i][:len(rows[i])]
+                           for i in wrong):
+            hint = (f": rows {wrong} stop early, when row(s) {ended} produced EOS: go on until *every* row has "
+                    "produced EOS (a finished row's later tokens are ignored)")
+        elif all(lengths[i] < max(lengths) for i in wrong):
             hint = (": only prompts shorter than the longest are wrong, so the padding is: pad on the left, pass "
                     "the attention mask, and count each row's positions from its first real token")
+        elif holds_pad and set(wrong) <= set(holds_pad):
+            hint = (f": only the prompt(s) that hold the pad token {tokenizer.pad_token!r} as a real token are "
+                    "wrong: take the attention mask from the tokenizer, not from input_ids != pad_token_id (a "
+                    "prompt may contain that id)")
         report.fail(f"{where}: prompt(s) {wrong} differ from generating each prompt alone, e.g. got "
                     f"{rows[wrong[0]]}, expected {expected[wrong[0]]}{hint}")
         return False
@@ -335,7 +399,7 @@ def _batch_case(report, generate_batch, prompts, max_new_tokens, pad) -> bool:
                     f"run the padded prompts once ({(len(prompts), longest)}), then one new token per row with "
                     f"past_key_values, {max_new_tokens} call(s) at most")
         return False
-    report.ok(f"{where}: each prompt's {max_new_tokens} new token(s) equal generating it alone, "
+    report.ok(f"{where}: each prompt's new tokens ({[len(row) for row in expected]}) equal generating it alone, "
               f"{len(calls)} model call(s), one token per row after the first")
     return True
 
@@ -343,7 +407,7 @@ def _batch_case(report, generate_batch, prompts, max_new_tokens, pad) -> bool:
 def check_generate_batch(generate_batch) -> CheckReport:
     """``generate_batch(model, tokenizer, prompts, max_new_tokens)``: greedy, batched, left-padded, with the cache."""
     report = CheckReport("Batched generation with the KV cache")
-    for prompts, max_new_tokens, pad in BATCH_CASES:
-        if not _batch_case(report, generate_batch, prompts, max_new_tokens, pad):
+    for prompts, max_new_tokens, pad, eos in BATCH_CASES:
+        if not _batch_case(report, generate_batch, prompts, max_new_tokens, pad, eos):
             return report
     return report
