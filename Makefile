@@ -21,6 +21,8 @@ export JUPYTER_DATA_DIR := $(CACHE)/jupyter/data
 export JUPYTER_RUNTIME_DIR := $(CACHE)/jupyter/runtime
 export JUPYTER_PLATFORM_DIRS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# hypothesis (the service's property tests) keeps its examples here, not in .hypothesis/ at the root.
+export HYPOTHESIS_STORAGE_DIRECTORY := $(CACHE)/hypothesis
 
 INSTALLED := $(VENV)/.installed
 ASSETS := $(CACHE)/assets/.ready
