@@ -31,6 +31,7 @@ _CACHE_VARIABLES = {
     "JUPYTER_CONFIG_DIR": CACHE_DIR / "jupyter" / "config",
     "JUPYTER_DATA_DIR": CACHE_DIR / "jupyter" / "data",
     "JUPYTER_RUNTIME_DIR": CACHE_DIR / "jupyter" / "runtime",
+    "HYPOTHESIS_STORAGE_DIRECTORY": CACHE_DIR / "hypothesis",  # the service's property tests (chapter 18)
 }
 
 

@@ -330,7 +330,7 @@ def test_the_canary_environment_sets_every_makefile_export_inside_the_project(tm
 
 
 def test_only_splits_parts_into_unit_tests_and_notebooks():
-    assert canary.split_targets(None) == (["tests"], ["notebooks", "solutions"])
+    assert canary.split_targets(None) == (["tests"], ["notebooks", "solutions", "book"])
     assert canary.split_targets(["unit"]) == (["tests"], [])
     only = ["tests/test_ch05_x.py", "notebooks/05_x.ipynb", "solutions/05_x_solutions.ipynb", "tests/a.py::t"]
     assert canary.split_targets(only) == (
