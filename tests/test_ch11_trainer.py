@@ -501,3 +501,25 @@ def test_blank_answers_are_reported_not_raised(check):
     for answer in (Ellipsis, blank):
         report = check(answer)
         assert not report.passed and ("still `...`" in repr(report) or "returned None" in repr(report))
+
+
+def compares_with_the_previous_evaluation(values, patience, threshold, greater_is_better, eval_on_start):
+    """A common wrong rule: an improvement over the last evaluation, not over the best so far."""
+    previous, best, best_at, waited = None, None, None, 0
+    for index, value in enumerate(values):
+        better = previous is None or (value > previous if greater_is_better else value < previous)
+        waited = 0 if better and (previous is None or abs(value - previous) > threshold) else waited + 1
+        if (best is None or (value > best if greater_is_better else value < best)) and not (
+                eval_on_start and index == 0):
+            best, best_at = value, index
+        previous = value
+        if waited >= patience:
+            return index, best_at
+    return None, best_at
+
+
+def test_a_mistake_not_on_the_list_is_not_given_a_listed_name():
+    """No listed mistake gives this rule's outcomes on the cases it passed as well as on the one it failed: the
+    checker shows the inputs, got and expected instead of guessing one."""
+    report = repr(check_early_stopping_outcome(compares_with_the_previous_evaluation, real_trainer=False))
+    assert "FIX" in report and "patience + 1" not in report and "got (" in report, report

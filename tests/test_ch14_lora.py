@@ -188,6 +188,7 @@ def test_conv1d_checker_accepts_the_solution_in_either_orientation():
     ("b_starts_non_zero", {"b_start": 0.01}, ["must start at zero"]),
     ("scale_alpha", {"scale": lambda alpha, r: alpha}, ["scaled by alpha"]),
     ("no_scale", {"scale": lambda alpha, r: 1.0}, ["not scaled"]),
+    ("integer_division", {"scale": lambda alpha, r: alpha // r}, ["integer division"]),
     ("forgets_to_freeze_w", {"freeze": False}, ["freeze w"]),
     ("a_starts_at_zero_too", {"a_zero": True}, ["a starts at zero"]),
 ])

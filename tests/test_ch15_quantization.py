@@ -293,6 +293,20 @@ def zero_row_guarded_with_where(x, weight):
     return (x_int @ w_int.T).float() * (x_scale * w_scale.T)
 
 
+def zero_row_guarded_for_x_only(x, weight):
+    """The guard written for the tokens only: a weight row of zeros still divides 0 by 0."""
+    x_absmax = x.abs().amax(dim=1, keepdim=True)
+    x_scale = torch.where(x_absmax > 0, x_absmax / 127, torch.ones_like(x_absmax))
+    w_scale = weight.abs().amax(dim=1, keepdim=True) / 127  # 0 for a row of zeros
+    x_int = torch.clamp(torch.round(x / x_scale), -127, 127).to(torch.int32)
+    w_int = torch.clamp(torch.round(weight / w_scale), -127, 127).to(torch.int32)
+    return (x_int @ w_int.T).float() * (x_scale * w_scale.T)
+
+
+def test_a_guard_for_the_tokens_only_is_caught_on_the_weights_zero_row():
+    assert_rejected(check_int8_matmul(zero_row_guarded_for_x_only), "a row of zeros", "NaN", "scale 1")
+
+
 def test_int8_matmul_checker_accepts_the_right_answer_and_a_float64_result():
     assert check_int8_matmul(right_matmul).passed
     assert check_int8_matmul(lambda x, weight: int8_matmul_reference(x, weight)).passed

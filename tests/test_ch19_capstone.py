@@ -246,6 +246,13 @@ def test_per_queue_checker_accepts_the_reference_and_a_list_returning_solution()
     assert check_per_queue_thresholds(lambda p, y, t: np.asarray(per_queue_reference(p, y, t))).passed
 
 
+def test_per_queue_checker_accepts_thresholds_computed_in_float32():
+    def in_float32(probs, labels, target):
+        return np.asarray(per_queue_reference(np.asarray(probs, dtype=np.float32), labels, target), dtype=np.float32)
+
+    assert check_per_queue_thresholds(in_float32).passed
+
+
 @pytest.mark.parametrize("mistake, words", [
     ("global", ["one threshold for every queue"]),
     ("gold_label", ["gold label"]),
@@ -395,12 +402,17 @@ def mismatches(expected, actual, tolerance, mistake=None):
             moved = any(abs(a - b) > tolerance * abs(a) for a, b in zip(want["probs"], got["probs"], strict=True))
         elif mistake == "top_only":
             moved = abs(max(want["probs"]) - max(got["probs"])) > tolerance
+        elif mistake == "sorted":
+            pairs = zip(sorted(want["probs"]), sorted(got["probs"]), strict=True)
+            moved = max(abs(a - b) for a, b in pairs) > tolerance
         else:
             moved = max(gaps) > tolerance
         if mistake == "twice":
             out += [index] * (int(label_changed) + int(max(gaps) > tolerance))
         elif label_changed or moved:
             out.append(index)
+            if mistake == "first_only":
+                break
     return sorted(out)
 
 
@@ -419,6 +431,8 @@ def test_golden_checker_accepts_the_reference_and_numpy_indices():
     ("twice", ["twice"]),
     ("exact", ["tolerance was not used", "=="]),
     ("rounded", ["tolerance was not used", "rounding"]),
+    ("sorted", ["after sorting"]),
+    ("first_only", ["first changed record"]),
 ])
 def test_golden_checker_names_each_mistake(mistake, words):
     assert_rejected(check_golden_mismatches(lambda e, a, t: mismatches(e, a, t, mistake)), *words)
@@ -438,7 +452,22 @@ def test_a_golden_answer_no_mistake_explains_shows_the_records_got_and_expected(
 def test_golden_checker_never_raises():
     assert_rejected(check_golden_mismatches(None), "none")
     assert_rejected(check_golden_mismatches(lambda e, a, t: 3), "list of record indices")
-    assert_rejected(check_golden_mismatches(lambda e, a, t: ["a"]), "list of record indices")
+    assert_rejected(check_golden_mismatches(lambda e, a, t: ["a"]), "indices as integers", "str")
+
+
+@pytest.mark.parametrize("convert", [str, lambda i: i + 0.4, float], ids=["strings", "floats", "whole floats"])
+def test_golden_checker_refuses_indices_converted_away_from_integers(convert):
+    report = check_golden_mismatches(lambda e, a, t: [convert(i) for i in golden_reference(e, a, t)])
+    assert_rejected(report, "indices as integers")
+
+
+def test_golden_checker_refuses_a_float_tensor_of_indices():
+    report = check_golden_mismatches(lambda e, a, t: torch.tensor(golden_reference(e, a, t), dtype=torch.float32))
+    assert_rejected(report, "indices as integers")
+
+
+def test_golden_checker_accepts_an_integer_tensor_of_indices():
+    assert check_golden_mismatches(lambda e, a, t: torch.tensor(golden_reference(e, a, t), dtype=torch.long)).passed
     assert_rejected(check_golden_mismatches(lambda e, a, t: e[9]), "IndexError")
 
 

@@ -26,6 +26,43 @@ def test_function_with_stub_body_returns_none():
     assert "returned None" in repr(report)
 
 
+def test_function_with_stub_body_is_told_to_replace_the_stub():
+    def learner(x):
+        ...
+
+    report = CheckReport("demo")
+    report.call(learner, 1)
+    assert "replace the `...`" in repr(report), report
+
+
+def test_a_body_written_without_return_is_told_it_returns_nothing():
+    def learner(x):
+        doubled = x * 2  # noqa: F841 (the learner forgot `return doubled`)
+
+    report = CheckReport("demo")
+    assert report.call(learner, 1) is Ellipsis
+    text = repr(report)
+    assert "returns nothing" in text and "return ..." in text and "replace the `...`" not in text, text
+
+
+def test_a_python_list_index_error_gets_no_shapes_hint():
+    def learner(values):
+        return [values[i] for i in range(len(values) + 1)]
+
+    report = CheckReport("demo")
+    report.call(learner, [1, 2])
+    assert "IndexError" in repr(report) and "shapes do not fit" not in repr(report), report
+
+
+def test_an_int_used_as_a_tensor_gets_no_dtype_hint():
+    def learner(count):
+        return count.dtype
+
+    report = CheckReport("demo")
+    report.call(learner, 3)
+    assert "AttributeError" in repr(report) and "integer (or bool) tensor" not in repr(report), report
+
+
 def test_exception_becomes_a_message():
     def learner(x):
         return 1 / 0

@@ -1,5 +1,6 @@
 """The report every exercise checker returns, safe calls into a learner's code, and the comparisons checkers share."""
 
+import dis
 import json
 import os
 import sysconfig
@@ -55,7 +56,11 @@ class CheckReport:
             self.fail(f"{name}(...) raised {describe_error(error)}")
             return Ellipsis
         if result is None or result is Ellipsis:
-            self.fail(f"{name}(...) returned {result!r}: replace the `...` in its body with your code")
+            if result is None and not is_stub(function):
+                self.fail(f"{name}(...) returned None: its body runs but returns nothing; does every path through "
+                          "it end with `return ...`?")
+            else:
+                self.fail(f"{name}(...) returned {result!r}: replace the `...` in its body with your code")
             return Ellipsis
         return result
 
@@ -120,6 +125,15 @@ def learner_frame(error: BaseException) -> traceback.FrameSummary | None:
     return next((frame for frame in reversed(frames) if is_learner_file(frame.filename)), None)
 
 
+def is_stub(function) -> bool:
+    """Whether ``function``'s body is still a stub (``...`` or ``pass``): its code does nothing but return None."""
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return False
+    ops = [i.opname for i in dis.get_instructions(code) if i.opname not in ("RESUME", "NOP", "CACHE")]
+    return ops in (["LOAD_CONST", "RETURN_VALUE"], ["RETURN_CONST"])
+
+
 def error_hint(error: BaseException) -> str | None:
     """A likely cause, in the book's words, for the errors learners meet most; None for any other error."""
     text = str(error)
@@ -136,7 +150,7 @@ def error_hint(error: BaseException) -> str | None:
                 "convert with .numpy() first")
     if "target dtype" in low or ("scalar type long" in low and "found float" in low):
         return "class labels must be integers: pass them as a torch.long tensor (labels.long())"
-    if "dtype" in low or "scalar type" in low:
+    if ("dtype" in low or "scalar type" in low) and not isinstance(error, AttributeError):
         if "double" in low or "float64" in low:
             return ("a float64 (double) tensor met a float32 one: NumPy's floats are float64, torch's defaults and "
                     "a model's weights float32; convert with .float() (or dtype=torch.float32)")
@@ -148,7 +162,8 @@ def error_hint(error: BaseException) -> str | None:
                 "the classes is dim=-1 (axis=-1)")
     if any(words in low for words in ("shapes cannot be multiplied", "must match the size of tensor",
                                       "could not be broadcast", "is invalid for input of size", "size mismatch",
-                                      "out of bounds for dimension", "index out of range")):
+                                      "out of bounds for dimension", "index out of range")) and not (
+            isinstance(error, IndexError) and "list index" in low):
         return ("the shapes do not fit: print the .shape of each tensor on that line; check the axis of argmax / "
                 "softmax / sum (dim=-1 for the classes of (batch, classes) logits) and whether a matrix needs .T")
     if "does not require grad" in low:

@@ -366,10 +366,19 @@ def _case_text(values, patience, threshold, greater_is_better, eval_on_start) ->
             f"eval_on_start {eval_on_start}")
 
 
+def _agrees_where_passed(message: str, passed: list[tuple]) -> bool:
+    """Whether the mistake named ``message`` gives the right outcome on every case the learner passed: only such a
+    mistake is named for a failing case (one that would have failed earlier is not what the learner wrote). A
+    mistake that does not apply to a case (no evaluation at start to miscount) agrees with it."""
+    return all(_early_stopping_mistakes(*case).get(message, early_stopping_reference(*case))
+               == early_stopping_reference(*case) for case in passed)
+
+
 def check_early_stopping_outcome(early_stopping_outcome, real_trainer: bool = True) -> CheckReport:
     """``early_stopping_outcome(values, patience, threshold, greater_is_better, eval_on_start)`` ->
     ``(stopped_at, best_at)``; then (``real_trainer``) one case against a real Trainer run of a tiny model."""
     report = CheckReport("Early stopping by hand")
+    passed = []  # the inputs of the cases the learner got right
     for values, patience, threshold, greater_is_better, eval_on_start, description in EARLY_STOPPING_CASES:
         inputs = (values, patience, threshold, greater_is_better, eval_on_start)
         result = report.call(early_stopping_outcome, list(values), patience, threshold, greater_is_better,
@@ -384,8 +393,10 @@ def check_early_stopping_outcome(early_stopping_outcome, real_trainer: bool = Tr
         expected = early_stopping_reference(*inputs)
         if outcome == expected:
             report.ok(f"{description}: {outcome}")
+            passed.append(inputs)
             continue
-        fits = [message for message, mistaken in _early_stopping_mistakes(*inputs).items() if outcome == mistaken]
+        fits = [message for message, mistaken in _early_stopping_mistakes(*inputs).items()
+                if outcome == mistaken and _agrees_where_passed(message, passed)]
         if len(fits) == 1:
             report.fail(f"{description}: got {outcome}, expected {expected}: {fits[0]}")
         elif fits:  # two mistakes give the same outcome here: name neither, show the case

@@ -108,6 +108,7 @@ CONV1D_CASES = [
     (24, 10, 4, 16, "a narrowing layer, alpha / r = 4"),
     (6, 14, 3, 3, "alpha = r: a scale of exactly 1"),
     (10, 7, 1, 8, "rank 1"),
+    (12, 9, 4, 10, "alpha / r = 2.5, a scale that is not a whole number"),
 ]
 
 
@@ -211,7 +212,8 @@ def check_lora_conv1d(LoRAConv1D) -> CheckReport:  # noqa: N803 (the learner's c
                 expected = (base(x_in) + (alpha / r) * (update if x_in.dim() == 3 else update[0])).double()
                 wrong_scales = {"the update is not scaled: multiply it by alpha / r": 1.0,
                                 "the update is scaled by alpha; the scale is alpha / r": alpha,
-                                "the update is scaled by r / alpha; the scale is alpha / r": r / alpha}
+                                "the update is scaled by r / alpha; the scale is alpha / r": r / alpha,
+                                "the scale is alpha // r, integer division (10 // 4 = 2): use alpha / r": alpha // r}
             if torch.allclose(got, expected, atol=1e-4):
                 continue
             for message, scale in wrong_scales.items():

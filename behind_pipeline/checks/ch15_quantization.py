@@ -146,7 +146,7 @@ def int8_matmul_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
 
 
 MATMUL_CASES = [(5, 48, 7, "5 tokens x 48 inputs -> 7 outputs"), (3, 300, 2, "3 tokens x 300 inputs -> 2 outputs"),
-                (4, 16, 16, "4 tokens x 16 inputs -> 16 outputs, a row of zeros")]
+                (4, 16, 16, "4 tokens x 16 inputs -> 16 outputs, a row of zeros in x and one in W")]
 
 
 def matmul_inputs(tokens: int, d_in: int, d_out: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,6 +156,7 @@ def matmul_inputs(tokens: int, d_in: int, d_out: int, seed: int) -> tuple[torch.
     weight = torch.randn(d_out, d_in, generator=generator) * torch.logspace(-2, 0, d_out)[:, None]  # (out, in)
     if d_in == d_out:
         x[1] = 0.0  # a padding-like row: its scale would be 0
+        weight[2] = 0.0  # a pruned output row: the weight's scale needs the same guard
     return x, weight
 
 

@@ -157,7 +157,8 @@ def _per_queue_mistakes(probs, labels, target) -> dict[str, list[float]]:
 def _same_thresholds(got: torch.Tensor, expected: list[float]) -> bool:
     want = torch.tensor(expected, dtype=torch.float64)
     both_inf = torch.isinf(got) & torch.isinf(want)
-    return bool(torch.all(both_inf | torch.isclose(got, want, rtol=0, atol=1e-9)))
+    # 1e-6: a float32 computation of the same threshold is the same answer
+    return bool(torch.all(both_inf | torch.isclose(got, want, rtol=0, atol=1e-6)))
 
 
 def check_per_queue_thresholds(per_queue_thresholds) -> CheckReport:
@@ -319,8 +320,9 @@ _BASE = [_record("fresh", [0.25, 0.5, 0.25], "a"), _record("rotten", [0.75, 0.12
          _record("plot", [0.0625, 0.0625, 0.875], "c"), _record("fresh", [0.375, 0.5, 0.125], "d")]
 
 
-def _moved(index: int, label: str | None = None, probs: list[float] | None = None) -> list[dict]:
-    records = [dict(row) for row in _BASE]
+def _moved(index: int, label: str | None = None, probs: list[float] | None = None,
+           records: list[dict] | None = None) -> list[dict]:
+    records = [dict(row) for row in (_BASE if records is None else records)]
     records[index] = {**records[index], **({"label": label} if label else {}), **({"probs": probs} if probs else {})}
     return records
 
@@ -344,6 +346,10 @@ GOLDEN_CASES = [
     ([*_BASE, _record("plot", [0.125, 0.125, 0.75], "e")],
      [*_moved(1, probs=[0.625, 0.25, 0.125]), _record("plot", [0.125, 0.125, 0.75], "e")], 0.0625,
      "five records, the second moved by 0.125"),
+    (_BASE, _moved(3, probs=[0.125, 0.5, 0.375]), 0.0625,
+     "two probabilities swapped places (each moved by 0.25), label and top probability unchanged"),
+    (_BASE, _moved(3, probs=[0.25, 0.5, 0.25], records=_moved(1, label="fresh")), 0.0625,
+     "two records changed, the second and the last: both indices"),
 ]
 
 
@@ -368,6 +374,11 @@ def _golden_mistakes(expected, actual, tolerance) -> dict[str, list[int]]:
         "the tolerance was used relative to the probability: the golden files state an absolute one":
             [i for i, (w, g) in pairs if w["label"] != g["label"] or any(
                 abs(a - b) > tolerance * abs(a) for a, b in zip(w["probs"], g["probs"], strict=True))],
+        "probabilities were compared after sorting: a probability belongs to its queue, so compare them queue by "
+        "queue": [i for i, (w, g) in pairs if w["label"] != g["label"] or max(
+            abs(a - b) for a, b in zip(sorted(w["probs"]), sorted(g["probs"]), strict=True)) > tolerance],
+        "the search stopped at the first changed record: list every record that changed":
+            golden_reference(expected, actual, tolerance)[:1],
         "a record was listed twice when both its label and its probabilities changed: list each index once":
             [i for i, (w, g) in pairs if w["label"] != g["label"]] + [i for i, (w, g) in pairs
                                                                       if gap(w, g) > tolerance],
@@ -385,10 +396,14 @@ def check_golden_mismatches(golden_mismatches) -> CheckReport:
         if got is Ellipsis:
             return report
         try:
-            indices = [int(index) for index in got]
-        except (TypeError, ValueError):
-            report.fail(f"{description}: return a list of record indices (ints), got {type(got).__name__}")
+            items = got.tolist() if isinstance(got, np.ndarray | torch.Tensor) else list(got)
+        except TypeError:
+            items = None
+        if items is None or not all(isinstance(i, int | np.integer) and not isinstance(i, bool) for i in items):
+            kinds = sorted({type(i).__name__ for i in items}) if items is not None else [type(got).__name__]
+            report.fail(f"{description}: return a list of record indices as integers, got {', '.join(kinds)}")
             return report
+        indices = [int(index) for index in items]
         mistakes_per_case.append({message: (wrong != expected and indices == wrong, wrong == expected)
                                   for message, wrong in
                                   _golden_mistakes(expected_records, actual_records, tolerance).items()})
