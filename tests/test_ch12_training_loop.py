@@ -149,7 +149,9 @@ def test_the_checkers_rates_are_the_librarys_at_every_step(case):
         optimizer.step()
         schedule.step()
     assert rates == library  # exactly: the same float operations
-    assert len(rates) == total_steps + 1 and rates[total_steps] == pytest.approx(0.0, abs=1e-15)
+    assert len(rates) == total_steps + 1
+    if warmup_steps < total_steps:  # a run that is all warmup ends at the peak, not at 0
+        assert rates[total_steps] == pytest.approx(0.0, abs=1e-15)
 
 
 def test_the_linear_schedules_last_step_runs_at_peak_over_decay_steps_not_at_zero():
