@@ -152,7 +152,7 @@ def test_bench_tables_render_every_variant_the_targets_and_the_service():
 
     text = bench_tables.block(synthetic_results(service=True), "_static/benchmark.png")
     assert "Test CPU" in text and "2 threads" in text and "2026-11-26 06:00 UTC" in text
-    assert "| PyTorch fp32 | 0.8300 |" in text and "| ONNX Runtime fp32 |" in text
+    assert "| PyTorch fp32 | 6 | 0.8300 |" in text and "| ONNX Runtime fp32 |" in text  # throughput first
     assert "10.0 / 11.0" in text and "1.11x" in text  # fp32 batch 1 median / p95; onnx speed-up 10 / 9
     assert "- met: ONNX Runtime at least as fast" in text
     assert "![" in text and "](_static/benchmark.png)" in text
@@ -186,3 +186,33 @@ def test_bench_tables_show_compile_time_and_the_cpu_flags_when_measured():
     assert "first pass over the 1,445 test reviews" in text and "63.5 s" in text
     assert "batch 1 2.00x" in text  # fp32 10 ms / compiled 5 ms
     assert "AVX512-BF16 yes, AMX no" in text
+
+
+def test_bench_tables_keep_every_table_narrow():
+    """The page's tables are split so that none is wider than the article at 1280 px (`make browser` measures it);
+    six columns of these headers fit, the nine of the old single table did not."""
+    import bench_tables
+
+    text = bench_tables.block(synthetic_results(service=True), "x.png")
+    rules = [line for line in text.splitlines() if line.startswith("|---")]
+    assert len(rules) >= 6 and max(rule.count("---") for rule in rules) <= 6
+    assert "| PyTorch fp32 | 6 | 0.8300 |" in text  # throughput (1000 / 170 ms) first, next to accuracy
+
+
+def test_bench_tables_refuse_a_file_that_lost_its_markers(tmp_path, monkeypatch, capsys):
+    """Through blocks.update, as every renderer: a lost marker fails in both modes and names the file."""
+    import bench_tables
+
+    results = tmp_path / "bench.json"
+    results.write_text(json.dumps(synthetic_results()))
+    page, readme = tmp_path / "benchmark.md", tmp_path / "README.md"
+    page.write_text("# Benchmark\n\nno block here\n")
+    readme.write_text("<!-- bench-tables:start -->\n<!-- bench-tables:end -->\n")
+    monkeypatch.setattr(bench_tables, "RESULTS", results)
+    monkeypatch.setattr(bench_tables, "PAGE", page)
+    monkeypatch.setattr(bench_tables, "README", readme)
+    monkeypatch.setattr(bench_tables, "PLOT", tmp_path / "benchmark.png")
+    assert bench_tables.main([]) == 1
+    assert "benchmark.md: no <!-- bench-tables:start -->" in capsys.readouterr().out
+    assert "| ONNX Runtime fp32 |" in readme.read_text() and page.read_text().endswith("no block here\n")
+    assert bench_tables.main(["--check"]) == 1

@@ -289,6 +289,8 @@ def test_browser_check_fails_on_what_a_reader_would_see(tmp_path, capsys):
     bad = page('<div class="cell"><div class="cell_input"><pre style="white-space: pre">'
                + "x = 1  # " + "a long line " * 20 + "</pre></div></div>"
                + '<img alt="missing" src="missing.png">'
+               + '<div class="table-wrapper" style="overflow-x: auto"><table><tr>'
+               + "<td style='white-space: nowrap'>a column far too wide</td>" * 40 + "</tr></table></div>"
                + '<span class="math">\\(x^2\\)</span>'
                + "<script>console.error('broken on purpose')</script>")
     no_icon = '<link rel="icon" href="data:,">'  # else the browser asks the server for /favicon.ico (a 404)
@@ -298,7 +300,24 @@ def test_browser_check_fails_on_what_a_reader_would_see(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "book/bad.html: cell 0: <pre" in printed and "scrolls sideways" in printed
     assert "book/bad.html: image not loaded: missing.png" in printed
+    assert "book/bad.html: outside a cell: <table> scrolls sideways" in printed
     assert "book/bad.html: 1 math elements, but MathJax rendered none" in printed
     assert "broken on purpose" in printed
     assert not [line for line in printed.splitlines() if line.startswith("index.html:") and "screenshots" not in line]
     assert (tmp_path / "shots" / "landing.png").exists()
+
+
+def test_browser_check_fails_on_a_table_that_scrolls_and_only_notes_a_wide_formula():
+    """What the browser measured, turned into problems and notes (no browser needed)."""
+    from browser_check import findings
+
+    clean = {"wide": [], "tables": [], "notes": [], "brokenImages": [], "mathElements": 0, "mjx": 0}
+    assert findings("book/benchmark.html", clean) == ([], [])
+    table = {"cell": -1, "scroll": 1400, "client": 760, "text": "variant accuracy macro-F1"}
+    formula = {"tag": "mjx-container", "scroll": 900, "client": 760, "text": "a long sum"}
+    problems, notes = findings("book/benchmark.html", {**clean, "tables": [table], "notes": [formula]})
+    assert problems == ["book/benchmark.html: outside a cell: <table> scrolls sideways (1400 > 760 px): "
+                        "'variant accuracy macro-F1'"]
+    assert len(notes) == 1 and "mjx-container" in notes[0] and "not" not in problems[0].split(":")[0]
+    in_cell = findings("notebooks/x.html", {**clean, "tables": [{**table, "cell": 3}]})[0]
+    assert in_cell[0].startswith("notebooks/x.html: cell 3: <table>")

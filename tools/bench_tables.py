@@ -5,21 +5,24 @@
 
 Every number comes from the results file: the section ``models`` (``python -m behind_pipeline.bench``) and, when
 present, the section ``service`` (``python -m behind_pipeline.service.bench``, chapter 18). Nothing here is typed.
-The plot goes to ``book/_static/benchmark.png``; the page shows it with its alt text.
+The plot goes to ``book/_static/benchmark.png``; the page shows it with its alt text. The block is written by
+``blocks.update``, the renderer of every generated block: a file that lost its markers fails in both modes.
+Each table keeps to a few columns, so none is wider than the site's article at 1280 px (``make browser`` fails
+on a table that scrolls sideways).
 """
 
 import argparse
 import json
-import re
 import sys
 
+from blocks import exit_status, update
 from notebook_files import ROOT
 
 RESULTS = ROOT / "results" / "bench.json"
 PAGE = ROOT / "book" / "benchmark.md"
 README = ROOT / "README.md"
 PLOT = ROOT / "book" / "_static" / "benchmark.png"
-START, END = "<!-- bench-tables:start -->", "<!-- bench-tables:end -->"
+BLOCK = "bench-tables"
 PLOT_ALT = ("Two panels. Left: median latency of one forward pass at batch sizes 1, 8 and 32 for each variant of "
             "the classifier, as grouped bars on a log scale. Right: size on disk against accuracy on the test "
             "split, one labelled point per variant.")
@@ -38,35 +41,43 @@ def measured_line(section: dict) -> str:
             f"{section['threads']} threads for every engine, {section['measured_at']}; {versions}.")
 
 
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table: the header, its rule, one line per row."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cells) + " |" for cells in rows)]
+
+
 def models_table(section: dict) -> list[str]:
+    """What each variant gives: throughput first (the figure Part III is about), then the answers and the cost."""
+    header = ["variant", "throughput (reviews/s)", "accuracy", "macro-F1", "size on disk (MiB)",
+              "peak memory (MiB)"]
+    return table(header, [[row["label"], f"{row['throughput_per_s']:.0f}", f"{row['accuracy']:.4f}",
+                           f"{row['macro_f1']:.4f}", f"{row['size_mib']:.1f}", f"{row['peak_memory_mib']:.0f}"]
+                          for row in section["variants"]])
+
+
+def latency_table(section: dict) -> list[str]:
+    """Median / p95 of one forward pass at each batch size, one column per size."""
     rows = section["variants"]
     sizes = list(rows[0]["latency"]) if rows else []
-    header = (["variant", "accuracy", "macro-F1", "size on disk (MiB)", "peak memory (MiB)"]
-              + [f"batch {size}: median / p95 (ms)" for size in sizes] + ["throughput (reviews/s)"])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row["label"], f"{row['accuracy']:.4f}", f"{row['macro_f1']:.4f}", f"{row['size_mib']:.1f}",
-                 f"{row['peak_memory_mib']:.0f}"]
-        cells += [f"{ms(row['latency'][s]['median_ms'])} / {ms(row['latency'][s]['p95_ms'])}" for s in sizes]
-        cells.append(f"{row['throughput_per_s']:.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    header = ["variant"] + [f"batch {size}: median / p95 (ms)" for size in sizes]
+    return table(header, [[row["label"]] + [f"{ms(row['latency'][s]['median_ms'])} / {ms(row['latency'][s]['p95_ms'])}"
+                                            for s in sizes] for row in rows])
 
 
-def ratios_table(section: dict) -> list[str]:
+def ratios_tables(section: dict) -> list[str]:
+    """Against fp32, in two tables: the speed-ups, then what changes in size and in the answers."""
     ratios, labels = section["vs_fp32"], {row["variant"]: row["label"] for row in section["variants"]}
     if not ratios:
         return []
     sizes = list(next(iter(ratios.values()))["speedup"])
-    header = (["variant"] + [f"speed-up at batch {size}" for size in sizes]
-              + ["size / fp32", "accuracy change (points)", "max logit diff", "labels changed"])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, ratio in ratios.items():
-        cells = [labels[name]] + [f"{ratio['speedup'][s]:.2f}x" for s in sizes]
-        cells += [f"{ratio['size_ratio']:.2f}", f"{ratio['accuracy_change_points']:+.2f}",
-                  f"{ratio['max_abs_logit_diff']:.1e}", str(ratio["label_mismatches"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    speed = table(["variant"] + [f"speed-up at batch {size}" for size in sizes],
+                  [[labels[name]] + [f"{ratio['speedup'][s]:.2f}x" for s in sizes] for name, ratio in ratios.items()])
+    answers = table(["variant", "size / fp32", "accuracy change (points)", "max logit diff", "labels changed"],
+                    [[labels[name], f"{ratio['size_ratio']:.2f}", f"{ratio['accuracy_change_points']:+.2f}",
+                      f"{ratio['max_abs_logit_diff']:.1e}", str(ratio["label_mismatches"])]
+                     for name, ratio in ratios.items()])
+    return [*speed, "", *answers]
 
 
 def compile_lines(section: dict) -> list[str]:
@@ -135,27 +146,28 @@ def service_lines(service: dict) -> list[str]:
     latency_key = next((key for key in first if key.startswith("latency_batch_")), None)
     ceiling_key = next((key for key in first if key.startswith("in_process_batch_")), None)
     batch = latency_key.removeprefix("latency_batch_") if latency_key else "?"
-    header = ["model", f"batch {batch} over HTTP: p50 / p95 (ms)", "micro-batching (reviews/s)", "busy",
-              "one by one (reviews/s)", "ratio", "wrk micro-batching (reviews/s)", "wrk one by one (reviews/s)"]
-    if ceiling_key:
-        header += ["in-process (reviews/s)", "micro-batching / in-process"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    http, ceiling = [], []
     for name, figures in models.items():
         latency = figures.get(latency_key, {})
         batched, alone = figures["throughput_micro_batching"], figures["throughput_one_by_one"]
         wrk_batched, wrk_alone = figures.get("wrk_micro_batching"), figures.get("wrk_one_by_one")
-        cells = [name, f"{_spread(latency, 'p50_ms')} / {_spread(latency, 'p95_ms')}",
-                 _spread(batched, "texts_per_second"),
-                 f"{batched['busy_share']:.0%}" if "busy_share" in batched else "",
-                 _spread(alone, "texts_per_second"),
-                 f"{figures.get('micro_batching_vs_one_by_one', float('nan')):.2f}x",
-                 _spread(wrk_batched, "texts_per_second") if wrk_batched else "not run",
+        http.append([name, f"{_spread(latency, 'p50_ms')} / {_spread(latency, 'p95_ms')}",
+                     _spread(batched, "texts_per_second"),
+                     f"{batched['busy_share']:.0%}" if "busy_share" in batched else "",
+                     _spread(alone, "texts_per_second"),
+                     f"{figures.get('micro_batching_vs_one_by_one', float('nan')):.2f}x"])
+        cells = [name, _spread(wrk_batched, "texts_per_second") if wrk_batched else "not run",
                  _spread(wrk_alone, "texts_per_second") if wrk_alone else "not run"]
         if ceiling_key:
             cells += [f"{figures[ceiling_key]:.1f}", f"{figures.get('micro_batching_vs_in_process', float('nan')):.2f}"
                       + (f" ({figures['wrk_micro_batching_vs_in_process']:.2f})"
                          if "wrk_micro_batching_vs_in_process" in figures else "")]
-        lines.append("| " + " | ".join(cells) + " |")
+        ceiling.append(cells)
+    lines = table(["model", f"batch {batch} over HTTP: p50 / p95 (ms)", "micro-batching (reviews/s)", "busy",
+                   "one by one (reviews/s)", "ratio"], http)
+    lines += ["", *table(["model", "wrk micro-batching (reviews/s)", "wrk one by one (reviews/s)"]
+                         + (["in-process (reviews/s)", "micro-batching / in-process"] if ceiling_key else []),
+                         ceiling)]
     hol = [f"- {name}: a one-review request behind a request of the 64 longest reviews waited "
            f"{_spread(figures['head_of_line']['no_token_budget'], 'short_request_p50_ms', 0)} ms (median) without "
            f"the token budget, {_spread(figures['head_of_line']['token_budget'], 'short_request_p50_ms', 0)} ms "
@@ -181,20 +193,27 @@ def service_lines(service: dict) -> list[str]:
             *(["Targets (int8):", "", *targets, ""] if targets else [])]
 
 
-def block(results: dict, image: str) -> str:
+def body(results: dict, image: str) -> list[str]:
+    """The lines of the block, between its markers."""
     section = results.get("models")
     if not section:
-        body = ["Not measured yet: run `make bench`.", ""]
+        lines = ["Not measured yet: run `make bench`.", ""]
     else:
-        body = [measured_line(section), "", "### Every variant of the course classifier", "", *models_table(section),
-                "", "### Against fp32, in the same run", "", *ratios_table(section), "",
-                *compile_lines(section), *failed_lines(section), "### The issue's targets",
-                "", *targets_lines(section), "", f"![{PLOT_ALT}]({image})", ""]
+        lines = [measured_line(section), "", "### Every variant of the course classifier", "",
+                 *models_table(section), "", "### Latency of one forward pass", "", *latency_table(section), "",
+                 "### Against fp32, in the same run", "", *ratios_tables(section), "",
+                 *compile_lines(section), *failed_lines(section), "### The issue's targets",
+                 "", *targets_lines(section), "", f"![{PLOT_ALT}]({image})", ""]
         if section.get("setting") != "full":
-            body.insert(0, f"(A `{section.get('setting')}` run: a few texts and repeats, not a measurement.)\n")
+            lines.insert(0, f"(A `{section.get('setting')}` run: a few texts and repeats, not a measurement.)\n")
     if results.get("service"):
-        body += service_lines(results["service"])
-    return "\n".join([START, "", *body, END])
+        lines += service_lines(results["service"])
+    return ["", *lines]
+
+
+def block(results: dict, image: str) -> str:
+    """The block as text, its markers included (what the page and the README hold)."""
+    return "\n".join(["<!-- bench-tables:start -->", *body(results, image), "<!-- bench-tables:end -->"])
 
 
 def plot(section: dict) -> None:
@@ -238,31 +257,20 @@ def plot(section: dict) -> None:
     plt.close(fig)
 
 
-def render(text: str, results: dict, image: str) -> str:
-    return re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block(results, image), text, flags=re.DOTALL)
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     stale = []
     for path, image in ((PAGE, "_static/benchmark.png"), (README, "book/_static/benchmark.png")):
-        text = path.read_text()
-        if START not in text:
-            stale.append(f"{path.relative_to(ROOT)} has no {START} block")
-            continue
-        if render(text, results, image) != text:
-            stale.append(f"{path.relative_to(ROOT)} benchmark tables")
-            if not args.check:
-                path.write_text(render(text, results, image))
+        stale += update(path, {BLOCK: body(results, image)}, args.check)
     if results.get("models") and not args.check:
         plot(results["models"])
     elif results.get("models") and not PLOT.exists():
         stale.append(f"{PLOT.relative_to(ROOT)} is missing")
     print("\n".join(f"out of date: {s}" for s in stale) if stale else "benchmark tables current")
-    return 1 if stale and args.check else 0
+    return exit_status(stale, args.check)
 
 
 if __name__ == "__main__":

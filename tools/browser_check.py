@@ -10,11 +10,14 @@ descriptors, so no driver, no WebSocket library and no network port of the brows
 On every page of the site, in a window 1280 pixels wide, it checks:
 - no code cell or output scrolls sideways: each ``pre``, ``.highlight`` and ``.output`` element of the article has
   ``scrollWidth <= clientWidth`` (the offenders are printed: page, cell number, first characters);
+- no table scrolls sideways either: a table outside code and outputs fails when its wrapper (or the table itself)
+  has ``scrollWidth > clientWidth`` or the table is wider than the article (a reader would have to scroll to
+  find its last columns);
 - no console error (what Selenium calls SEVERE: ``console.error``, an uncaught exception, a failed load);
 - no request leaves the local server (every URL the page asks for, scripts' own requests included);
 - every image loaded (``naturalWidth > 0``);
 - math rendered: a page with math (``class="math"``) holds MathJax's ``mjx-container`` elements.
-Displayed formulas and tables wider than the article are printed as notes (their source is prose; they do not fail
+Displayed formulas wider than the article are printed as notes (MathJax lets a reader scroll one; they do not fail
 the check).
 It saves screenshots of the landing page and of one chapter per part of the book (the first of each part that
 shows a figure and math, else its first chapter) under ``_build/screenshots/``: the top of the page, its first
@@ -59,9 +62,23 @@ MEASURE = r"""
                  text: el.textContent.trim().split("\n")[0].slice(0, 70)});
     }
   }
-  // Not code: wide formulas and tables are reported as notes (their source is prose, not a code cell).
+  // Tables of the prose (a table inside an output is measured with the output): the box that would scroll is the
+  // theme's .table-wrapper when there is one, else the table; a table wider than the article fails too.
+  const tables = [];
+  for (const table of article.querySelectorAll("table")) {
+    if (table.closest(".output, .highlight, pre")) { continue; }
+    const box = table.closest(".table-wrapper") || table;
+    const width = Math.ceil(table.getBoundingClientRect().width);
+    if (box.clientWidth > 0 && (box.scrollWidth > box.clientWidth || width > article.clientWidth)) {
+      const cell = table.closest(".cell");
+      tables.push({cell: cell ? cells.indexOf(cell) : -1, scroll: Math.max(box.scrollWidth, width),
+                   client: Math.min(box.clientWidth, article.clientWidth),
+                   text: table.textContent.trim().replace(/\s+/g, " ").slice(0, 70)});
+    }
+  }
+  // Wide displayed formulas are notes: MathJax lets a reader scroll one, and their source is prose.
   const notes = [];
-  for (const el of article.querySelectorAll('mjx-container[display="true"], .table-wrapper, table')) {
+  for (const el of article.querySelectorAll('mjx-container[display="true"]')) {
     if (el.clientWidth > 0 && el.scrollWidth > el.clientWidth) {
       notes.push({tag: el.tagName.toLowerCase(), scroll: el.scrollWidth, client: el.clientWidth,
                   text: (el.getAttribute("aria-label") || el.textContent).trim().replace(/\s+/g, " ").slice(0, 70)});
@@ -70,6 +87,7 @@ MEASURE = r"""
   const images = Array.from(document.images).filter(i => i.getAttribute("src"));
   return {
     wide: wide,
+    tables: tables,
     notes: notes,
     brokenImages: images.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute("src")),
     images: images.length,
@@ -248,6 +266,26 @@ def showcase(site: Path, root: Path = ROOT) -> list[tuple[str, str]]:
     return chosen
 
 
+def findings(page: str, state: dict) -> tuple[list[str], list[str]]:
+    """(problems, notes) of one page from what ``MEASURE`` returned: code, outputs and tables that scroll
+    sideways, images not loaded and math MathJax did not render are problems; wide displayed formulas are notes."""
+    problems = []
+    for item in state["wide"]:
+        where = f"cell {item['cell']}" if item["cell"] >= 0 else "outside a cell"
+        problems.append(f"{page}: {where}: <{item['tag']} class={item['cls']!r}> scrolls sideways "
+                        f"({item['scroll']} > {item['client']} px): {item['text']!r}")
+    for item in state.get("tables", []):
+        where = f"cell {item['cell']}" if item["cell"] >= 0 else "outside a cell"
+        problems.append(f"{page}: {where}: <table> scrolls sideways ({item['scroll']} > {item['client']} px): "
+                        f"{item['text']!r}")
+    problems += [f"{page}: image not loaded: {src}" for src in state["brokenImages"]]
+    if state["mathElements"] and not state["mjx"]:
+        problems.append(f"{page}: {state['mathElements']} math elements, but MathJax rendered none")
+    notes = [f"{page}: note: <{item['tag']}> wider than the article, scrolls ({item['scroll']} > "
+             f"{item['client']} px): {item['text']!r}" for item in state["notes"]]
+    return problems, notes
+
+
 SCROLL_TO = """(() => {{ const el = document.querySelector({selector!r}); if (!el) return false;
   el.scrollIntoView({{block: "center"}}); return true; }})()"""
 
@@ -283,15 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                 problems.append(f"{page}: did not load ({error})")
                 continue
             measured += 1
-            for item in state["wide"]:
-                where = f"cell {item['cell']}" if item["cell"] >= 0 else "outside a cell"
-                problems.append(f"{page}: {where}: <{item['tag']} class={item['cls']!r}> scrolls sideways "
-                                f"({item['scroll']} > {item['client']} px): {item['text']!r}")
-            notes += [f"{page}: note: <{item['tag']}> wider than the article, scrolls ({item['scroll']} > "
-                      f"{item['client']} px): {item['text']!r}" for item in state["notes"]]
-            problems += [f"{page}: image not loaded: {src}" for src in state["brokenImages"]]
-            if state["mathElements"] and not state["mjx"]:
-                problems.append(f"{page}: {state['mathElements']} math elements, but MathJax rendered none")
+            found, noted = findings(page, state)
+            problems += found
+            notes += noted
             problems += [f"{page}: console error: {error}" for error in browser.console_errors()]
             problems += [f"{page}: requested from the network: {url}" for url in browser.requests_elsewhere(base)]
             if page in shots:
@@ -310,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in notes + problems:
         print(line)
     print(f"{measured} pages measured at {args.width} px; screenshots in {args.screenshots}/; "
-          f"{len(problems)} problems, {len(notes)} notes (formulas or tables that scroll: not code, not failed)")
+          f"{len(problems)} problems, {len(notes)} notes (displayed formulas that scroll: not failed)")
     return 1 if problems else 0
 
 
