@@ -132,6 +132,16 @@ def numpy_input(x):
     return torch.nn.Linear(3, 4)(x.numpy())
 
 
+def numpy_clamp(x):
+    return torch.clamp(x.numpy(), min=0)  # torch: "invalid combination of arguments - got (numpy.ndarray, ...)"
+
+
+def scores_to_sklearn(x):
+    from sklearn.metrics import f1_score
+
+    return f1_score([0, 1], x.numpy() + 0.5, average="macro")  # raises in scikit-learn: labels against scores
+
+
 def transposed(x):
     weight = torch.zeros(4, 3)
     return x @ weight
@@ -146,6 +156,8 @@ def no_hint(x):
     (double_input, "layer(x.double())", "float64 (double) tensor met a float32 one"),
     (wrong_axis, "F.softmax", "that axis does not exist"),
     (numpy_input, "x.numpy()", "torch.as_tensor(array)"),
+    (numpy_clamp, "torch.clamp", "torch.as_tensor(array)"),
+    (scores_to_sklearn, "average=", "take the argmax over the classes"),
     (transposed, "x @ weight", "the shapes do not fit"),
     (no_hint, "raise KeyError", None),
 ])

@@ -138,9 +138,14 @@ def error_hint(error: BaseException) -> str | None:
     """A likely cause, in the book's words, for the errors learners meet most; None for any other error."""
     text = str(error)
     low = text.lower()
-    if "numpy.ndarray" in low and ("must be tensor" in low or "has no attribute" in low):
+    # torch names a NumPy argument either way: "must be Tensor, not numpy.ndarray" (softmax) or "invalid
+    # combination of arguments - got (numpy.ndarray, ...)" (clamp, and every function with several signatures).
+    if "numpy.ndarray" in low and ("must be tensor" in low or "has no attribute" in low or "got (numpy.ndarray" in low):
         return ("a NumPy array reached a torch function: make it a tensor with torch.as_tensor(array) (and .float() "
                 "before a model: NumPy's floats are float64)")
+    if "can't handle a mix of" in low and "continuous" in low:
+        return ("scikit-learn's metrics compare labels with labels, and these predictions are scores (logits or "
+                "probabilities): take the argmax over the classes (axis=-1) first")
     if "expected np.ndarray (got tensor)" in low:
         return "torch.from_numpy takes a NumPy array, and this is already a tensor: use it as it is"
     if "numpy() on tensor that requires grad" in low:
