@@ -313,6 +313,27 @@ def test_check_make_compute_metrics_names_a_macro_over_present_labels_only():
     assert not report.passed and "averages only the labels present" in repr(report)
 
 
+def test_check_make_compute_metrics_names_a_recall_counted_by_hand_as_nan():
+    """Recall by hand, right / count, with no guard: 0 / 0 for a label no review has is NaN, named as such."""
+    def factory(id2label):
+        right = make_compute_metrics(id2label)
+
+        def metrics(eval_pred):
+            logits, labels = eval_pred
+            predictions = np.asarray(logits).argmax(axis=-1)
+            labels = np.asarray(labels)
+            with np.errstate(invalid="ignore"):
+                by_hand = {f"recall_{name}": float(np.float64(((predictions == i) & (labels == i)).sum())
+                                                   / np.float64((labels == i).sum()))
+                           for i, name in id2label.items()}
+            return right(eval_pred) | by_hand
+
+        return metrics
+
+    report = check_make_compute_metrics(factory)
+    assert not report.passed and "['recall_neutral'] is NaN" in repr(report) and "0 by 0" in repr(report), report
+
+
 def test_check_make_compute_metrics_catches_axis_0_when_reviews_equal_labels():
     """With as many reviews as labels, argmax(axis=0) raises nothing: only the values give it away."""
     from behind_pipeline.checks.ch11_trainer import _metric_cases, _metric_mistakes, expected_metrics

@@ -22,14 +22,15 @@ THREE_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 
 
 def _as_number(value) -> float | None:
-    """A learner's score as a float, or None when it is not one number (a list, an array of several, a string)."""
+    """A learner's score as a float (NaN kept: the checker names it), or None when it is not one number (a list, an
+    array of several, a string)."""
     if isinstance(value, bool | str) or value is None:
         return None
     try:
         number = float(value)
     except (TypeError, ValueError, RuntimeError):
         return None
-    return number if math.isfinite(number) else None
+    return number if not math.isinf(number) else None
 
 
 # --- Exercise 1: compute_metrics with per-label recall ---------------------------------------------------------
@@ -146,6 +147,13 @@ def check_make_compute_metrics(make_compute_metrics) -> CheckReport:
         if not_numbers:
             report.fail(f"{description}: {not_numbers} should each be one number (Trainer logs them), got "
                         f"{[type(result[key]).__name__ for key in not_numbers]}")
+            return report
+        not_a_number = [key for key in expected if math.isnan(numbers[key])]
+        if not_a_number:
+            # A recall counted by hand divides by the reviews that have the label: 0 / 0 for an absent one.
+            report.fail(f"{description}: {not_a_number} {'is' if len(not_a_number) == 1 else 'are'} NaN: a label "
+                        f"no review has divides 0 by 0; its recall counts as 0 (recall_score(..., "
+                        f"zero_division=0), or guard the division)")
             return report
         wrong = [key for key in expected if not math.isclose(numbers[key], expected[key], abs_tol=1e-6)]
         if not wrong:
