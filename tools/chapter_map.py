@@ -37,8 +37,8 @@ TEACHES = {
     "19_capstone": ["capstone.py"],
 }
 # Modules no single chapter teaches: the foundation every chapter stands on, and the checkers' shared core.
-FOUNDATION = ["__init__.py", "assets.py", "models.py", "paths.py", "runtime.py", "prepare.py", "guides.py",
-              "checks/_core.py", "checks/__init__.py"]
+FOUNDATION = ["__init__.py", "assets.py", "models.py", "paths.py", "runtime.py", "prepare.py", "trained_once.py",
+              "guides.py", "checks/_core.py", "checks/__init__.py"]
 
 
 def files(stem: str) -> dict[str, str]:

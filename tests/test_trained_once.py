@@ -1,0 +1,118 @@
+"""behind_pipeline.trained_once: the fingerprint moves with what shapes the weights and nothing else; a model is
+saved whole or not at all; concurrent callers train once."""
+
+import doctest
+import json
+import threading
+import time
+
+import pytest
+
+from behind_pipeline import trained_once
+
+VERSIONS = {"torch": "2.13.0", "transformers": "5.23.0", "tokenizers": "0.23.3"}
+BASE = {"recipe": 1, "settings": {"seed": 0, "learning_rate": 2e-4}, "data": "0123abcd", "versions": VERSIONS}
+
+
+def test_the_docstring_example_holds():
+    assert doctest.testmod(trained_once).failed == 0
+
+
+@pytest.mark.parametrize(("field", "other"), [("recipe", 2), ("settings", {"seed": 1, "learning_rate": 2e-4}),
+                                              ("data", "0123abce"), ("versions", VERSIONS | {"torch": "2.14.0"})])
+def test_the_fingerprint_moves_with_each_thing_that_shapes_the_weights(field, other):
+    assert trained_once.fingerprint(**BASE) != trained_once.fingerprint(**BASE | {field: other})
+
+
+def test_the_fingerprint_ignores_the_order_of_settings():
+    reordered = BASE | {"settings": {"learning_rate": 2e-4, "seed": 0}}
+    assert trained_once.fingerprint(**BASE) == trained_once.fingerprint(**reordered)
+
+
+def test_the_data_digest_sees_a_changed_a_moved_and_a_shifted_row():
+    texts, labels = ["a", "b", "c"], [0, 1, 1]
+    digest = trained_once.data_digest(texts, labels)
+    assert digest == trained_once.data_digest(list(texts), list(labels))
+    assert digest != trained_once.data_digest(["a", "b", "C"], labels)
+    assert digest != trained_once.data_digest(["b", "a", "c"], labels)
+    assert trained_once.data_digest(["a", "b"], ["c"]) != trained_once.data_digest(["a"], ["b", "c"])
+
+
+def test_the_library_versions_are_the_installed_ones():
+    from importlib.metadata import version
+
+    assert trained_once.library_versions() == {name: version(name) for name in trained_once.SHAPING_LIBRARIES}
+
+
+def write_model(folder):
+    (folder / trained_once.WEIGHTS_FILE).write_bytes(b"weights")
+
+
+def test_save_replaces_the_folder_whole_and_leaves_no_partial(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "stale.txt").write_text("from the old model")
+    trained_once.save(folder, write_model, {"fingerprint": "f1"})
+    assert sorted(p.name for p in folder.iterdir()) == [trained_once.WEIGHTS_FILE, trained_once.SUMMARY_FILE]
+    assert json.loads((folder / trained_once.SUMMARY_FILE).read_text()) == {"fingerprint": "f1"}
+    assert not (tmp_path / "model.partial").exists()
+    assert trained_once.is_current(folder, "f1") and not trained_once.is_current(folder, "f2")
+
+
+def test_a_failed_training_leaves_the_old_model_in_place(tmp_path):
+    folder = tmp_path / "model"
+    trained_once.save(folder, write_model, {"fingerprint": "f1"})
+
+    def broken(partial):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        trained_once.save(folder, broken, {"fingerprint": "f2"})
+    assert trained_once.is_current(folder, "f1")
+
+
+def test_a_summary_without_weights_is_not_a_model(tmp_path):
+    (tmp_path / trained_once.SUMMARY_FILE).write_text(json.dumps({"fingerprint": "f1"}))
+    assert trained_once.read_summary(tmp_path) is None and not trained_once.is_current(tmp_path, "f1")
+
+
+def test_ensure_trains_once_then_only_touches_the_summary(tmp_path):
+    folder, calls = tmp_path / "model", []
+
+    def train():
+        calls.append(1)
+        return trained_once.save(folder, write_model, {"fingerprint": "f1"})
+
+    assert trained_once.ensure(folder, "f1", train, announce=lambda line: None) is True
+    summary = folder / trained_once.SUMMARY_FILE
+    before = summary.stat().st_mtime_ns
+    time.sleep(0.01)
+    assert trained_once.ensure(folder, "f1", train, announce=lambda line: None) is False
+    assert calls == [1] and summary.stat().st_mtime_ns > before
+    assert trained_once.ensure(folder, "f2", lambda: trained_once.save(folder, write_model, {"fingerprint": "f2"}),
+                               announce=lambda line: None) is True
+
+
+def test_ensure_refuses_a_training_that_saves_another_fingerprint(tmp_path):
+    folder = tmp_path / "model"
+    with pytest.raises(RuntimeError, match="no model with fingerprint f1"):
+        trained_once.ensure(folder, "f1", lambda: trained_once.save(folder, write_model, {"fingerprint": "f0"}),
+                            announce=lambda line: None)
+
+
+def test_concurrent_callers_train_once(tmp_path):
+    folder, calls = tmp_path / "model", []
+
+    def slow_train():
+        calls.append(threading.get_ident())
+        time.sleep(0.3)  # long enough for the second caller to arrive while the first trains
+        return trained_once.save(folder, write_model, {"fingerprint": "f1"})
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        trained_once.ensure(folder, "f1", slow_train, announce=lambda line: None))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and sorted(results) == [False, True]
