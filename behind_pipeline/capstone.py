@@ -10,8 +10,12 @@ does nothing while the recipe, the code that shapes the weights and the course c
 
 Triage: an item goes to its predicted queue when the router's (calibrated) confidence is at least a threshold,
 and to a human otherwise. *Coverage* is the share routed automatically, *precision* the share of those routed to
-the right queue. :func:`triage_curve` gives both for every threshold; :func:`threshold_for_precision` picks the
-lowest threshold whose precision reaches a target on validation.
+the right queue. :func:`triage_curve` gives both for every threshold; :func:`threshold_for_precision_bound` picks
+the lowest threshold whose one-sided Wilson lower bound of validation precision reaches a target
+(:func:`threshold_for_precision`, the measured precision reaching it, leaves no margin). :func:`write_triage`
+saves the temperature, the threshold and the 128-token window beside the weights (``triage.json``, and the
+tokenizer's ``model_max_length``); the service reads them at load and answers each text with its route, a queue
+or "to a person", and the calibrated confidence. :func:`drift_monitor` summarises a stream of routed items.
 
 The model card (``book/model_card_capstone.md``) is rendered from the results file by :func:`render_model_card`
 (``python -m behind_pipeline.capstone --card``, ``--card --check``); the golden files under ``tests/golden/`` are
@@ -179,7 +183,84 @@ def ensure_router(recipe: RouterRecipe = PREPARED, start_id: str | None = None) 
     folder = router_dir(recipe, start_id)
     if not is_current(folder, recipe, start_id):
         train_router(recipe, start_id, folder)
+    if not triage_is_current(folder):
+        write_triage(folder)
     return folder
+
+
+class ClassWeightedLoss(torch.nn.Module):
+    """A classifier whose loss weighs each queue's items by ``weights``; the training loop reads ``.loss``.
+
+    ``cross_entropy(..., weight=w)`` averages ``w[y_i] * loss_i`` over the batch divided by the sum of the
+    ``w[y_i]``, so a weight of 2 counts an item twice. Everything else (logits, parameters) is the classifier's.
+    """
+
+    def __init__(self, classifier, weights: torch.Tensor):
+        super().__init__()
+        self.classifier = classifier
+        self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32))
+
+    def forward(self, labels=None, **inputs):
+        output = self.classifier(**inputs)
+        if labels is not None:
+            output.loss = torch.nn.functional.cross_entropy(output.logits, labels, weight=self.weights)
+        return output
+
+
+def balanced_class_weights(labels, num_labels: int = len(QUEUE_NAMES)) -> torch.Tensor:
+    """scikit-learn's ``class_weight="balanced"``: n / (queues x items of the queue), so each queue weighs alike."""
+    counts = np.bincount(np.asarray(labels).reshape(-1), minlength=num_labels)
+    return torch.as_tensor(len(np.asarray(labels).reshape(-1)) / (num_labels * counts), dtype=torch.float32)
+
+
+def class_weighted_fingerprint(recipe: RouterRecipe, start_id: str) -> str:
+    parts = [fingerprint(recipe, start_id)] + [inspect.getsource(function) for function in
+                                                (ClassWeightedLoss, balanced_class_weights,
+                                                 train_class_weighted_router)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def train_class_weighted_router(recipe: RouterRecipe, start_id: str, output_dir: Path) -> dict:
+    """:func:`train_router`'s run with one change, the loss weighted by :func:`balanced_class_weights`.
+
+    Kept apart from ``train_router`` so the served router's fingerprint (which covers that function's source)
+    does not move; the data, the starting weights, the batches and the settings are the same.
+    """
+    from transformers import AutoTokenizer
+
+    from behind_pipeline.runtime import NUM_THREADS, seed_everything
+
+    seed_everything(recipe.seed)
+    torch.set_num_threads(NUM_THREADS)
+    train_ds = training_subset(data.load_rotten_tomatoes_3class()["train"], recipe.train_examples, recipe.seed)
+    tokenizer = AutoTokenizer.from_pretrained(start_id)
+    router = router_from(start_id)
+    weights = balanced_class_weights(train_ds["label"])
+    history = training.train_classifier(ClassWeightedLoss(router, weights), tokenizer, train_ds["text"],
+                                        train_ds["label"], recipe.settings(),
+                                        description="fine-tuning the class-weighted router")
+    summary = {"recipe": dataclasses.asdict(recipe), "class_weights": [round(float(w), 4) for w in weights],
+               "train_examples": len(train_ds), "steps": len(history.losses),
+               "fingerprint": class_weighted_fingerprint(recipe, start_id)}
+    shutil.rmtree(output_dir, ignore_errors=True)
+    router.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def ensure_class_weighted_router(recipe: RouterRecipe = PREPARED, start_id: str | None = None) -> Path:
+    """The class-weighted twin of ``ensure_router(recipe)``'s router, trained once and cached beside it."""
+    from behind_pipeline.models import classifier_id
+
+    start_id = start_id or classifier_id()
+    folder = router_dir(recipe, start_id).with_name(router_dir(recipe, start_id).name + "-class-weighted")
+    summary = folder / SUMMARY_FILE
+    if not ((folder / "model.safetensors").exists() and summary.exists() and json.loads(summary.read_text()).get(
+            "fingerprint") == class_weighted_fingerprint(recipe, start_id)):
+        train_class_weighted_router(recipe, start_id, folder)
+    return folder
+
 
 
 def router_summary(folder: Path) -> dict:
@@ -229,6 +310,52 @@ def threshold_for_precision(curve: dict[str, np.ndarray], target: float = TARGET
     return float(curve["threshold"][reaching[-1]]) if len(reaching) else math.inf
 
 
+def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Two-sided Wilson score interval for a proportion ``successes / total`` at ``confidence``.
+
+    ``wilson_interval(8, 10)`` -> ``(0.4902, 0.9433)`` (to 4 digits; scipy's ``binomtest(8, 10)
+    .proportion_ci(method="wilson")`` gives the same). ``(0.0, 1.0)`` when ``total`` is 0: nothing is known.
+    """
+    if total == 0:
+        return 0.0, 1.0
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    share = successes / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def wilson_lower_bound(successes: int, total: int, confidence: float = 0.95) -> float:
+    """One-sided lower confidence bound of a proportion: the true share is above it with ``confidence``.
+
+    It is the lower end of the two-sided Wilson interval at ``2 * confidence - 1`` (0.90 for 0.95), so
+    ``wilson_lower_bound(8, 10)`` is 0.5408. 0 when ``total`` is 0.
+    """
+    return wilson_interval(successes, total, 2 * confidence - 1)[0]
+
+
+BOUND_CONFIDENCE = 0.95  # the one-sided confidence of the lower bound the threshold rule asks for
+
+
+def threshold_for_precision_bound(curve: dict[str, np.ndarray], target: float = TARGET_PRECISION,
+                                  confidence: float = BOUND_CONFIDENCE) -> float:
+    """The lowest threshold of ``curve`` whose Wilson lower bound of precision is at least ``target``.
+
+    :func:`threshold_for_precision` asks the *measured* precision to reach the target, so on a new sample the
+    precision falls below it about half the time; asking the one-sided lower bound to reach it leaves a margin
+    that shrinks as more items are routed. The bound holds for one threshold fixed in advance: scanning every
+    threshold and keeping the lowest that passes is a selection, so the guarantee over the scan is weaker.
+    ``inf`` when no threshold's bound reaches the target (everything goes to a human).
+    """
+    correct = np.rint(curve["precision"] * curve["routed"]).astype(int)
+    bounds = np.array([wilson_lower_bound(int(k), int(n), confidence)
+                       for k, n in zip(correct, curve["routed"], strict=True)])
+    reaching = np.flatnonzero(bounds >= target)
+    return float(curve["threshold"][reaching[-1]]) if len(reaching) else math.inf
+
+
 def triage_at(probs, labels, threshold: float) -> dict[str, float]:
     """Coverage, precision of what is routed, and how many go to a human, at one threshold."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).reshape(-1)
@@ -237,6 +364,128 @@ def triage_at(probs, labels, threshold: float) -> dict[str, float]:
     return {"coverage": float(routed.mean()),
             "precision": float(correct[routed].mean()) if routed.any() else float("nan"),
             "to_human": int((~routed).sum()), "routed": int(routed.sum())}
+
+
+def triage_with_interval(probs, labels, threshold: float, confidence: float = 0.95) -> dict:
+    """:func:`triage_at` with the count of routed items that are right and a Wilson interval of the precision."""
+    point = triage_at(probs, labels, threshold)
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).reshape(-1)
+    routed = probs.max(axis=1) >= threshold
+    correct = int((probs.argmax(axis=1) == labels)[routed].sum())
+    return point | {"correct": correct, "interval": wilson_interval(correct, point["routed"], confidence)}
+
+
+def precision_per_queue(probs, labels, threshold: float, confidence: float = 0.95) -> dict[str, dict]:
+    """For each queue, the routed items predicted into it: how many, how many right, and a Wilson interval."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).reshape(-1)
+    routed = probs.max(axis=1) >= threshold
+    predicted = probs.argmax(axis=1)
+    table = {}
+    for index, name in enumerate(QUEUE_NAMES[:probs.shape[1]]):
+        mine = routed & (predicted == index)
+        right = int((labels[mine] == index).sum())
+        table[name] = {"routed": int(mine.sum()), "correct": right,
+                       "precision": right / int(mine.sum()) if mine.any() else float("nan"),
+                       "interval": wilson_interval(right, int(mine.sum()), confidence)}
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the service needs beside the weights: the temperature, the threshold and the token window
+
+HUMAN = "to a person"  # the route of an item whose confidence is below the threshold
+TRIAGE_FILE = "triage.json"
+
+
+def routes(probs, threshold: float, id2label=None) -> list[dict]:
+    """Each item's route, ``{"queue": <queue or HUMAN>, "confidence": <top probability>}``, from calibrated probs."""
+    probs = np.asarray(probs, dtype=np.float64)
+    names = id2label or dict(enumerate(QUEUE_NAMES))
+    return [{"queue": names[int(row.argmax())] if row.max() >= threshold else HUMAN, "confidence": float(row.max())}
+            for row in probs]
+
+
+def drift_monitor(probs, threshold: float, window: int, bins: int = 10) -> list[dict]:
+    """What a stream of items looks like to the router, window by window, for a person to watch.
+
+    ``probs`` (items in arrival order, one calibrated probability per queue) is cut into consecutive windows of
+    ``window`` items, the last one shorter when the stream does not divide evenly. For each window: ``size``;
+    ``coverage``, the share of its items whose confidence is at least ``threshold``; ``mix``, the share of its
+    items predicted into each queue (one per column of ``probs``, routed or not); ``histogram``, how many of its
+    confidences fall in each of ``bins`` equal bins of [0, 1] (bin b holds [b/bins, (b+1)/bins), the last one 1.0
+    too). A drop in coverage, a histogram sliding left or a new queue mix says the items changed.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    report = []
+    for start in range(0, len(probs), window):
+        chunk = probs[start:start + window]
+        confidences, predicted = chunk.max(axis=1), chunk.argmax(axis=1)
+        report.append({
+            "size": len(chunk),
+            "coverage": float((confidences >= threshold).mean()),
+            "mix": (np.bincount(predicted, minlength=chunk.shape[1]) / len(chunk)).tolist(),
+            "histogram": np.bincount(np.minimum((confidences * bins).astype(int), bins - 1),
+                                     minlength=bins).tolist(),
+        })
+    return report
+
+
+def triage_settings(classifier, tokenizer, splits=None) -> dict:
+    """The temperature (fitted on validation) and the threshold (:func:`threshold_for_precision_bound` on the
+    calibrated validation probabilities), with the token window they were measured with."""
+    from behind_pipeline.calibration import fit_temperature
+
+    splits = splits or data.load_rotten_tomatoes_3class()
+    val_labels = np.asarray(splits["validation"]["label"])
+    val_logits = predict.predict_logits(classifier, tokenizer, list(splits["validation"]["text"]),
+                                        max_length=MAX_LENGTH)
+    temperature = fit_temperature(val_logits, torch.as_tensor(val_labels))
+    val_probs = (val_logits.double() / temperature).softmax(dim=-1).numpy()
+    threshold = threshold_for_precision_bound(triage_curve(val_probs, val_labels))
+    point = triage_with_interval(val_probs, val_labels, threshold)
+    return {"temperature": temperature, "threshold": threshold, "max_length": MAX_LENGTH,
+            "target_precision": TARGET_PRECISION, "bound_confidence": BOUND_CONFIDENCE,
+            "rule": "lowest threshold whose one-sided Wilson lower bound of validation precision >= target",
+            "validation": {"routed": point["routed"], "correct": point["correct"],
+                           "lower_bound": wilson_lower_bound(point["correct"], point["routed"], BOUND_CONFIDENCE)},
+            "human_route": HUMAN}
+
+
+def _triage_code() -> str:
+    shaping = (triage_settings, threshold_for_precision_bound, wilson_interval, wilson_lower_bound, triage_curve,
+               triage_at, triage_with_interval)
+    from behind_pipeline.calibration import fit_temperature
+
+    parts = [inspect.getsource(function) for function in (*shaping, fit_temperature, predict.predict_logits)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def read_triage(folder) -> dict | None:
+    """The triage settings saved beside a router's weights, or None (a plain classifier has none)."""
+    path = Path(folder) / TRIAGE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_triage(folder: Path) -> dict:
+    """Compute the triage settings of the router in ``folder`` and save them beside its weights; save the
+    tokenizer again with ``model_max_length`` = MAX_LENGTH, so every reader of the folder (``pipeline()``, the
+    service) truncates where the router was trained and scored."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    settings = triage_settings(classifier, tokenizer)
+    tokenizer.model_max_length = MAX_LENGTH
+    tokenizer.save_pretrained(folder)
+    settings |= {"router_fingerprint": router_summary(folder)["fingerprint"], "code": _triage_code()}
+    (Path(folder) / TRIAGE_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    return settings
+
+
+def triage_is_current(folder: Path) -> bool:
+    saved = read_triage(folder)
+    return saved is not None and saved.get("router_fingerprint") == router_summary(folder)["fingerprint"] and (
+        saved.get("code") == _triage_code())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,6 +564,34 @@ def golden_models() -> dict:
     return {"ch19_tiny_router.json": tiny_router, "ch19_served_router.json": served}
 
 
+ROUTES_GOLDEN = "ch19_served_routes.json"  # what the HTTP service must answer, route included
+NEAR_MARGIN = (0.002, 0.02)  # near the threshold, yet beyond float noise between CPUs (< 1e-4)
+LONG_CHARS = 2000  # chapter 18's default limit per text: the router truncates such texts instead
+
+
+def routes_record(classifier, tokenizer, triage: dict, texts: Sequence[str]) -> list[dict]:
+    """``[{"text", "label", "probs", "route"}, ...]``: calibrated probabilities (logits / T) and each route."""
+    logits = predict.predict_logits(classifier, tokenizer, texts, max_length=triage["max_length"])
+    probs = (logits.double() / triage["temperature"]).softmax(dim=-1).numpy()
+    decided = routes(probs, triage["threshold"], classifier.config.id2label)
+    return [{"text": text, "label": classifier.config.id2label[int(row.argmax())],
+             "probs": [round(float(p), 6) for p in row], "route": route["queue"]}
+            for text, row, route in zip(texts, probs, decided, strict=True)]
+
+
+def routes_golden_texts(classifier, tokenizer, triage: dict, per_side: int = 3) -> list[str]:
+    """The golden texts, then test items whose confidence is near the threshold (``per_side`` above it and below
+    it, within NEAR_MARGIN), then every test item longer than LONG_CHARS characters."""
+    test_ds = data.load_rotten_tomatoes_3class()["test"]
+    texts = list(test_ds["text"])
+    confidences = np.array([max(row["probs"]) for row in routes_record(classifier, tokenizer, triage, texts)])
+    gaps = confidences - triage["threshold"]
+    near = [np.flatnonzero((sign * gaps >= NEAR_MARGIN[0]) & (sign * gaps <= NEAR_MARGIN[1]))[:per_side]
+            for sign in (1, -1)]
+    long = [index for index, text in enumerate(texts) if len(text) > LONG_CHARS]
+    return list(GOLDEN_TEXTS) + [texts[int(index)] for index in [*near[0], *near[1], *long]]
+
+
 def refresh_golden() -> None:
     """Rewrite the golden files from today's models: run this only after a change you mean to keep."""
     GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
@@ -323,6 +600,16 @@ def refresh_golden() -> None:
         content = {"tolerance": GOLDEN_TOLERANCE, "records": golden_record(classifier, tokenizer)}
         (GOLDEN_DIR / name).write_text(json.dumps(content, indent=2) + "\n")
         print(f"wrote {(GOLDEN_DIR / name).relative_to(paths.PROJECT_ROOT)}")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = ensure_router()
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder)
+    tokenizer, triage = AutoTokenizer.from_pretrained(folder), read_triage(folder)
+    texts = routes_golden_texts(classifier, tokenizer, triage)
+    content = {"tolerance": GOLDEN_TOLERANCE, "threshold": triage["threshold"],
+               "temperature": triage["temperature"], "records": routes_record(classifier, tokenizer, triage, texts)}
+    (GOLDEN_DIR / ROUTES_GOLDEN).write_text(json.dumps(content, indent=2) + "\n")
+    print(f"wrote {(GOLDEN_DIR / ROUTES_GOLDEN).relative_to(paths.PROJECT_ROOT)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -342,10 +629,50 @@ def load_results(run: str = CARD_RUN) -> dict:
 
 ROUTER_ROW = "fine-tuned MiniLM router"
 TFIDF_ROW = "TF-IDF + logistic regression"
+BOUND_RULE = "wilson lower bound"  # the results rows' ``threshold_rule``; rows without one used the plain rule
 
 
-def render_model_card(results: dict) -> str:
-    """The model card's markdown; every number comes from ``results`` (the rows the chapter recorded)."""
+def full_run_lines(full: dict | None) -> list[str]:
+    """The card's section on the full run (all of train), met or not, and by which threshold rule."""
+    if full is None:
+        return ["- No full run is recorded (`make full` writes `results/full/19_capstone.json`)."]
+    router = full[ROUTER_ROW]
+    correct = round(router["precision"] * router["routed"])
+    low, high = wilson_interval(correct, router["routed"])
+    met = "met" if router["precision"] >= router["target_precision"] else "missed"
+    if router.get("threshold_rule") == BOUND_RULE:
+        rule = (f"the lowest threshold whose one-sided 95% Wilson lower bound of validation precision reached "
+                f"{router['target_precision']:.2f}")
+    else:
+        rule = (f"the plain rule, the lowest threshold whose measured validation precision reached "
+                f"{router['target_precision']:.2f}, with no margin (the full run has not been repeated since)")
+    return [
+        f"- The full run trains the same recipe on all {router['train_examples']:,} train items "
+        f"({full['_measured_on']}, {full['_machine']}). Its threshold {router['threshold']:.4f} was chosen by "
+        f"{rule}.",
+        f"- On test it routed {router['routed']:,} of {full[ROUTER_ROW]['split_counts']['test_total']:,} items "
+        f"(coverage {router['coverage']:.4f}) at precision {router['precision']:.4f} (95% Wilson interval "
+        f"{low:.4f} to {high:.4f}): the {router['target_precision']:.2f} target was **{met}** on test.",
+    ]
+
+
+def interval_lines(router: dict) -> list[str]:
+    """The test precision's 95% Wilson interval, and whether the threshold rule left a margin."""
+    correct = round(router["precision"] * router["routed"])
+    low, high = wilson_interval(correct, router["routed"])
+    lines = [f"- Test precision {router['precision']:.4f} is {correct:,} right of {router['routed']:,} routed "
+             f"items: 95% Wilson interval {low:.4f} to {high:.4f}. The interval treats the routed items as "
+             "independent draws, which reviews of one movie are not."]
+    if router.get("threshold_rule") != BOUND_RULE:
+        lines.append("- This threshold was chosen with no margin: the measured validation precision only had to "
+                     "reach the target, so on new items the precision falls below the target about as often as "
+                     "above (the full run below did).")
+    return lines
+
+
+def render_model_card(results: dict, full: dict | None = None) -> str:
+    """The model card's markdown; every number comes from ``results`` (the rows the chapter recorded) and, for
+    its full-run section, from ``full`` (the rows of ``make full``)."""
     router, tfidf = results[ROUTER_ROW], results[TFIDF_ROW]
     counts, held = router["split_counts"], router["to_human_per_queue"]
 
@@ -390,7 +717,11 @@ def render_model_card(results: dict) -> str:
         f"- Expected calibration error (10 bins) on test: {router['ece_before']:.4f} before temperature scaling, "
         f"{router['ece_after']:.4f} after.",
         f"- Items whose calibrated confidence is below {router['threshold']:.4f} go to a human. The threshold is "
-        f"the lowest one whose precision reached {router['target_precision']:.2f} on validation.",
+        + (f"the lowest one whose one-sided {router['bound_confidence']:.0%} Wilson lower bound of validation "
+           f"precision reached {router['target_precision']:.2f} (validation: {router['validation_correct']:,} of "
+           f"{router['validation_routed']:,} routed items right, lower bound {router['validation_lower_bound']:.4f})."
+           if router.get("threshold_rule") == BOUND_RULE else
+           f"the lowest one whose precision reached {router['target_precision']:.2f} on validation."),
         f"- On test at that threshold: coverage {router['coverage']:.4f} (share routed automatically), precision "
         f"{router['precision']:.4f} of the routed items, {router['to_human']:,} of {counts['test_total']:,} items "
         "to a human (" + ", ".join(f"{name} {held[name]:,} of {counts['test'][name]:,}" for name in QUEUE_NAMES)
@@ -404,16 +735,21 @@ def render_model_card(results: dict) -> str:
         f"- One threshold for every queue sends {held['plot']} of the {counts['test']['plot']} test plot summaries "
         f"to a human although the plot F1 is {router['f1']['plot']:.4f}: the router's confidence on that queue is "
         "lower. A threshold per queue (chapter 19's first exercise) would route them.",
-        "- The service returns probabilities before temperature scaling; the threshold applies to calibrated "
-        "ones (logits divided by the temperature).",
-        f"- Trained and scored on the first {MAX_LENGTH} tokens of each text; the saved tokenizer, and so the "
-        f"service, keeps up to {router['served_max_length']}, so long plot summaries are read further when served "
-        "than when scored. The service refuses texts over its character limit (2,000 by default), which some plot "
-        f"summaries exceed ({router['test_plots_over_2000_chars']} of the {counts['test']['plot']} test plot "
-        "summaries).",
+        "- The temperature, the threshold and the token window are saved beside the weights (`triage.json`); the "
+        "service reads them at load and answers each text with calibrated probabilities and its route (a queue, or "
+        "\"to a person\" below the threshold) with the calibrated confidence.",
+        f"- Trained, scored and served on the first {MAX_LENGTH} tokens of each text: longer "
+        f"texts are truncated, not refused ({router['test_plots_over_2000_chars']} of the "
+        f"{counts['test']['plot']} test plot summaries are over 2,000 characters).",
         f"- The scores were measured on {results['_machine']}"  # the machine string names torch's version
         + "".join(f", {name} {value}" for name, value in results.get("_versions", {}).items() if name != "torch")
         + f", {results['_measured_on']}.",
+        "",
+        "## How sure the triage numbers are",
+        *interval_lines(router),
+        "",
+        "## The full run",
+        *full_run_lines(full),
         "",
         "## Must not be used for",
         "- Decisions about people (hiring, moderation of a person's speech, anything with legal or financial "
@@ -427,7 +763,8 @@ def render_model_card(results: dict) -> str:
 
 def write_model_card(check: bool = False, run: str = CARD_RUN) -> int:
     """Write the card (or, with ``check``, return 1 when the file differs from what the results give)."""
-    text = render_model_card(load_results(run))
+    full_path = paths.RESULTS_DIR / "full" / f"{NOTEBOOK}.json"
+    text = render_model_card(load_results(run), load_results("full") if full_path.exists() else None)
     if check:
         current = CARD_FILE.read_text() if CARD_FILE.exists() else ""
         if current != text:
@@ -459,10 +796,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     folder = router_dir(PREPARED, classifier_id())
     if is_current(folder, PREPARED, classifier_id()):
-        (folder / SUMMARY_FILE).touch()  # newer than the sources again, so make stops asking
-        print(f"ticket router in {folder.relative_to(paths.PROJECT_ROOT)} is current: nothing to do")
-        return 0
-    print(json.dumps(train_router(PREPARED, classifier_id(), folder), indent=2))
+        print(f"ticket router in {folder.relative_to(paths.PROJECT_ROOT)} is current")
+    else:
+        print(json.dumps(train_router(PREPARED, classifier_id(), folder), indent=2))
+    ensure_router(PREPARED)  # the triage settings beside the weights (seconds when they are current)
+    (folder / SUMMARY_FILE).touch()  # newer than the sources again, so make stops asking
     return 0
 
 

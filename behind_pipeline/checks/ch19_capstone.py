@@ -1,11 +1,12 @@
 """Checkers for the exercises of chapter 19 (the ticket router): per-queue thresholds, a cost-weighted operating
-point, and the comparison behind a golden-file test.
+point, and a drift monitor over a stream of routed items.
 
 Each compares the learner's function with a reference computed here, on small hand-made cases chosen to expose one
 mistake each: precision that dips below the target and recovers (a scan cannot stop at the first drop), precision
 exactly at the target (a threshold must be kept there), tied confidences (a threshold routes a whole tie or none of
 it), four queues as well as three, a queue nobody is predicted into, costs that make "route nothing" the cheapest,
-and probabilities that move within the golden tolerance, or by exactly it.
+and, for the drift monitor, a confidence exactly at the threshold or at 1.0, a last window shorter than the
+others, and items predicted into a queue but not routed.
 
 A wrong answer is named only by a mistake that gives the same answer on the failing case *and* on every case the
 learner passed before it; where no mistake, or more than one, fits, the report shows the case's inputs, the answer
@@ -17,7 +18,7 @@ import math
 import numpy as np
 import torch
 
-from behind_pipeline.capstone import threshold_for_precision, triage_curve
+from behind_pipeline.capstone import drift_monitor, threshold_for_precision, triage_curve
 from behind_pipeline.checks._core import CheckReport
 
 # --- shared -----------------------------------------------------------------------------------------------------
@@ -302,7 +303,157 @@ def check_cheapest_threshold(cheapest_threshold) -> CheckReport:
     return report
 
 
-# --- Exercise 3: compare with a golden file ---------------------------------------------------------------------
+# --- Exercise 3: a drift monitor ---------------------------------------------------------------------------------
+
+
+def drift_reference(probs, threshold: float, window: int, bins: int) -> list[dict]:
+    """The package's monitor: consecutive windows (the last may be shorter), coverage, queue mix, histogram."""
+    return drift_monitor(probs, threshold, window, bins)
+
+
+def _stream(rows: list[tuple[float, int]], queues: int = 3) -> np.ndarray:
+    return _probs([_row(confidence, predicted, queues) for confidence, predicted in rows])
+
+
+def _random_stream(seed: int, size: int, queues: int) -> np.ndarray:
+    """Random items whose confidences stay clear of every bin edge of 10 bins (a value on an edge is a float
+    question, not a monitoring one)."""
+    rng = np.random.default_rng(seed)
+    confidence = np.floor(rng.uniform(1 / queues + 0.05, 1.0, size) * 100) / 100 + 0.005
+    return _stream(list(zip(confidence.tolist(), rng.integers(0, queues, size).tolist(), strict=True)), queues)
+
+
+# (probs, threshold, window, bins, what the case exposes); confidences 0.25, 0.5, 0.75 and 1 are exact binary
+# fractions, so with 4 bins they sit exactly on an edge: the lower bin edge belongs to the bin, 1.0 to the last.
+DRIFT_CASES = [
+    (_stream([(0.9, 0), (0.6, 1), (0.8, 1), (0.4, 2)]), 0.7, 2, 4,
+     "two windows of two items, each half routed"),
+    (_stream([(0.75, 0), (0.8, 1), (0.7, 1), (0.9, 0)]), 0.75, 4, 4,
+     "a confidence exactly at the threshold is routed (>=), and 0.75 falls in the bin [0.75, 1]"),
+    (_stream([(1.0, 0), (0.6, 1), (0.55, 1), (0.9, 2)]), 0.95, 2, 4,
+     "a confidence of exactly 1.0 is counted in the last bin"),
+    (_stream([(0.9, 0), (0.6, 1), (0.55, 1), (0.85, 2), (0.65, 0)]), 0.8, 2, 4,
+     "five items in windows of two: the last window holds one item and is reported"),
+    (_stream([(0.9, 0), (0.4, 1), (0.45, 1), (0.5, 2), (0.95, 2), (0.6, 1)]), 0.85, 3, 4,
+     "the queue mix counts every item of the window by its predicted queue, routed or not"),
+    (_stream([(0.3, 0), (0.6, 3), (0.65, 3), (0.9, 2), (0.55, 1), (0.35, 3)], queues=4), 0.5, 6, 4,
+     "four queues, one window"),
+    (_stream([(0.9, 0), (0.6, 1), (0.8, 1)]), 0.7, 10, 4, "a window longer than the stream: one window of three"),
+    (_random_stream(0, 500, 3), 0.8, 64, 10, "500 items, windows of 64, ten bins"),
+    (_random_stream(1, 300, 4), 0.6, 100, 10, "four queues, 300 items, windows of 100"),
+]
+
+
+def _drift_mistakes(probs, threshold, window, bins) -> dict[str, list[dict]]:
+    probs = np.asarray(probs, dtype=np.float64)
+    reference = drift_reference(probs, threshold, window, bins)
+
+    def varied(change):
+        return [{**entry, **change(entry, probs[start:start + window])}
+                for entry, start in zip(reference, range(0, len(probs), window), strict=True)]
+
+    def routed_mix(entry, chunk):
+        routed = chunk[chunk.max(axis=1) >= threshold]
+        counts = np.bincount(routed.argmax(axis=1), minlength=chunk.shape[1])
+        return {"mix": (counts / max(len(routed), 1)).tolist()}
+
+    whole = np.bincount(np.minimum((probs.max(axis=1) * bins).astype(int), bins - 1), minlength=bins).tolist()
+    sliding = drift_reference(probs[:window], threshold, window, bins) if len(probs) >= window else reference
+    for start in range(1, len(probs) - window + 1):
+        sliding = sliding + drift_reference(probs[start:start + window], threshold, window, bins)
+    last_short = len(probs) % window != 0 and len(reference) > 1
+    return {
+        "coverage used > threshold: an item exactly at the threshold is routed (confidence >= threshold)":
+            varied(lambda entry, chunk: {"coverage": float((chunk.max(axis=1) > threshold).mean())}),
+        "the last, shorter window was dropped: the stream's latest items must be reported too":
+            reference[:-1] if last_short else reference,
+        "the queue mix was taken among the routed items only: it is the share of all the window's items "
+        "predicted into each queue": varied(routed_mix),
+        "the queue mix holds counts: divide by the window's size to get shares": varied(
+            lambda entry, chunk: {"mix": np.bincount(chunk.argmax(axis=1), minlength=chunk.shape[1]).tolist()}),
+        "the histogram holds shares: it should count the window's items in each bin": varied(
+            lambda entry, chunk: {"histogram": (np.asarray(entry["histogram"]) / len(chunk)).tolist()}),
+        "a confidence of 1.0 got a bin of its own (bins + 1 counts): the last bin is closed, [1 - 1/bins, 1]":
+            varied(lambda entry, chunk: {"histogram": np.bincount((chunk.max(axis=1) * bins).astype(int),
+                                                                  minlength=bins + 1).tolist()}),
+        "the histogram counts the whole stream so far: each window gets its own": varied(
+            lambda entry, chunk: {"histogram": whole}),
+        "the windows overlap (a window starting at every item): cut the stream into consecutive windows":
+            sliding,
+    }
+
+
+def _same_report(got, expected: list[dict]) -> bool:
+    if len(got) != len(expected):
+        return False
+    for mine, want in zip(got, expected, strict=True):
+        if int(mine["size"]) != want["size"] or not math.isclose(float(mine["coverage"]), want["coverage"],
+                                                                abs_tol=1e-9):
+            return False
+        for key in ("mix", "histogram"):
+            values = np.asarray(mine[key], dtype=np.float64).reshape(-1)
+            if values.shape != (len(want[key]),) or not np.allclose(values, want[key], atol=1e-9):
+                return False
+    return True
+
+
+def _readable(report) -> str | None:
+    """None when ``report`` is a list of dicts with the four keys; else what is wrong with it."""
+    if not isinstance(report, list | tuple):
+        return f"return a list with one dict per window, got {type(report).__name__}"
+    for number, entry in enumerate(report):
+        if not isinstance(entry, dict):
+            return f"window {number} is a {type(entry).__name__}: make it a dict"
+        missing = [key for key in ("size", "coverage", "mix", "histogram") if key not in entry]
+        if missing:
+            return f"window {number} has no {', '.join(repr(key) for key in missing)}"
+        try:
+            float(entry["coverage"]), int(entry["size"])
+            np.asarray(entry["mix"], dtype=np.float64), np.asarray(entry["histogram"], dtype=np.float64)
+        except (TypeError, ValueError):
+            return f"window {number}: size and coverage must be numbers, mix and histogram lists of numbers"
+    return None
+
+
+def _show(report: list[dict]) -> str:
+    return "; ".join(f"size {int(e['size'])}, coverage {float(e['coverage']):.4f}, mix "
+                     f"{_rounded(np.asarray(e['mix'], dtype=np.float64).reshape(-1).tolist())}, histogram "
+                     f"{_rounded(np.asarray(e['histogram'], dtype=np.float64).reshape(-1).tolist())}"
+                     for e in report[:3]) + ("; ..." if len(report) > 3 else "")
+
+
+def check_drift_monitor(drift_monitor) -> CheckReport:
+    """``drift_monitor(probs, threshold, window, bins)`` -> one dict per consecutive window of the stream."""
+    report = CheckReport("Drift monitor")
+    mistakes_per_case = []
+    for number, (probs, threshold, window, bins, description) in enumerate(DRIFT_CASES):
+        expected = drift_reference(probs, threshold, window, bins)
+        got = report.call(drift_monitor, _given(probs, number), threshold, window, bins, name="drift_monitor")
+        if got is Ellipsis:
+            return report
+        problem = _readable(got)
+        if problem:
+            report.fail(f"{description}: {problem}")
+            return report
+        mistakes_per_case.append({message: (not _same_report(wrong, expected) and _same_report(got, wrong),
+                                             _same_report(wrong, expected))
+                                  for message, wrong in _drift_mistakes(probs, threshold, window, bins).items()})
+        if _same_report(got, expected):
+            report.ok(f"{description}: {len(expected)} window(s), coverage "
+                      f"{[round(entry['coverage'], 4) for entry in expected]}")
+            continue
+        message = _the_mistake(mistakes_per_case)
+        if message:
+            report.fail(f"{description}: {message}")
+        else:
+            report.fail(f"{description}: got {len(got)} window(s): {_show(got)}; expected {len(expected)}: "
+                        f"{_show(expected)} (threshold {threshold}, window {window}, bins {bins}; the inputs are "
+                        f"DRIFT_CASES[{number}] in behind_pipeline.checks.ch19_capstone)")
+        return report
+    return report
+
+
+# --- The previous exercise 3 (golden-file comparison), kept until the solutions use the drift monitor -----------------
 
 
 def golden_reference(expected: list[dict], actual: list[dict], tolerance: float) -> list[int]:
