@@ -23,6 +23,9 @@ export JUPYTER_PLATFORM_DIRS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # hypothesis (the service's property tests) keeps its examples here, not in .hypothesis/ at the root.
 export HYPOTHESIS_STORAGE_DIRECTORY := $(CACHE)/hypothesis
+# Ray (chapter 20): its session folders and sockets inside the project, and no usage statistics sent.
+export RAY_TMPDIR := $(CACHE)/ray
+export RAY_USAGE_STATS_ENABLED := 0
 
 INSTALLED := $(VENV)/.installed
 ASSETS := $(CACHE)/assets/.ready
@@ -134,6 +137,8 @@ browser: $(INSTALLED)
 # SERVE_LIMIT_CONCURRENCY (connections and tasks at once; past it uvicorn answers 503), SERVE_KEEP_ALIVE (seconds an
 # idle kept-alive connection stays open), SERVE_GRACEFUL (seconds in-flight requests get to finish on SIGTERM).
 SERVE_PORT ?= 8000
+# `--http h11 --loop asyncio`: what chapter 18 was measured with (ray[serve], chapter 20, installs httptools and
+# uvloop, which uvicorn's "auto" would pick otherwise).
 SERVE_LIMIT_CONCURRENCY ?= 256
 SERVE_KEEP_ALIVE ?= 5
 SERVE_GRACEFUL ?= 30
@@ -141,7 +146,17 @@ serve: $(CLASSIFIER)
 	@echo "Serving the course classifier on http://127.0.0.1:$(SERVE_PORT) (API docs: http://127.0.0.1:$(SERVE_PORT)/docs)"
 	$(BIN)/uvicorn --factory behind_pipeline.service.app:app --host 127.0.0.1 --port $(SERVE_PORT) \
 	  --limit-concurrency $(SERVE_LIMIT_CONCURRENCY) --timeout-keep-alive $(SERVE_KEEP_ALIVE) \
-	  --timeout-graceful-shutdown $(SERVE_GRACEFUL)
+	  --timeout-graceful-shutdown $(SERVE_GRACEFUL) --http h11 --loop asyncio
+
+# The same classifier on Ray Serve (chapter 20): Ray on this machine (2 CPUs, no dashboard, files in .cache/ray),
+# the application of behind_pipeline/service/ray_serve.yaml on SERVE_PORT; Ctrl-C stops Serve and Ray.
+# SERVE_RAY_REPLICAS=2 fixes the number of replicas (default: the file's autoscaling, 1 to 2 replicas).
+.PHONY: serve-ray
+serve-ray: $(CLASSIFIER)
+	@echo "Starting Ray Serve; the course classifier will answer on http://127.0.0.1:$(SERVE_PORT)/predict" \
+	  "(API docs: http://127.0.0.1:$(SERVE_PORT)/docs) once the line READY appears"
+	$(BIN)/python -m behind_pipeline.service.ray_app --port $(SERVE_PORT) \
+	  $(if $(SERVE_RAY_REPLICAS),--replicas $(SERVE_RAY_REPLICAS))
 
 lab: $(MODELS)
 	$(BIN)/jupyter lab --allow-root --notebook-dir=.
@@ -173,6 +188,15 @@ bench: $(CLASSIFIER)
 	$(BIN)/python -m behind_pipeline.bench
 	$(MAKE) --no-print-directory bench-service
 
+	$(MAKE) --no-print-directory bench-ray
+
+# Chapter 20's comparison alone: chapter 18's service against Ray Serve with 1 and 2 replicas (start-up, memory,
+# latency at batch 8, throughput under 16 clients; 3 repeats each), into the "ray" section of results/bench.json,
+# then the tables re-rendered. BENCH_RAY_ARGS=--tiny checks the file in about a minute.
+.PHONY: bench-ray
+bench-ray: $(CLASSIFIER)
+	$(BIN)/python -m behind_pipeline.service.ray_bench $(BENCH_RAY_ARGS)
+	$(BIN)/python tools/bench_tables.py
 # The service's figures alone (chapter 18): Debian's wrk (installed with apt-get when missing, as `make browser`
 # installs Chromium; its runs are skipped with a message where it cannot be) and the httpx clients, 3 repeats each,
 # into results/bench.json, then the tables re-rendered. BENCH_SERVICE_ARGS=--tiny checks the file in seconds.

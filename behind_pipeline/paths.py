@@ -32,6 +32,7 @@ _CACHE_VARIABLES = {
     "JUPYTER_DATA_DIR": CACHE_DIR / "jupyter" / "data",
     "JUPYTER_RUNTIME_DIR": CACHE_DIR / "jupyter" / "runtime",
     "HYPOTHESIS_STORAGE_DIRECTORY": CACHE_DIR / "hypothesis",  # the service's property tests (chapter 18)
+    "RAY_TMPDIR": CACHE_DIR / "ray",  # Ray's session folders, logs and sockets (chapter 20), not /tmp/ray
 }
 
 
@@ -44,6 +45,7 @@ def configure_environment() -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray (chapter 20) reports nothing to anyone
 
 
 def is_online() -> bool:

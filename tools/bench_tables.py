@@ -193,6 +193,15 @@ def service_lines(service: dict) -> list[str]:
             *(["Targets (int8):", "", *targets, ""] if targets else [])]
 
 
+def ray_lines(section: dict) -> list[str]:
+    """Chapter 20's comparison (``make bench-ray``): chapter 18's service against Ray Serve; the chapter renders
+    the same table with the same function (``behind_pipeline.service.ray_bench.table_lines``)."""
+    from behind_pipeline.service.ray_bench import table_lines
+
+    return ["### Chapter 18's service against Ray Serve (chapter 20), `make bench-ray`", "", *table_lines(section),
+            ""]
+
+
 def body(results: dict, image: str) -> list[str]:
     """The lines of the block, between its markers."""
     section = results.get("models")
@@ -208,6 +217,8 @@ def body(results: dict, image: str) -> list[str]:
             lines.insert(0, f"(A `{section.get('setting')}` run: a few texts and repeats, not a measurement.)\n")
     if results.get("service"):
         lines += service_lines(results["service"])
+    if results.get("ray"):
+        lines += ray_lines(results["ray"])
     return ["", *lines]
 
 

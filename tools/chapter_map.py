@@ -35,6 +35,7 @@ TEACHES = {
     "17_onnx": ["onnx_export.py"],
     "18_serving": ["service/"],
     "19_capstone": ["capstone.py"],
+    "20_scaling_out": ["service/ray_app.py", "service/ray_bench.py", "scale_out.py"],
 }
 # Modules no single chapter teaches: the foundation every chapter stands on, and the checkers' shared core.
 FOUNDATION = ["__init__.py", "assets.py", "models.py", "paths.py", "runtime.py", "prepare.py", "trained_once.py",

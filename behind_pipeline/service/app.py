@@ -60,6 +60,48 @@ def refusal(status: int, error: str, detail: str, headers: dict | None = None) -
     return JSONResponse(status_code=status, content={"error": error, "detail": detail}, headers=headers)
 
 
+async def read_body(request: Request, max_body_bytes: int) -> bytes:
+    """The request's body, or a RequestRefused (413) as soon as it is over ``max_body_bytes``: the declared length
+    is checked before reading, and the bytes are counted while reading (a missing or false length cannot slip
+    past)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        raise RequestRefused(413, "body_too_large", f"the body has {declared[:20]} bytes; at most {max_body_bytes}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_body_bytes:
+            raise RequestRefused(413, "body_too_large", f"the body is over {max_body_bytes} bytes")
+    return bytes(body)
+
+
+def answer(logits: torch.Tensor, id2label: dict, top_k: int | None, served: ServedModel) -> PredictResponse:
+    """The response body: each text's ``top_k`` labels with their softmax scores, best first, and the model."""
+    predictions = [[LabelScore(**entry) for entry in ranked_labels(scores, id2label, top_k)]
+                   for scores in scores_from_logits(logits)]
+    return PredictResponse(predictions=predictions, model=served)
+
+
+def error_responses() -> dict:
+    """The OpenAPI ``responses`` of ``POST /predict``: every refusal has the ErrorResponse shape."""
+    errors = {status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 500)}
+    errors[503] = {"model": ErrorResponse, "description": "overloaded, timed out, or the model is not ready; "
+                   "retry after the Retry-After header's seconds when there is one"}
+    return errors
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """FastAPI's own refusals (404, 405, a body it could not validate) in the same JSON shape as ours."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):  # 404, 405 (its Allow header kept)
+        return refusal(error.status_code, "http_error", str(error.detail), getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        return refusal(422, "invalid_request", str(error.errors())[:500])
+
+
 def weights_fingerprint(model) -> str:
     """sha256 over the model's parameters and buffers (names, shapes, bytes): 16 hex digits."""
     digest = hashlib.sha256()
@@ -209,9 +251,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Behind the Pipeline: review classifier", version="2.0", lifespan=lifespan,
                   description="The course's fresh/rotten classifier, served with micro-batching (chapter 18).")
-    errors = {status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 500)}
-    errors[503] = {"model": ErrorResponse, "description": "overloaded, timed out, or the model is not ready; "
-                   "retry after the Retry-After header's seconds when there is one"}
+    errors = error_responses()
 
     def not_ready() -> JSONResponse:
         if state["status"] == "failed":
@@ -241,13 +281,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                              "latency_ms": round(seconds * 1000, 2)}))
         return response
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException):  # 404, 405 (its Allow header kept)
-        return refusal(error.status_code, "http_error", str(error.detail), getattr(error, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError):
-        return refusal(422, "invalid_request", str(error.errors())[:500])
+    add_error_handlers(app)
 
     @app.get("/health/live", responses={200: {"description": "the process is up (it may still be loading)"}})
     async def live():
@@ -282,19 +316,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": documented.model_json_schema()}}}})
     async def predict(request: Request):
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return refusal(413, "body_too_large",
-                           f"the body has {declared[:20]} bytes; at most {settings.max_body_bytes}")
-        body = bytearray()
-        async for chunk in request.stream():  # counted while reading: a missing or false length cannot slip past
-            body += chunk
-            if len(body) > settings.max_body_bytes:
-                return refusal(413, "body_too_large", f"the body is over {settings.max_body_bytes} bytes")
+        try:
+            body = await read_body(request, settings.max_body_bytes)
+        except RequestRefused as refused:
+            return refusal(refused.status, refused.error, refused.detail)
         if state["status"] != "ready":
             return not_ready()
         try:
-            parsed = parse_request(bytes(body), request.headers.get("content-type", ""), settings, num_labels)
+            parsed = parse_request(body, request.headers.get("content-type", ""), settings, num_labels)
         except RequestRefused as refused:
             return refusal(refused.status, refused.error, refused.detail)
         texts = [parsed.texts] if isinstance(parsed.texts, str) else parsed.texts
@@ -315,10 +344,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         except Exception:  # the model failed on this request alone (the batcher isolated it)
             LOG.exception(json.dumps({"event": "forward_pass_failed"}))
             return refusal(500, "internal_error", "the model failed on this request; the others were served")
-        id2label = state["classifier"].config.id2label
-        predictions = [[LabelScore(**entry) for entry in ranked_labels(scores, id2label, parsed.top_k)]
-                       for scores in scores_from_logits(logits)]
-        return PredictResponse(predictions=predictions, model=state["served"])
+        return answer(logits, state["classifier"].config.id2label, parsed.top_k, state["served"])
 
     KNOWN_PATHS = {"/predict", "/health", "/health/live", "/health/ready", "/metrics"}
     return app

@@ -23,6 +23,9 @@ import httpx
 
 from behind_pipeline.paths import PROJECT_ROOT
 
+# uvicorn's pure-Python HTTP parser and asyncio's loop, named: `ray[serve]` (chapter 20) installs httptools and
+# uvloop, which uvicorn's "auto" would otherwise pick, and chapter 18 was measured and tested without them.
+UVICORN_STACK = ("--http", "h11", "--loop", "asyncio")
 START_TIMEOUT_S = 120  # importing torch and loading the model on a busy 2-core machine
 STOP_TIMEOUT_S = 20
 
@@ -117,7 +120,7 @@ def _launch(env: dict) -> LocalServer:
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "behind_pipeline.service.app:app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log", *UVICORN_STACK],
         cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     server = LocalServer(process, f"http://127.0.0.1:{port}", env, log)

@@ -1,0 +1,337 @@
+"""Checkers for the exercises of chapter 20: how many replicas a load needs, what is wrong with a Serve config, and
+a client that retries when the service says it is overloaded.
+
+Each checker tries several cases, each one telling a typical mistake from the right answer, and never raises:
+whatever the learner returns becomes an ``ok`` or a ``FIX`` line, an error in the learner's code is reported at the
+learner's line (``describe_error``).
+"""
+
+import copy
+import math
+
+from behind_pipeline.checks._core import CheckReport, describe_error
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exercise 1: replicas for a peak load, from a measured throughput
+
+
+def reference_replicas(peak_rps: float, replica_rps: float, utilisation: float = 0.7, min_replicas: int = 1) -> int:
+    """The fewest replicas that serve ``peak_rps`` with each replica busy at most ``utilisation`` of its measured
+    ``replica_rps``, and never fewer than ``min_replicas``."""
+    needed = peak_rps / (replica_rps * utilisation)
+    return max(min_replicas, math.ceil(round(needed, 9)))  # round first: 0.7 * 100 / 70 must give 1, not 2
+
+
+# (peak_rps, replica_rps, utilisation, min_replicas): each case tells one mistake from the right answer
+REPLICA_CASES = [
+    (100.0, 60.0, 0.7, 1),  # 100 / 42 = 2.38: 3 replicas (rounding gives 2, the floor gives 2)
+    (100.0, 60.0, 1.0, 1),  # at full utilisation 1.67: 2 (forgetting the utilisation is what gives this)
+    (350.0, 50.0, 0.7, 1),  # exactly 10: 10 (floor + 1 gives 11)
+    (5.0, 60.0, 0.7, 2),  # a small load still gets min_replicas (for availability)
+    (0.0, 60.0, 0.7, 1),  # no traffic: min_replicas, not 0
+    (1000.0, 60.0, 0.5, 1),  # 33.3: 34
+]
+
+
+def _replica_mistake(answers: dict) -> str:
+    """The likely mistake behind wrong answers, named only when it explains every case the learner got wrong."""
+    wrong = {case: answer for case, answer in answers.items() if answer != reference_replicas(*case)}
+    guesses = {
+        "rounded to the nearest whole number instead of up (math.ceil): 2.38 replicas need 3":
+            lambda p, r, u, m: max(m, round(p / (r * u))),
+        "took the floor (int() or //) instead of rounding up: the load left over needs a replica too":
+            lambda p, r, u, m: max(m, int(p / (r * u))),
+        "left out the utilisation: a replica run at 100% of its measured throughput has no headroom for a burst":
+            lambda p, r, u, m: max(m, math.ceil(p / r)),
+        "ignored min_replicas: a quiet hour still needs at least min_replicas running":
+            lambda p, r, u, m: math.ceil(round(p / (r * u), 9)),
+        "added one to the floor: on an exact multiple (350 / 35 = 10) that is one replica too many":
+            lambda p, r, u, m: max(m, int(p / (r * u)) + 1),
+        "multiplied by the utilisation instead of dividing by it: headroom means more replicas, not fewer":
+            lambda p, r, u, m: max(m, math.ceil(round(p * u / r, 9))),
+    }
+    for message, guess in guesses.items():
+        if all(guess(*case) == answer for case, answer in wrong.items()):
+            return message
+    return ""
+
+
+def check_replicas_needed(replicas_needed) -> CheckReport:
+    report = CheckReport("Exercise 1 (replicas for a peak load)")
+    answers = {}
+    for case in REPLICA_CASES:
+        answer = report.call(replicas_needed, *case, name="replicas_needed")
+        if answer is Ellipsis:
+            return report
+        if isinstance(answer, bool) or not isinstance(answer, int):
+            report.fail(f"replicas_needed{case} returned {answer!r} ({type(answer).__name__}): a replica count is "
+                        "a whole number (int); math.ceil returns one")
+            return report
+        answers[case] = answer
+    wrong = [case for case, answer in answers.items() if answer != reference_replicas(*case)]
+    for case in wrong:
+        report.fail(f"replicas_needed{case} returned {answers[case]}, expected {reference_replicas(*case)}")
+    if wrong:
+        mistake = _replica_mistake(answers)
+        if mistake:
+            report.fail(f"likely mistake: you {mistake}")
+    else:
+        report.ok(f"the right count in all {len(REPLICA_CASES)} cases (rounded up, with headroom and the minimum)")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exercise 2: a Serve config validator
+
+PROBLEMS = ("replica_bounds", "replicas_and_autoscaling", "does_not_fit", "oversubscribed", "batching")
+
+
+def _deployment(config: dict) -> dict:
+    return config["applications"][0]["deployments"][0]
+
+
+def reference_problems(config: dict, cpus_per_node: int, nodes: int) -> set[str]:
+    """The checker's reference: the names (from PROBLEMS) of everything wrong with the config's one deployment."""
+    deployment = _deployment(config)
+    found = set()
+    autoscaling = deployment.get("autoscaling_config")
+    if autoscaling is not None and isinstance(deployment.get("num_replicas"), int):
+        found.add("replicas_and_autoscaling")
+    if autoscaling is not None:
+        low, high = autoscaling.get("min_replicas", 1), autoscaling.get("max_replicas", 1)
+        start = autoscaling.get("initial_replicas", low)
+        if not 0 <= low <= start <= high or high < 1:
+            found.add("replica_bounds")
+        most = high
+    else:
+        most = deployment.get("num_replicas", 1)
+    cpus = deployment.get("ray_actor_options", {}).get("num_cpus", 1)
+    per_node = math.floor(cpus_per_node / cpus) if cpus > 0 else most
+    if most > per_node * nodes:  # a replica lives on one node: whole replicas per node, not total CPUs
+        found.add("does_not_fit")
+    user = deployment.get("user_config", {})
+    if user.get("threads", 1) > cpus:
+        found.add("oversubscribed")
+    size, wait = user.get("max_batch_size", 1), user.get("batch_wait_timeout_s", 0.0)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or not 0 <= wait <= 1:
+        found.add("batching")
+    return found
+
+
+def _base_config() -> dict:
+    return {"applications": [{"name": "classifier", "import_path": "behind_pipeline.service.ray_app:build",
+                              "deployments": [{"name": "Classifier",
+                                               "autoscaling_config": {"min_replicas": 1, "initial_replicas": 1,
+                                                                      "max_replicas": 2},
+                                               "ray_actor_options": {"num_cpus": 1},
+                                               "user_config": {"max_batch_size": 32, "batch_wait_timeout_s": 0.005,
+                                                               "threads": 1}}]}]}
+
+
+def _variant(changes: dict, drop: tuple = ()) -> dict:
+    config = copy.deepcopy(_base_config())
+    deployment = _deployment(config)
+    for key in drop:
+        deployment.pop(key)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(deployment.get(key), dict):
+            deployment[key] = {**deployment[key], **value}
+        else:
+            deployment[key] = value
+    return config
+
+
+# (what the case is, config, cpus_per_node, nodes)
+CONFIG_CASES = [
+    ("the book's config on 2 cores", _variant({}), 2, 1),
+    ("initial_replicas above max_replicas", _variant({"autoscaling_config": {"initial_replicas": 3}}), 4, 1),
+    ("min_replicas above max_replicas", _variant({"autoscaling_config": {"min_replicas": 3}}), 8, 1),
+    ("num_replicas and autoscaling together", _variant({"num_replicas": 2}), 2, 1),
+    ("6 replicas of 1 CPU on 2 nodes of 2 CPUs", _variant({"autoscaling_config": {"max_replicas": 6}}), 2, 2),
+    ("3 replicas of 2 CPUs on 2 nodes of 3 CPUs (6 CPUs, but one replica a node)",
+     _variant({"autoscaling_config": {"max_replicas": 3}, "ray_actor_options": {"num_cpus": 2},
+               "user_config": {"threads": 2}}), 3, 2),
+    ("a fixed num_replicas that fits", _variant({"num_replicas": 4}, drop=("autoscaling_config",)), 2, 2),
+    ("a fixed num_replicas that does not fit", _variant({"num_replicas": 5}, drop=("autoscaling_config",)), 2, 2),
+    ("4 threads on 1 CPU", _variant({"user_config": {"threads": 4}}), 2, 1),
+    ("max_batch_size 0", _variant({"user_config": {"max_batch_size": 0}}), 2, 1),
+    ("a 5 s batch wait", _variant({"user_config": {"batch_wait_timeout_s": 5.0}}), 2, 1),
+    ("two problems at once", _variant({"autoscaling_config": {"min_replicas": 0, "initial_replicas": 3},
+                                        "user_config": {"threads": 2}}), 2, 1),
+]
+
+HINTS = {
+    "does_not_fit": "a replica runs on one node: count whole replicas per node (cpus_per_node // num_cpus) times "
+                    "the nodes, not the total CPUs divided by num_cpus; and with no autoscaling_config the count "
+                    "is num_replicas",
+    "replica_bounds": "autoscaling needs min_replicas <= initial_replicas <= max_replicas (initial_replicas "
+                      "defaults to min_replicas)",
+    "replicas_and_autoscaling": "a deployment takes num_replicas or autoscaling_config, not both",
+    "oversubscribed": "user_config threads above ray_actor_options num_cpus: each replica's torch threads fight "
+                      "for cores Ray gave to others",
+    "batching": "max_batch_size is a whole number of at least 1 and batch_wait_timeout_s between 0 and 1 s",
+}
+
+
+def check_config_problems(config_problems) -> CheckReport:
+    report = CheckReport("Exercise 2 (a Serve config validator)")
+    all_right = True
+    for what, config, cpus_per_node, nodes in CONFIG_CASES:
+        given = copy.deepcopy(config)
+        answer = report.call(config_problems, given, cpus_per_node, nodes, name="config_problems")
+        if answer is Ellipsis:
+            return report
+        try:
+            answer = set(answer)
+        except TypeError:
+            report.fail(f"config_problems returned {type(answer).__name__}: return a set of problem names")
+            return report
+        unknown = answer - set(PROBLEMS)
+        if unknown:
+            report.fail(f"{what}: unknown problem names {sorted(map(str, unknown))}; use names from {PROBLEMS}")
+            return report
+        if given != config:
+            report.fail(f"{what}: config_problems changed the config it was given; a validator only reads")
+            all_right = False
+        expected = reference_problems(config, cpus_per_node, nodes)
+        if answer != expected:
+            all_right = False
+            missed, extra = expected - answer, answer - expected
+            report.fail(f"{what} ({cpus_per_node} CPUs x {nodes} nodes): returned {sorted(answer)}, expected "
+                        f"{sorted(expected)}"
+                        + "".join(f"; missed {name}: {HINTS[name]}" for name in sorted(missed))
+                        + "".join(f"; {name} is not a problem here: {HINTS[name]}" for name in sorted(extra)))
+    if all_right:
+        report.ok(f"the right problems in all {len(CONFIG_CASES)} configs, and the configs left as they were")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exercise 3: a client that retries on 503 / 429, waiting what Retry-After says
+
+
+class FakeResponse:
+    """What ``send`` returns in the checker: an httpx-like response (``status_code``, ``headers``)."""
+
+    def __init__(self, status_code: int, retry_after: str | None = None):
+        self.status_code = status_code
+        self.headers = {} if retry_after is None else {"Retry-After": retry_after}
+
+    def __repr__(self) -> str:
+        return f"<response {self.status_code}>"
+
+
+class TooManySends(Exception):
+    """Raised by the checker's ``send`` past any sensible number of attempts: a retry loop that never stops."""
+
+
+def reference_retry(send, body, max_attempts: int = 4, backoff_s: float = 0.1, sleep=None):
+    """The checker's reference: retry 503 and 429 only, waiting Retry-After (or the backoff, doubled each time)."""
+    response = None
+    for attempt in range(max_attempts):
+        response = send(body)
+        if response.status_code not in (429, 503) or attempt == max_attempts - 1:
+            return response
+        header = response.headers.get("Retry-After")
+        sleep(float(header) if header is not None else backoff_s * 2**attempt)
+    return response
+
+
+# (what the case is, the statuses and Retry-After values the service answers with in turn, max_attempts)
+RETRY_CASES = [
+    ("a 200 at once", [(200, None)], 4),
+    ("a 503 with Retry-After: 2, then a 200", [(503, "2"), (200, None)], 4),
+    ("a 503 without Retry-After, twice, then a 200", [(503, None), (503, None), (200, None)], 4),
+    ("a 429 with Retry-After: 1, then a 200", [(429, "1"), (200, None)], 4),
+    ("a 422 (bad input: retrying cannot help)", [(422, None)], 4),
+    ("a 413", [(413, None)], 4),
+    ("503 every time, max_attempts 3", [(503, "1")] * 10, 3),
+    ("503 every time, max_attempts 1", [(503, "1")] * 10, 1),
+]
+
+
+def _run_retry(function, answers, max_attempts, report: CheckReport, name: str):
+    """Run the learner's retry against a scripted service; (response, bodies sent, waits) or Ellipsis."""
+    sent, waits = [], []
+    script = [FakeResponse(status, retry) for status, retry in answers]
+
+    def send(body):
+        sent.append(body)
+        if len(sent) > 50:
+            raise TooManySends(f"send was called {len(sent)} times")
+        return script[min(len(sent), len(script)) - 1]
+
+    def sleep(seconds):
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"sleep() takes seconds as a number, got {type(seconds).__name__} {seconds!r}: "
+                            "the Retry-After header is text, convert it with float(...)")
+        waits.append(float(seconds))
+
+    body = {"texts": "A gorgeous, moving film."}
+    try:
+        response = function(send, body, max_attempts=max_attempts, backoff_s=0.1, sleep=sleep)
+    except TooManySends:
+        report.fail(f"{name}: post_with_retries kept sending (over 50 times) with max_attempts={max_attempts}: "
+                    "stop after max_attempts sends in all")
+        return Ellipsis
+    except Exception as error:
+        report.fail(f"{name}: post_with_retries raised {describe_error(error)}")
+        return Ellipsis
+    if any(item is not body for item in sent):
+        report.fail(f"{name}: send should get the body it was given, unchanged, on every attempt")
+        return Ellipsis
+    return response, len(sent), waits
+
+
+def check_post_with_retries(post_with_retries) -> CheckReport:
+    report = CheckReport("Exercise 3 (retries with Retry-After)")
+    if not report.answered(post_with_retries, "post_with_retries") or not callable(post_with_retries):
+        if post_with_retries is not Ellipsis and post_with_retries is not None:
+            report.fail("post_with_retries should be a function")
+        return report
+    all_right = True
+    for what, answers, max_attempts in RETRY_CASES:
+        outcome = _run_retry(post_with_retries, answers, max_attempts, report, what)
+        if outcome is Ellipsis:
+            return report
+        response, sends, waits = outcome
+        expected_waits = []
+        expected = reference_retry(_scripted(answers, []), None, max_attempts, 0.1, expected_waits.append)
+        expected_sends = len(expected_waits) + 1
+        problems = []
+        if response is None:
+            problems.append("returned None: return the last response")
+        elif not isinstance(response, FakeResponse) or response.status_code != expected.status_code:
+            problems.append(f"returned {response!r}, expected the last response, {expected!r}")
+        if sends != expected_sends:
+            problems.append(f"sent {sends} time(s), expected {expected_sends}"
+                            + (": a 4xx other than 429 is the client's mistake; sending it again gets the same "
+                               "answer" if answers[0][0] in (413, 422) and sends > 1 else "")
+                            + (": max_attempts counts every send, the first one too" if sends == max_attempts + 1
+                               else ""))
+        if sends == expected_sends and [round(wait, 6) for wait in waits] != [round(w, 6) for w in expected_waits]:
+            hint = ""
+            if len(waits) == len(expected_waits) + 1:
+                hint = ": no wait after the last attempt (nothing follows it)"
+            elif any(header for _, header in answers[:sends]):
+                hint = ": wait the seconds the Retry-After header says when there is one"
+            else:
+                hint = ": without Retry-After, wait backoff_s, then twice that, and so on"
+            problems.append(f"waited {waits}, expected {expected_waits}{hint}")
+        if problems:
+            all_right = False
+            report.fail(f"{what}: " + "; ".join(problems))
+    if all_right:
+        report.ok(f"all {len(RETRY_CASES)} scripted services: retried only 429 and 503, waited what Retry-After said "
+                  "(or the doubling backoff), stopped at max_attempts, returned the last response")
+    return report
+
+
+def _scripted(answers, sent):
+    script = [FakeResponse(status, retry) for status, retry in answers]
+
+    def send(body):
+        sent.append(body)
+        return script[min(len(sent), len(script)) - 1]
+
+    return send

@@ -1,0 +1,388 @@
+"""Chapter 20: the classifier on Ray Serve (parity with pipeline(), chapter 18's refusals, a clean stop), the config
+files, the comparison's table, and checkers that accept right answers and name the typical wrong ones.
+
+The Ray tests start one Ray Serve instance on loopback (bounded by ``START_TIMEOUT_S``), with its files in
+``.cache/ray`` and Ray's network features off, and check that stopping it leaves no process behind.
+"""
+
+import copy
+import math
+import time
+
+import httpx
+import pytest
+
+from behind_pipeline.checks.ch20_scaling_out import (
+    CONFIG_CASES,
+    FakeResponse,
+    check_config_problems,
+    check_post_with_retries,
+    check_replicas_needed,
+    reference_problems,
+    reference_replicas,
+    reference_retry,
+)
+
+from checker_asserts import ODD_ANSWERS, assert_rejected, assert_reported
+
+ray_app = pytest.importorskip("behind_pipeline.service.ray_app")
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ray Serve on loopback
+
+
+@pytest.fixture(scope="module")
+def ray_server():
+    server = ray_app.start_ray_serve(replicas=1)
+    started = set(server.pids)
+    yield server
+    leftover = server.stop()
+    assert not leftover, f"processes left after the stop: {leftover}"
+    import psutil
+
+    alive = [pid for pid in started if psutil.pid_exists(pid) and ray_app._alive(pid)]
+    assert not alive, f"Ray processes still running after stop(): {alive}"
+    assert started, "Ray started no child process: the test saw nothing to clean up"
+
+
+@pytest.fixture(scope="module")
+def chapter18_server():
+    from behind_pipeline.service.local import start_server
+
+    with start_server() as running:
+        yield running
+
+
+def test_ray_serve_answers_equal_the_pipeline(ray_server):
+    from transformers import pipeline
+
+    from behind_pipeline.data import load_rotten_tomatoes
+    from behind_pipeline.models import classifier_id
+
+    texts = list(load_rotten_tomatoes()["test"]["text"][:24])
+    clf = pipeline("text-classification", model=classifier_id(), top_k=None)
+    expected = clf(texts)
+    answers = []
+    for start in range(0, len(texts), 8):  # requests of 8, as the chapter sends them
+        response = httpx.post(f"{ray_server.url}/predict", json={"texts": texts[start:start + 8], "top_k": None},
+                              timeout=60)
+        assert response.status_code == 200, response.text
+        answers += response.json()["predictions"]
+    assert len(answers) == len(expected)
+    worst = 0.0
+    for ours, theirs in zip(answers, expected, strict=True):
+        assert ours[0]["label"] == theirs[0]["label"]
+        by_label = {entry["label"]: entry["score"] for entry in theirs}
+        worst = max(worst, *(abs(entry["score"] - by_label[entry["label"]]) for entry in ours))
+    assert worst < 1e-4
+
+
+def test_ray_serve_refuses_bad_input_exactly_as_chapter_18(ray_server, chapter18_server):
+    from behind_pipeline.service.settings import ServiceSettings
+
+    for name, (body, content_type) in ray_app.bad_requests(ServiceSettings()).items():
+        theirs = httpx.post(f"{chapter18_server.url}/predict", content=body,
+                            headers={"content-type": content_type}, timeout=30)
+        ours = httpx.post(f"{ray_server.url}/predict", content=body, headers={"content-type": content_type},
+                          timeout=30)
+        assert 400 <= theirs.status_code < 500, name
+        assert (ours.status_code, ours.json()) == (theirs.status_code, theirs.json()), name
+    assert httpx.post(f"{ray_server.url}/predict", json={"texts": "Still here?"}, timeout=30).status_code == 200
+
+
+def test_concurrent_texts_share_forward_passes(ray_server):
+    """@serve.batch groups texts of concurrent requests: fewer passes than texts (the counts come from /health)."""
+    import asyncio
+
+    from behind_pipeline.service.bench import run_async
+
+    before = httpx.get(f"{ray_server.url}/health", timeout=10).json()
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=ray_server.url, timeout=60) as http:
+            return await asyncio.gather(*(http.post("/predict", json={"texts": f"Review number {n}."})
+                                          for n in range(16)))
+
+    responses = run_async(burst())
+    after = httpx.get(f"{ray_server.url}/health", timeout=10).json()
+    assert all(response.status_code == 200 for response in responses)
+    assert after["texts"] - before["texts"] == 16
+    assert after["forward_passes"] - before["forward_passes"] < 16
+    assert after["largest_batch"] > 1
+
+
+def test_a_start_that_never_gets_ready_is_stopped_in_bounded_time():
+    """A replica asking for 4 CPUs on a 2-CPU Ray is never placed: the start gives up after its timeout, and
+    stops what it started."""
+    began = time.monotonic()
+    with pytest.raises(RuntimeError, match="not ready within"):
+        ray_app.start_ray_serve(replicas=1, threads=4, timeout_s=20)
+    assert time.monotonic() - began < 20 + ray_app.STOP_TIMEOUT_S + 15
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The config files
+
+
+def test_the_serve_config_is_valid_for_this_machine():
+    config = ray_app.read_config()
+    assert reference_problems(config, 2, 1) == set()
+    options = ray_app.deployment_options(config)
+    assert options["autoscaling_config"]["max_replicas"] * options["ray_actor_options"]["num_cpus"] <= 2
+    assert options["user_config"]["threads"] == options["ray_actor_options"]["num_cpus"]
+
+
+def test_deployment_options_fix_replicas_and_share_the_cores():
+    config = ray_app.read_config()
+    options = ray_app.deployment_options(config, replicas=2, threads=1)
+    assert options["num_replicas"] == 2 and "autoscaling_config" not in options
+    assert options["ray_actor_options"]["num_cpus"] == options["user_config"]["threads"] == 1
+    assert "name" not in options
+    assert ray_app.read_config() == config  # the file's config is not changed by building options
+
+
+def test_the_serve_config_is_one_serve_accepts():
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(ray_app.read_config()) if hasattr(ServeDeploySchema, "model_validate") \
+        else ServeDeploySchema.parse_obj(ray_app.read_config())
+
+
+def test_the_accelerate_config_says_what_the_two_launch_lines_say():
+    from behind_pipeline import scale_out
+
+    config = scale_out.read_accelerate_config()
+    command = scale_out.machine_command(1, 29500, scale_out.distributed.OUTPUT_DIR / "two_machines.json")
+
+    def flag(name):
+        return command[command.index(f"--{name}") + 1]
+
+    assert config["num_machines"] == int(flag("num_machines")) == scale_out.MACHINES
+    assert config["num_processes"] == int(flag("num_processes"))
+    assert config["main_process_ip"] == flag("main_process_ip")
+    assert config["rdzv_backend"] == flag("rdzv_backend") and config["same_network"] and "--same_network" in command
+    assert config["distributed_type"] == "MULTI_GPU" and "--multi_gpu" in command and "--cpu" not in command
+    assert int(flag("machine_rank")) == 1
+
+
+def test_the_two_machine_launch_runs_two_processes_and_equals_one_process():
+    from behind_pipeline import distributed, scale_out
+
+    output = distributed.OUTPUT_DIR / "test_two_machines.json"
+    report = scale_out.launch_two_machines(output, timeout_s=240)
+    assert report["num_processes"] == 2 and report["process_examples"] == [4, 4]
+    assert report["machine_exit_codes"] == [0, 0]
+    one, loss = distributed.single_process_step(distributed.read_examples(distributed.examples_file(output)))
+    two = distributed.saved_gradients(output)
+    assert one.keys() == two.keys()
+    assert max((one[name] - two[name]).abs().max().item() for name in one) < 1e-5
+    assert sum(report["process_losses"]) / 2 == pytest.approx(loss, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The comparison's table (the figures come from make bench-ray)
+
+
+def _section(failed=0):
+    figures = {"label": "Ray Serve, 1 replica", "replicas": 1, "threads_per_replica": 2,
+               "latency_batch_8": {"p50_ms": 40.0, "p50_ms_sd": 1.0, "p95_ms": 50.0, "p95_ms_sd": 2.0},
+               "throughput": {"texts_per_second": 90.0, "texts_per_second_sd": 3.0,
+                              "runs": [{"failed": failed}]},
+               "start_seconds": {"mean": 9.5, "sd": 0.5}, "memory_mib": {"mean": 1200.0, "sd": 10.0}}
+    return {"date": "2026-12-06", "run": "full", "versions": {"ray": "2.60.0"},
+            "settings": {"batch": 8, "clients": 16, "repeats": 3, "max_batch_size": 32,
+                         "batch_wait_timeout_s": 0.005},
+            "systems": {"ray_1": figures}}
+
+
+def test_the_table_shows_every_figure_with_its_spread():
+    from behind_pipeline.service.ray_bench import table_lines
+
+    row = table_lines(_section())[-1]
+    for figure in ("1 x 2", "9.5 ± 0.5", "1200 ± 10", "40.0 ± 1.0 / 50.0 ± 2.0", "90.0 ± 3.0"):
+        assert figure in row, row
+    assert "failed" not in row
+    assert "(2 failed)" in table_lines(_section(failed=2))[-1]
+    assert table_lines({}) == ["Not measured yet: run `make bench-ray`."]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exercise 1: replicas for a peak load
+
+
+def test_replicas_checker_accepts_the_reference_and_an_integer_division():
+    assert check_replicas_needed(reference_replicas).passed
+
+    def with_fractions(peak_rps, replica_rps, utilisation=0.7, min_replicas=1):
+        from fractions import Fraction
+
+        needed = Fraction(peak_rps) / (Fraction(replica_rps) * Fraction(str(utilisation)))
+        return max(min_replicas, math.ceil(needed))
+
+    assert check_replicas_needed(with_fractions).passed
+
+
+def test_replicas_checker_rejects_rounding_to_the_nearest():
+    assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: max(m, round(p / (r * u)))), "rounded")
+
+
+def test_replicas_checker_rejects_the_floor():
+    assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: max(m, int(p / (r * u)))), "floor")
+
+
+def test_replicas_checker_rejects_no_headroom():
+    assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: max(m, math.ceil(p / r))), "utilisation")
+
+
+def test_replicas_checker_rejects_ignoring_the_minimum():
+    assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: math.ceil(round(p / (r * u), 9))), "min_replicas")
+
+
+def test_replicas_checker_rejects_floor_plus_one():
+    assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: max(m, int(p / (r * u)) + 1)), "exact multiple")
+
+
+def test_replicas_checker_rejects_a_float_count():
+    assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: float(reference_replicas(p, r, u, m))), "int")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exercise 2: a Serve config validator
+
+
+def _without(problem):
+    def answer(config, cpus_per_node, nodes):
+        return reference_problems(config, cpus_per_node, nodes) - {problem}
+
+    return answer
+
+
+def test_config_checker_accepts_the_reference_and_a_list():
+    assert check_config_problems(reference_problems).passed
+    assert check_config_problems(lambda c, cpus, nodes: sorted(reference_problems(c, cpus, nodes))).passed
+
+
+def test_config_checker_rejects_counting_total_cpus():
+    def total_cpus(config, cpus_per_node, nodes):
+        found = reference_problems(config, cpus_per_node, nodes) - {"does_not_fit"}
+        deployment = config["applications"][0]["deployments"][0]
+        most = deployment.get("autoscaling_config", {}).get("max_replicas", deployment.get("num_replicas", 1))
+        if most * deployment["ray_actor_options"]["num_cpus"] > cpus_per_node * nodes:
+            found.add("does_not_fit")
+        return found
+
+    assert_rejected(check_config_problems(total_cpus), "does_not_fit", "per node")
+
+
+def test_config_checker_rejects_ignoring_initial_replicas():
+    def min_max_only(config, cpus_per_node, nodes):
+        found = reference_problems(config, cpus_per_node, nodes) - {"replica_bounds"}
+        autoscaling = config["applications"][0]["deployments"][0].get("autoscaling_config")
+        if autoscaling and autoscaling["min_replicas"] > autoscaling["max_replicas"]:
+            found.add("replica_bounds")
+        return found
+
+    assert_rejected(check_config_problems(min_max_only), "initial_replicas")
+
+
+@pytest.mark.parametrize("problem", ["replicas_and_autoscaling", "oversubscribed", "batching"])
+def test_config_checker_rejects_a_missing_rule(problem):
+    assert_rejected(check_config_problems(_without(problem)), f"missed {problem}")
+
+
+def test_config_checker_rejects_a_validator_that_changes_the_config():
+    def pops(config, cpus_per_node, nodes):
+        found = reference_problems(copy.deepcopy(config), cpus_per_node, nodes)
+        config["applications"][0]["deployments"][0].pop("user_config", None)
+        return found
+
+    assert_rejected(check_config_problems(pops), "changed the config")
+
+
+def test_config_checker_rejects_unknown_names():
+    assert_rejected(check_config_problems(lambda c, cpus, nodes: {"too_big"}), "unknown problem names")
+
+
+def test_config_cases_each_expect_what_they_describe():
+    named = {what: reference_problems(config, cpus, nodes) for what, config, cpus, nodes in CONFIG_CASES}
+    assert named["the book's config on 2 cores"] == set()
+    assert named["3 replicas of 2 CPUs on 2 nodes of 3 CPUs (6 CPUs, but one replica a node)"] == {"does_not_fit"}
+    assert named["two problems at once"] == {"replica_bounds", "oversubscribed"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exercise 3: retries with Retry-After
+
+
+def test_retry_checker_accepts_the_reference():
+    assert check_post_with_retries(reference_retry).passed
+
+
+def _retry(retry_statuses=(429, 503), use_header=True, sleep_after_last=False, extra_attempt=False,
+           header_as_text=False):
+    def post_with_retries(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
+        attempts = max_attempts + 1 if extra_attempt else max_attempts
+        response = None
+        for attempt in range(attempts):
+            response = send(body)
+            last = attempt == attempts - 1
+            if response.status_code not in retry_statuses or (last and not sleep_after_last):
+                return response
+            header = response.headers.get("Retry-After") if use_header else None
+            if header is not None:
+                sleep(header if header_as_text else float(header))
+            else:
+                sleep(backoff_s * 2**attempt)
+        return response
+
+    return post_with_retries
+
+
+def test_retry_checker_rejects_retrying_a_bad_request():
+    assert_rejected(check_post_with_retries(_retry(retry_statuses=range(400, 600))), "4xx other than 429")
+
+
+def test_retry_checker_rejects_ignoring_retry_after():
+    assert_rejected(check_post_with_retries(_retry(use_header=False)), "Retry-After")
+
+
+def test_retry_checker_rejects_a_wait_after_the_last_attempt():
+    assert_rejected(check_post_with_retries(_retry(sleep_after_last=True)), "after the last attempt")
+
+
+def test_retry_checker_rejects_one_attempt_too_many():
+    assert_rejected(check_post_with_retries(_retry(extra_attempt=True)), "the first one too")
+
+
+def test_retry_checker_rejects_the_header_passed_as_text():
+    assert_rejected(check_post_with_retries(_retry(header_as_text=True)), "float(")
+
+
+def test_retry_checker_rejects_a_loop_that_never_stops():
+    def forever(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
+        while True:
+            response = send(body)
+            if response.status_code == 200:
+                return response
+
+    assert_rejected(check_post_with_retries(forever), "over 50 times")
+
+
+def test_retry_checker_rejects_retrying_only_503():
+    assert_rejected(check_post_with_retries(_retry(retry_statuses=(503,))), "429")
+
+
+def test_fake_responses_read_like_httpx():
+    response = FakeResponse(503, "2")
+    assert response.status_code == 503 and response.headers["Retry-After"] == "2"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Odd answers: reported, never raised
+
+
+@pytest.mark.parametrize("name", ODD_ANSWERS)
+@pytest.mark.parametrize("checker", [check_replicas_needed, check_config_problems, check_post_with_retries],
+                         ids=lambda checker: checker.__name__)
+def test_checkers_report_odd_answers(checker, name):
+    assert_reported(checker(ODD_ANSWERS[name]))
