@@ -77,10 +77,170 @@ def test_onnx_classifier_refuses_a_feed_without_the_mask(tiny_export, tokenizer)
 
 
 def test_session_options_fix_threads_and_turn_spinning_off():
+    import onnxruntime as ort
+
     options = session_options(threads=3)
     assert options.intra_op_num_threads == 3 and options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # ORT's default
+    spinning = session_options(spinning=True, level="disabled")
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert spinning.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    with pytest.raises(KeyError):
+        session_options(level="maximum")
+
+
+def test_optimized_graph_is_saved_once_has_fewer_nodes_and_the_same_logits(tiny_export, tokenizer, splits,
+                                                                            monkeypatch):
+    classifier, path = tiny_export
+    counts = {}
+    for level in onnx_export.OPTIMIZATION_LEVELS:
+        saved = onnx_export.optimized_onnx_file(path, level)
+        assert saved.name == f"tiny-optimized-{level}.onnx" and saved.parent == path.parent
+        counts[level] = len(onnx.load(str(saved)).graph.node)
+    assert counts["disabled"] == len(onnx.load(str(path)).graph.node)  # disabled: the exported graph as it is
+    assert counts["all"] <= counts["extended"] < counts["disabled"]  # fused (basic may add a node: a split Gather)
+    saved = onnx_export.optimized_onnx_file(path, "all")
+    monkeypatch.setattr(onnx_export, "session_options", lambda *a, **k: pytest.fail("optimized again"))
+    assert onnx_export.optimized_onnx_file(path, "all") == saved  # reused
+    monkeypatch.undo()
+    texts = list(splits["test"]["text"][:20])
+    expected = predict_logits(classifier, tokenizer, texts)
+    loaded = OnnxClassifier(ort_session(saved, level="disabled"))  # the cold-start fix: no optimization at load
+    assert (predict_logits(loaded, tokenizer, texts) - expected).abs().max().item() < 1e-4
+
+
+def test_profile_sums_node_times_by_operator_type(tiny_export, tmp_path):
+    _, path = tiny_export
+    session = ort_session(path, profile_prefix=str(tmp_path / "profile"))
+    feed = {"input_ids": np.array([[101, 2009, 102]]), "attention_mask": np.ones((1, 3), dtype=np.int64)}
+    for _ in range(4):
+        session.run(None, feed)
+    profile = onnx_export.profile_by_op_type(session)
+    runs = profile.pop("runs")
+    assert runs["calls"] == 4 and runs["ms"] > 0
+    nodes = len(onnx.load(str(onnx_export.optimized_onnx_file(path, "all"))).graph.node)
+    assert sum(entry["calls"] for entry in profile.values()) == 4 * nodes  # every node of the optimized graph, per run
+    assert sum(entry["ms"] for entry in profile.values()) <= runs["ms"]  # node time is part of the run's time
+    assert not list(tmp_path.glob("profile*"))  # the trace file is removed
+
+
+def test_profile_leaves_out_the_warmup_runs(tiny_export, tmp_path):
+    _, path = tiny_export
+    session = ort_session(path, profile_prefix=str(tmp_path / "profile"))
+    feed = {"input_ids": np.array([[101, 2009, 102]]), "attention_mask": np.ones((1, 3), dtype=np.int64)}
+    for _ in range(5):
+        session.run(None, feed)
+    assert onnx_export.profile_by_op_type(session, skip_runs=2)["runs"]["calls"] == 3
+
+
+def test_interleaved_samples_take_turns_and_time_only_after_the_warmup():
+    order, now = [], [0.0]
+
+    def run(name, cost):
+        def call():
+            order.append(name)
+            now[0] += cost
+        return call
+
+    samples = onnx_export.interleaved_samples({"a": run("a", 1.0), "b": run("b", 2.0)}, warmup=1, repeats=3,
+                                              clock=lambda: now[0])
+    assert order == ["a", "b"] * 4  # turns, warm-up round included
+    assert samples == {"a": [1.0] * 3, "b": [2.0] * 3}
+    assert onnx_export.spread_ms([0.001, 0.002, 0.003, 0.004]) == "2.50 ms (middle half 1.75-3.25, 4 calls)"
+
+
+def test_fingerprint_changes_with_the_exporter_code_and_the_library_versions(tmp_path, monkeypatch, tokenizer):
+    folder = tmp_path / "model"
+    tiny_classifier(tokenizer).save_pretrained(folder)
+    first = onnx_export.export_fingerprint(str(folder))
+    assert onnx_export.export_fingerprint(str(folder)) == first
+    for name in ("onnx", "onnxscript", "onnxruntime", "torch"):
+        versions = {**onnx_export.package_versions(), name: "0.0.0"}
+        monkeypatch.setattr(onnx_export, "package_versions", lambda versions=versions: versions)
+        assert onnx_export.export_fingerprint(str(folder)) != first, name
+        monkeypatch.undo()
+    monkeypatch.setattr(onnx_export, "WRITERS", (*onnx_export.WRITERS[:1], tiny_classifier))  # other code
+    assert onnx_export.export_fingerprint(str(folder)) != first
+    monkeypatch.undo()
+    assert "def export_classifier" in onnx_export.writer_source() and "def quantize_int8" in onnx_export.writer_source()
+
+
+def test_torch_timing_process_gets_the_wait_policy_asked_for(monkeypatch):
+    import subprocess
+
+    calls = []
+
+    def fake_run(command, env, **kwargs):
+        calls.append((command, env))
+        return subprocess.CompletedProcess(command, 0, stdout='{"1": {"median_ms": 5.0, "p95_ms": 6.0}}\n')
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    figures = onnx_export.torch_latency_in_fresh_process((1,), 1, 2, omp_wait_policy="PASSIVE")
+    assert figures == {1: {"median_ms": 5.0, "p95_ms": 6.0}}
+    assert calls[-1][1]["OMP_WAIT_POLICY"] == "PASSIVE" and "--time-torch" in calls[-1][0]
+    onnx_export.torch_latency_in_fresh_process((1,), omp_wait_policy=None)
+    assert "OMP_WAIT_POLICY" not in calls[-1][1]  # unset: libgomp's default, not the caller's setting
+
+
+def test_onnx_classifier_goes_into_a_pipeline_with_the_config(tiny_export, tokenizer, splits):
+    import logging
+
+    from transformers import pipeline
+
+    classifier, path = tiny_export
+    classifier.config.id2label = {0: "rotten", 1: "fresh"}
+    wrapped = OnnxClassifier(ort_session(path), config=classifier.config)
+    logging.getLogger("transformers.pipelines.base").setLevel(logging.CRITICAL)  # "not supported": the class name
+    clf = pipeline("text-classification", model=wrapped, tokenizer=tokenizer)
+    texts = list(splits["test"]["text"][:6])
+    expected = predict_logits(classifier, tokenizer, texts).softmax(dim=-1)
+    answers = clf(texts)
+    assert [a["label"] for a in answers] == [classifier.config.id2label[int(i)] for i in expected.argmax(dim=-1)]
+    assert np.allclose([a["score"] for a in answers], expected.max(dim=-1).values.numpy(), atol=1e-5)
+
+
+def test_pre_processing_marks_the_graph_and_per_channel_gives_one_scale_per_column(tiny_export, tmp_path):
+    from onnxruntime.quantization.quant_utils import model_has_pre_process_metadata
+
+    _, path = tiny_export
+    prepared = onnx_export.pre_process(path, tmp_path / "prepared.onnx")
+    assert model_has_pre_process_metadata(onnx.load(str(prepared)))
+    assert not model_has_pre_process_metadata(onnx.load(str(path)))
+
+    def scale_sizes(model_path):
+        model = onnx.load(str(model_path))
+        return sorted({int(np.prod(t.dims)) for t in model.graph.initializer
+                       if t.name.endswith("_scale") and t.data_type == onnx.TensorProto.FLOAT})
+
+    per_tensor = quantize_int8(prepared, tmp_path / "tensor.onnx")
+    per_channel = quantize_int8(prepared, tmp_path / "channel.onnx", per_channel=True)
+    assert scale_sizes(per_tensor) == [1]
+    assert max(scale_sizes(per_channel)) > 1  # a vector of scales: one per output column
+
+
+def test_pre_processing_needs_auto_merge_on_the_exported_bert(tiny_export, tmp_path, monkeypatch):
+    """What pre_process's docstring and chapter 17 say: without auto_merge, ORT's symbolic shape inference stops."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    _, path = tiny_export
+    monkeypatch.chdir(tmp_path)  # on failure it saves its half-inferred graph in the working folder
+    with quiet(), pytest.raises(Exception, match="Incomplete symbolic shape inference"):
+        quant_pre_process(str(path), str(tmp_path / "prepared.onnx"))
+
+
+def test_reduce_range_keeps_weights_in_7_bits(tiny_export, tmp_path):
+    _, path = tiny_export
+
+    def widest_weight(model_path):
+        model = onnx.load(str(model_path))
+        return max(int(np.abs(onnx.numpy_helper.to_array(t).astype(np.int32)).max())
+                   for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8)
+
+    assert widest_weight(quantize_int8(path, tmp_path / "full.onnx")) == 127
+    assert widest_weight(quantize_int8(path, tmp_path / "reduced.onnx", reduce_range=True)) <= 64
 
 
 def test_int8_rewrites_matmuls_and_stays_close(tiny_export, tokenizer, splits, tmp_path):
