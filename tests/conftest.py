@@ -1,11 +1,11 @@
 """Shared fixtures: the corpus splits and the course classifier are loaded once per test session."""
 
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from behind_pipeline.paths import PROJECT_ROOT as ROOT  # the one definition of the project root
+
 sys.path.insert(0, str(ROOT / "tools"))
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import canary
 
-ROOT = Path(__file__).resolve().parent.parent
+from behind_pipeline.paths import PROJECT_ROOT as ROOT  # the one definition of the project root
+
 WATCHED = {normalized: canary.normalize(normalized) for normalized in canary.CANARY_PACKAGES}
 
 

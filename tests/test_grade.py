@@ -17,10 +17,10 @@ import nbformat
 import pytest
 
 from behind_pipeline.checks._core import CHECK_LOG_VARIABLE
+from behind_pipeline.paths import PROJECT_ROOT as ROOT  # the one definition of the project root
 
 import grade
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = "11_trainer_exercises.ipynb"
 SOLUTION = ROOT / "solutions" / "11_trainer_solutions.ipynb"
 CHECKS = ["check_make_compute_metrics", "check_early_stopping_outcome", "check_make_weighted_loss"]

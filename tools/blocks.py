@@ -11,7 +11,7 @@ lost a block's markers cannot be rendered: that is reported in both modes, and e
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from behind_pipeline.paths import PROJECT_ROOT as ROOT  # the one definition of the project root
 
 
 class MissingMarkers(ValueError):

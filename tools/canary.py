@@ -46,7 +46,8 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from behind_pipeline.paths import PROJECT_ROOT as ROOT  # the one definition of the project root
+
 sys.path.insert(0, str(ROOT))  # the orchestrator needs only the standard library and behind_pipeline.paths
 
 from behind_pipeline.paths import _CACHE_VARIABLES, CACHE_DIR  # noqa: E402

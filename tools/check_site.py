@@ -35,7 +35,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
+from behind_pipeline.paths import PROJECT_ROOT as ROOT  # the one definition of the project root
 
 # Attributes through which a browser fetches something by itself, per tag (``<a href>`` is not one of them).
 FETCHING = {

@@ -4,7 +4,8 @@ import fnmatch
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from behind_pipeline.paths import PROJECT_ROOT as ROOT  # the one definition of the project root
+
 CHECKED_FOLDERS = ("notebooks", "solutions", "book")  # executed by nbval and compared (book/: reference pages)
 ALL_FOLDERS = CHECKED_FOLDERS + ("exercises",)
 # A chapter's title line: "# 7. Other heads: one body, many tasks" gives number, title and subtitle.

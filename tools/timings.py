@@ -13,9 +13,9 @@ import json
 import shutil
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from behind_pipeline.paths import PROJECT_ROOT as ROOT  # the one definition of the project root
+
 TIMINGS = ROOT / ".cache" / "timings"
 MODELS = ROOT / ".cache" / "models"
 # results file -> the model folder whose training summary it copies (chapter 0-7's classifier, chapter 8's
