@@ -122,7 +122,7 @@ def test_every_directly_imported_package_is_pinned():
     import sys
     from importlib.metadata import packages_distributions
 
-    pinned = {re.split(r"==", line)[0].strip().lower().replace("_", "-")
+    pinned = {re.split(r"==|\[", line)[0].strip().lower().replace("_", "-")  # ray[serve]==x pins ray
               for line in (paths.PROJECT_ROOT / "requirements.txt").read_text().splitlines()
               if "==" in line and not line.startswith("#")}
     distributions = packages_distributions()
