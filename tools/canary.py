@@ -46,11 +46,12 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from behind_pipeline.paths import PROJECT_ROOT as ROOT  # the one definition of the project root
-
-sys.path.insert(0, str(ROOT))  # the orchestrator needs only the standard library and behind_pipeline.paths
+# The orchestrator needs only the standard library and behind_pipeline.paths, importable from the checkout even
+# by an interpreter that has not installed the package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from behind_pipeline.paths import _CACHE_VARIABLES, CACHE_DIR  # noqa: E402
+from behind_pipeline.paths import PROJECT_ROOT as ROOT  # noqa: E402
 
 # The libraries whose drift the canary watches: everything the book teaches through, and the notebook tester.
 CANARY_PACKAGES = ("transformers", "tokenizers", "datasets", "peft", "accelerate", "huggingface_hub", "nbval")
