@@ -50,7 +50,7 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV); \
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt; \
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .; \
-	$(PYTHON) tools/timings.py record install $$start
+	$(BIN)/python tools/timings.py record install $$start
 	touch $@
 
 assets: $(ASSETS)
