@@ -8,10 +8,15 @@ import re
 from pathlib import Path
 
 import canary
+import canary_report
+import canary_results
+import canary_versions
+from canary_report import build_report
+from canary_results import Case, with_pinned_outcomes
 
 from behind_pipeline.paths import PROJECT_ROOT as ROOT  # the one definition of the project root
 
-WATCHED = {normalized: canary.normalize(normalized) for normalized in canary.CANARY_PACKAGES}
+WATCHED = {normalized: canary_versions.normalize(normalized) for normalized in canary_versions.CANARY_PACKAGES}
 
 
 # ------------------------------------------------------------------------------------------------ requirements
@@ -29,8 +34,8 @@ NEWEST = {
 
 def test_rewrite_pins_the_seven_watched_packages_to_the_newest_and_keeps_every_other_line():
     text = canary.REQUIREMENTS.read_text()
-    rewritten = canary.rewrite_requirements(text, NEWEST)
-    before, after = canary.pinned_versions(text), canary.pinned_versions(rewritten)
+    rewritten = canary_versions.rewrite_requirements(text, NEWEST)
+    before, after = canary_versions.pinned_versions(text), canary_versions.pinned_versions(rewritten)
     assert set(before) == set(after)
     for name, pinned in before.items():
         expected = NEWEST[name] if name in NEWEST else pinned
@@ -38,13 +43,14 @@ def test_rewrite_pins_the_seven_watched_packages_to_the_newest_and_keeps_every_o
     assert after["torch"] == "2.13.0"  # the CPU build on local disk; any other spec pulls CUDA wheels
     # Comments and blank lines stay where they were: only the seven lines changed.
     changed = [(old, new) for old, new in zip(text.splitlines(), rewritten.splitlines(), strict=True) if old != new]
-    assert len(changed) == len(canary.CANARY_PACKAGES)
-    assert {canary.requirement_name(old) for old, _ in changed} == set(WATCHED.values())
+    assert len(changed) == len(canary_versions.CANARY_PACKAGES)
+    assert {canary_versions.requirement_name(old) for old, _ in changed} == set(WATCHED.values())
 
 
 def test_rewrite_matches_whole_normalized_names_only():
     text = "# tokenizers==1 in a comment stays\nHuggingFace_Hub==1.0\nnbval-extra==2.0\nnbval==0.1  # tester\n-e .\n"
-    rewritten = canary.rewrite_requirements(text, {"huggingface-hub": "3.0", "nbval": "0.2", "tokenizers": "5"})
+    wanted = {"huggingface-hub": "3.0", "nbval": "0.2", "tokenizers": "5"}
+    rewritten = canary_versions.rewrite_requirements(text, wanted)
     assert rewritten.splitlines() == [
         "# tokenizers==1 in a comment stays",
         "huggingface-hub==3.0",
@@ -55,9 +61,9 @@ def test_rewrite_matches_whole_normalized_names_only():
 
 
 def test_rewrite_to_none_lets_pip_choose_and_leaves_no_pin():
-    rewritten = canary.rewrite_requirements("transformers==5.23.0\nnumpy==2.4.6\n", {"transformers": None})
+    rewritten = canary_versions.rewrite_requirements("transformers==5.23.0\nnumpy==2.4.6\n", {"transformers": None})
     assert rewritten == "transformers\nnumpy==2.4.6\n"
-    assert canary.pinned_versions(rewritten) == {"numpy": "2.4.6"}
+    assert canary_versions.pinned_versions(rewritten) == {"numpy": "2.4.6"}
 
 
 def test_newest_versions_come_from_pips_json_report():
@@ -68,7 +74,7 @@ def test_newest_versions_come_from_pips_json_report():
             {"metadata": {"name": "Transformers", "version": "5.24.0"}, "requested": True},
         ],
     }
-    assert canary.newest_from_report(report) == {"huggingface-hub": "2.5.0", "transformers": "5.24.0"}
+    assert canary_versions.newest_from_report(report) == {"huggingface-hub": "2.5.0", "transformers": "5.24.0"}
 
 
 # ------------------------------------------------------------------------------------------------ conflicts
@@ -90,14 +96,14 @@ ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics
 
 
 def test_a_pip_conflict_is_read_as_a_finding_naming_the_release_that_conflicts():
-    lines = canary.pip_conflict(PIP_CONFLICT)
+    lines = canary_versions.pip_conflict(PIP_CONFLICT)
     assert "The user requested numpy==2.4.6" in lines
     assert "transformers 5.30.0 depends on numpy>=2.5" in lines
     assert not any("\x1b" in line for line in lines)
     assert not any("loosen" in line for line in lines)  # pip's generic advice is not a finding
-    watched = list(canary.CANARY_PACKAGES)
-    assert canary.conflicting_packages(lines, watched) == ["transformers"]
-    assert canary.pip_conflict("Successfully installed transformers-5.24.0\n") == []
+    watched = list(canary_versions.CANARY_PACKAGES)
+    assert canary_versions.conflicting_packages(lines, watched) == ["transformers"]
+    assert canary_versions.pip_conflict("Successfully installed transformers-5.24.0\n") == []
 
 
 def test_a_real_pip_conflict_names_both_releases():
@@ -109,10 +115,11 @@ def test_a_real_pip_conflict_names_both_releases():
         "conflicting dependencies.\n\nThe conflict is caused by:\n    The user requested tokenizers==0.20.0\n"
         "    transformers 5.24.0 depends on tokenizers<0.24.0 and >=0.23.1\n\nTo fix this you could try to:\n"
     )
-    lines = canary.pip_conflict(output)
+    lines = canary_versions.pip_conflict(output)
     assert lines[:2] == ["The user requested tokenizers==0.20.0",
                          "transformers 5.24.0 depends on tokenizers<0.24.0 and >=0.23.1"]  # fmt: skip
-    assert canary.conflicting_packages(lines, list(canary.CANARY_PACKAGES)) == ["transformers", "tokenizers"]
+    watched = list(canary_versions.CANARY_PACKAGES)
+    assert canary_versions.conflicting_packages(lines, watched) == ["transformers", "tokenizers"]
     assert canary.UNSHOWN.match(output.splitlines()[0])
     assert not canary.UNSHOWN.match("ERROR: Cannot install tokenizers==0.20.0")
     assert not canary.UNSHOWN.match("tests/test_ch01_tokenizer.py ....")
@@ -120,9 +127,9 @@ def test_a_real_pip_conflict_names_both_releases():
 
 def test_a_release_pip_cannot_find_is_a_finding_too():
     output = "ERROR: Could not find a version that satisfies the requirement peft==0.99 (from versions: 0.21.2)\n"
-    lines = canary.pip_conflict(output)
+    lines = canary_versions.pip_conflict(output)
     assert len(lines) == 1
-    assert canary.conflicting_packages(lines, ["transformers", "peft"]) == ["peft"]
+    assert canary_versions.conflicting_packages(lines, ["transformers", "peft"]) == ["peft"]
 
 
 # ------------------------------------------------------------------------------------------------ versions
@@ -132,13 +139,13 @@ def test_version_changes_list_each_pin_the_canary_moved_and_nothing_else():
     pins = {"transformers": "5.23.0", "tokenizers": "0.23.3", "torch": "2.13.0", "peft": "0.21.2"}
     # torch's CPU build calls itself 2.13.0+cpu: the same release as the pin, not a change.
     installed = {"transformers": "5.24.0", "tokenizers": "0.23.3", "torch": "2.13.0+cpu", "regex": "2026.1.1"}
-    assert canary.version_changes(pins, installed) == [
+    assert canary_versions.version_changes(pins, installed) == [
         {"package": "transformers", "pinned": "5.23.0", "canary": "5.24.0"},
         {"package": "peft", "pinned": "0.21.2", "canary": None},
     ]
     pinned_env = {"transformers": "5.23.0", "regex": "2025.9.1", "hf-xet": "1.0", "pip": "23.2.1"}
     canary_env = {"transformers": "5.24.0", "regex": "2026.1.1", "hf-xet": "1.0", "pip": "25.0"}
-    assert canary.other_changes(pins, pinned_env, canary_env) == [
+    assert canary_versions.other_changes(pins, pinned_env, canary_env) == [
         {"package": "regex", "pinned_env": "2025.9.1", "canary": "2026.1.1"}
     ]
 
@@ -198,7 +205,7 @@ def fake_project(tmp_path: Path) -> Path:
 
 def test_junit_cases_map_back_to_notebooks_cells_and_test_files(tmp_path):
     root = fake_project(tmp_path)
-    cases = {case.test: case for case in canary.read_junit(root / "results.xml", "notebooks", root)}
+    cases = {case.test: case for case in canary_results.read_junit(root / "results.xml", "notebooks", root)}
     assert len(cases) == 7
     cell = cases["notebooks/05_x.y.ipynb::Cell 2"]
     assert (cell.outcome, cell.notebook, cell.cell) == ("failed", "notebooks/05_x.y.ipynb", 2)
@@ -213,9 +220,9 @@ def test_junit_cases_map_back_to_notebooks_cells_and_test_files(tmp_path):
 
 
 def test_a_test_run_again_in_a_later_part_keeps_its_latest_outcome():
-    first = [canary.Case("unit", "tests/a.py::t", "failed"), canary.Case("unit", "tests/a.py::u", "passed")]
-    again = [canary.Case("unit", "tests/a.py::t", "passed")]
-    merged = canary.merge_cases([first, again])
+    first = [Case("unit", "tests/a.py::t", "failed"), Case("unit", "tests/a.py::u", "passed")]
+    again = [Case("unit", "tests/a.py::t", "passed")]
+    merged = canary_results.merge_cases([first, again])
     assert [(case.test, case.outcome) for case in merged] == [("tests/a.py::u", "passed"), ("tests/a.py::t", "passed")]
 
 
@@ -235,10 +242,10 @@ RUNS = [{"label": "unit-all", "suite": "unit", "targets": ["tests"], "returncode
 
 def test_the_report_names_the_moved_versions_and_each_broken_notebook_cell_and_test(tmp_path):
     root = fake_project(tmp_path)
-    cases = canary.read_junit(root / "results.xml", "notebooks", root)
+    cases = canary_results.read_junit(root / "results.xml", "notebooks", root)
     for case in cases:
         case.suite = "unit" if case.test.startswith("tests/") else "notebooks"
-    markdown, short, data = canary.build_report(STATE, cases, RUNS)
+    markdown, short, data = build_report(STATE, cases, RUNS)
     assert "| transformers | 5.23.0 | 5.24.0 |" in markdown
     assert "| regex | 2025.9.1 | 2026.1.1 |" in markdown
     assert "tokenizers 0.23.3" in markdown  # watched, newest already pinned
@@ -262,26 +269,26 @@ def test_the_report_names_the_moved_versions_and_each_broken_notebook_cell_and_t
         "tests/test_ch05_x.py::TestChecker::test_rejects_wrong",
         "tests/test_ch06_y.py::test_module",
     ]
-    assert canary.has_findings(data)
+    assert canary_report.has_findings(data)
     json.dumps(data)  # report.json is written from it
 
 
 def test_a_clean_run_reports_no_finding_and_a_conflict_or_a_run_without_results_does():
-    passing = [canary.Case("unit", "tests/a.py::t", "passed"), canary.Case("notebooks", "notebooks/a.ipynb::Cell 0",
+    passing = [Case("unit", "tests/a.py::t", "passed"), Case("notebooks", "notebooks/a.ipynb::Cell 0",
                                                                            "passed", notebook="notebooks/a.ipynb")]
-    markdown, short, data = canary.build_report(STATE, passing, RUNS)
-    assert not canary.has_findings(data)
+    markdown, short, data = build_report(STATE, passing, RUNS)
+    assert not canary_report.has_findings(data)
     assert "## Broken notebooks\n\nNone." in markdown and "## Broken unit tests\n\nNone." in markdown
     conflict = {"what": "transformers==5.30.0 would not install beside the pins",
                 "lines": ["transformers 5.30.0 depends on numpy>=2.5"]}  # fmt: skip
-    markdown, short, data = canary.build_report({**STATE, "conflicts": [conflict]}, passing, RUNS)
-    assert canary.has_findings(data)
+    markdown, short, data = build_report({**STATE, "conflicts": [conflict]}, passing, RUNS)
+    assert canary_report.has_findings(data)
     assert "install conflict: transformers==5.30.0 would not install beside the pins" in short
     assert "transformers 5.30.0 depends on numpy>=2.5" in markdown
     broken_run = [{**RUNS[0], "returncode": 4, "problem": "pytest exited with status 4 and wrote no junit XML",
                    "output_tail": ["error: unrecognized arguments: --nbval-sanitize-with"]}]  # fmt: skip
-    markdown, short, data = canary.build_report(STATE, passing, broken_run)
-    assert canary.has_findings(data)
+    markdown, short, data = build_report(STATE, passing, broken_run)
+    assert canary_report.has_findings(data)
     assert "unrecognized arguments: --nbval-sanitize-with" in markdown
 
 
@@ -305,7 +312,7 @@ def test_the_canary_runs_the_same_pytest_commands_as_test_unit_and_test_notebook
     variables = makefile_variables(text)
     junit = tmp_path / "out.xml"
     for target, suite in (("test-unit", "unit"), ("test-notebooks", "notebooks")):
-        targets = canary.UNIT_TARGETS if suite == "unit" else canary.NOTEBOOK_TARGETS
+        targets = canary.UNIT_TARGETS if suite == "unit" else canary_results.NOTEBOOK_TARGETS
         command = canary.pytest_command(canary.CANARY_VENV, suite, targets, junit)
         assert command[0] == str(canary.CANARY_VENV / "bin" / "pytest")
         assert command[-1] == f"--junitxml={junit}"
@@ -349,13 +356,13 @@ def test_only_splits_parts_into_unit_tests_and_notebooks():
 
 def test_recheck_runs_broken_unit_tests_by_id_and_notebooks_whole():
     cases = [
-        canary.Case("unit", "tests/test_a.py::test_x", "failed"),
-        canary.Case("unit", "tests/test_a.py::test_y", "passed"),
-        canary.Case("unit", "tests/test_b.py::test_z", "error"),
-        canary.Case("notebooks", "notebooks/05_x.ipynb::Cell 3", "failed", notebook="notebooks/05_x.ipynb", cell=3),
-        canary.Case("notebooks", "notebooks/05_x.ipynb::Cell 7", "failed", notebook="notebooks/05_x.ipynb", cell=7),
-        canary.Case("notebooks", "solutions/05_x_solutions.ipynb::Cell 0", "skipped"),
-        canary.Case("notebooks", "notebooks/06_y.ipynb::Cell 0", "failed", notebook="notebooks/06_y.ipynb", cell=0,
+        Case("unit", "tests/test_a.py::test_x", "failed"),
+        Case("unit", "tests/test_a.py::test_y", "passed"),
+        Case("unit", "tests/test_b.py::test_z", "error"),
+        Case("notebooks", "notebooks/05_x.ipynb::Cell 3", "failed", notebook="notebooks/05_x.ipynb", cell=3),
+        Case("notebooks", "notebooks/05_x.ipynb::Cell 7", "failed", notebook="notebooks/05_x.ipynb", cell=7),
+        Case("notebooks", "solutions/05_x_solutions.ipynb::Cell 0", "skipped"),
+        Case("notebooks", "notebooks/06_y.ipynb::Cell 0", "failed", notebook="notebooks/06_y.ipynb", cell=0,
                     expected="only the printed library versions differ"),
     ]  # fmt: skip
     assert canary.recheck_targets(cases) == (
@@ -368,34 +375,34 @@ def test_recheck_runs_broken_unit_tests_by_id_and_notebooks_whole():
 def test_a_break_that_happens_with_the_pins_too_is_not_reported_as_drift():
     def cases():
         return [
-            canary.Case("unit", "tests/test_a.py::test_x", "failed", message="assert 1 == 2"),
-            canary.Case("notebooks", "notebooks/05_x.ipynb::Cell 3", "failed", notebook="notebooks/05_x.ipynb",
+            Case("unit", "tests/test_a.py::test_x", "failed", message="assert 1 == 2"),
+            Case("notebooks", "notebooks/05_x.ipynb::Cell 3", "failed", notebook="notebooks/05_x.ipynb",
                         cell=3, message="Notebook cell execution failed"),
         ]  # fmt: skip
 
     # Not rechecked yet: every break counts.
-    markdown, short, data = canary.build_report(STATE, cases(), RUNS)
-    assert data["drift"] == 2 and canary.has_findings(data)
+    markdown, short, data = build_report(STATE, cases(), RUNS)
+    assert data["drift"] == 2 and canary_report.has_findings(data)
     assert "not rechecked with the pins" in markdown
     # The pinned .venv fails the unit test too, and passes the notebook cell: only the cell is drift.
-    pinned = [canary.Case("unit", "tests/test_a.py::test_x", "failed"),
-              canary.Case("notebooks", "notebooks/05_x.ipynb::Cell 3", "passed")]  # fmt: skip
+    pinned = [Case("unit", "tests/test_a.py::test_x", "failed"),
+              Case("notebooks", "notebooks/05_x.ipynb::Cell 3", "passed")]  # fmt: skip
     pinned_runs = [{"label": "unit-test_a-1-0", "targets": ["tests/test_a.py::test_x"], "returncode": 1, "seconds": 2}]
-    markdown, short, data = canary.build_report(STATE, canary.with_pinned_outcomes(cases(), pinned), RUNS, pinned_runs)
+    markdown, short, data = build_report(STATE, with_pinned_outcomes(cases(), pinned), RUNS, pinned_runs)
     assert "| recheck with the pins: unit-test_a-1-0 | tests/test_a.py::test_x | 1 | 2 |" in markdown
     assert "working tree changed" not in markdown  # no fingerprints recorded: nothing to compare
     later = [{**pinned_runs[0], "tree": "b"}]
-    _, changed, _ = canary.build_report(STATE, cases(), [{**RUNS[0], "tree": "a"}], later)
+    _, changed, _ = build_report(STATE, cases(), [{**RUNS[0], "tree": "a"}], later)
     assert "note: the working tree changed between the runs" in changed
-    _, same, _ = canary.build_report(STATE, cases(), [{**RUNS[0], "tree": "b"}], later)
+    _, same, _ = build_report(STATE, cases(), [{**RUNS[0], "tree": "b"}], later)
     assert "working tree changed" not in same
-    assert data["drift"] == 1 and canary.has_findings(data)
+    assert data["drift"] == 1 and canary_report.has_findings(data)
     assert "BROKEN notebooks/05_x.ipynb: cell 3 (passes with the pins: drift)" in short
     assert "BROKEN tests/test_a.py::test_x (fails with the pins too: not drift): assert 1 == 2" in short
-    both = [canary.Case("unit", "tests/test_a.py::test_x", "failed"),
-            canary.Case("notebooks", "notebooks/05_x.ipynb::Cell 3", "error")]  # fmt: skip
-    markdown, short, data = canary.build_report(STATE, canary.with_pinned_outcomes(cases(), both), RUNS)
-    assert data["drift"] == 0 and not canary.has_findings(data)
+    both = [Case("unit", "tests/test_a.py::test_x", "failed"),
+            Case("notebooks", "notebooks/05_x.ipynb::Cell 3", "error")]  # fmt: skip
+    markdown, short, data = build_report(STATE, with_pinned_outcomes(cases(), both), RUNS)
+    assert data["drift"] == 0 and not canary_report.has_findings(data)
 
 
 # ------------------------------------------------------------------------------------------------ expected breaks
@@ -419,30 +426,30 @@ MOVED = [{"package": "transformers", "pinned": "5.23.0", "canary": "5.24.0"}]
 
 
 def test_a_cell_that_differs_only_by_the_printed_versions_is_expected_not_drift():
-    assert canary.only_versions_differ(VERSIONS_ONLY, MOVED)
-    assert not canary.only_versions_differ(MORE_THAN_VERSIONS, MOVED)
-    assert not canary.only_versions_differ(VERSIONS_ONLY, [])  # nothing moved: a real difference
+    assert canary_report.only_versions_differ(VERSIONS_ONLY, MOVED)
+    assert not canary_report.only_versions_differ(MORE_THAN_VERSIONS, MOVED)
+    assert not canary_report.only_versions_differ(VERSIONS_ONLY, [])  # nothing moved: a real difference
     other = [{"package": "tokenizers", "pinned": "0.23.3", "canary": "0.24.0"}]
-    assert not canary.only_versions_differ(VERSIONS_ONLY, other)
+    assert not canary_report.only_versions_differ(VERSIONS_ONLY, other)
     # A count that moved (804 model types -> 822) is not a version, even in the same cell.
     counts = VERSIONS_ONLY.replace("ormers 5.24.0 | toke", "822 model types")
     counts = counts.replace("ormers 5.23.0 | toke", "804 model types")
-    assert not canary.only_versions_differ(counts, MOVED)
+    assert not canary_report.only_versions_differ(counts, MOVED)
 
     def cell(index, details):
         notebook = f"notebooks/0{index}_x.ipynb"
-        return canary.Case("notebooks", f"{notebook}::Cell 0", "failed", details=details, notebook=notebook, cell=0,
+        return Case("notebooks", f"{notebook}::Cell 0", "failed", details=details, notebook=notebook, cell=0,
                            message="Notebook cell execution failed")  # fmt: skip
 
     state = {**STATE, "changes": MOVED}
-    markdown, short, data = canary.build_report(state, [cell(1, VERSIONS_ONLY), cell(2, MORE_THAN_VERSIONS)], RUNS)
+    markdown, short, data = build_report(state, [cell(1, VERSIONS_ONLY), cell(2, MORE_THAN_VERSIONS)], RUNS)
     assert "1 cell(s) differ only by the printed library versions (expected)" in short
     assert "BROKEN notebooks/02_x.ipynb: cell 0" in short and "BROKEN notebooks/01_x.ipynb" not in short
     assert "Expected (only the printed library versions differ" in markdown
     assert "notebooks/01_x.ipynb cell 0" in markdown
     assert data["drift"] == 1
-    markdown, short, data = canary.build_report(state, [cell(1, VERSIONS_ONLY)], RUNS)
-    assert data["drift"] == 0 and not canary.has_findings(data)
+    markdown, short, data = build_report(state, [cell(1, VERSIONS_ONLY)], RUNS)
+    assert data["drift"] == 0 and not canary_report.has_findings(data)
 
 
 PYTEST_LOG = """tests/test_ch08_x.py ....                                         [100%]
@@ -463,14 +470,14 @@ tests/test_ch14_y.py::test_lora
 
 
 def test_deprecations_the_new_releases_announce_are_read_from_the_pytest_log():
-    found = canary.library_warnings(PYTEST_LOG)
+    found = canary_results.library_warnings(PYTEST_LOG)
     assert found == [{
         "where": "tests/test_ch08_x.py: 12 warnings",
         "warning": "transformers/utils/generic.py:1036: FutureWarning: `past_key_values` is deprecated and will be "
                    "removed in version 5.40.0. Use `cache` instead.",
     }]  # fmt: skip
-    assert canary.library_warnings("no summary here\n") == []
-    markdown, short, data = canary.build_report(STATE, [], [{**RUNS[0], "warnings": found}])
+    assert canary_results.library_warnings("no summary here\n") == []
+    markdown, short, data = build_report(STATE, [], [{**RUNS[0], "warnings": found}])
     assert "library warning: transformers/utils/generic.py:1036: FutureWarning: `past_key_values`" in short
     assert data["library_warnings"] == found
 

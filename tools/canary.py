@@ -42,19 +42,33 @@ import shutil
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ElementTree
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # The orchestrator needs only the standard library and behind_pipeline.paths, importable from the checkout even
 # by an interpreter that has not installed the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from canary_report import build_report, has_findings, mark_expected  # noqa: E402
+from canary_results import (  # noqa: E402
+    NOTEBOOK_TARGETS,
+    Case,
+    load_results,
+    with_pinned_outcomes,
+)
+from canary_versions import (  # noqa: E402
+    CANARY_PACKAGES,
+    conflicting_packages,
+    newest_from_report,
+    normalize,
+    other_changes,
+    pinned_versions,
+    pip_conflict,
+    rewrite_requirements,
+    version_changes,
+)
+
 from behind_pipeline.paths import _CACHE_VARIABLES, CACHE_DIR  # noqa: E402
 from behind_pipeline.paths import PROJECT_ROOT as ROOT  # noqa: E402
-
-# The libraries whose drift the canary watches: everything the book teaches through, and the notebook tester.
-CANARY_PACKAGES = ("transformers", "tokenizers", "datasets", "peft", "accelerate", "huggingface_hub", "nbval")
 
 REQUIREMENTS = ROOT / "requirements.txt"
 PINNED_VENV = ROOT / ".venv"
@@ -66,7 +80,6 @@ PINNED_RESULTS_DIR = RESULTS_DIR / "pinned"  # the same for what `recheck` ran a
 PARALLEL = ["-p", "no:xdist"]
 NBVAL = ["--nbval-current-env", "--nbval-sanitize-with", "tests/sanitize.cfg"]
 UNIT_TARGETS = ["tests"]
-NOTEBOOK_TARGETS = ["notebooks", "solutions", "book"]
 # Variables the Makefile exports besides the cache folders of behind_pipeline.paths.
 MAKEFILE_SETTINGS = {"JUPYTER_PLATFORM_DIRS": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 PIP = ["--disable-pip-version-check"]
@@ -78,506 +91,11 @@ UNSHOWN = re.compile(
     r"|Obtaining|Preparing metadata|Building|Created wheel|Stored in directory|Installing build dependencies"
     r"|Getting requirements|Looking in indexes|Looking in links)"
 )
-# Colour codes in nbval's messages; pytest writes the escape character into junit XML as the text "#x1B".
-ANSI = re.compile(r"(?:\x1b|#x1B)\[[0-9;]*m")
 
 
 def shown(path: Path) -> str:
     """A path as the reader sees it: relative to the project when it is inside it."""
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def normalize(name: str) -> str:
-    """PEP 503 name: ``huggingface_hub`` and ``Huggingface-Hub`` are the same package."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-# ---------------------------------------------------------------------------------------------------- requirements
-
-
-def requirement_name(line: str) -> str | None:
-    """The package a requirements line asks for (``None`` for comments, blank lines and pip options)."""
-    text = line.split("#", 1)[0].strip()
-    if not text or text.startswith("-"):
-        return None
-    match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", text)
-    return normalize(match.group(0)) if match else None
-
-
-def pinned_versions(requirements: str) -> dict[str, str]:
-    """``{normalized name: version}`` of every ``name==version`` line."""
-    pins = {}
-    for line in requirements.splitlines():
-        name = requirement_name(line)
-        match = re.search(r"==\s*([^\s;#]+)", line.split("#", 1)[0])
-        if name and match:
-            pins[name] = match.group(1)
-    return pins
-
-
-def rewrite_requirements(requirements: str, versions: dict[str, str | None]) -> str:
-    """Requirements with the pin of each package in ``versions`` replaced, every other line kept as it is.
-
-    ``versions`` maps a package name to the version to pin (``"5.24.0"`` -> ``name==5.24.0``) or to ``None``
-    (``name`` alone: pip picks the newest release that fits the other pins). Names are compared normalized.
-    """
-    wanted = {normalize(name): version for name, version in versions.items()}
-    lines = []
-    for line in requirements.splitlines():
-        name = requirement_name(line)
-        if name in wanted:
-            version = wanted[name]
-            line = name if version is None else f"{name}=={version}"
-        lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
-def newest_from_report(report: dict) -> dict[str, str]:
-    """``{normalized name: version}`` from the JSON of ``pip install --dry-run --report``."""
-    return {normalize(item["metadata"]["name"]): item["metadata"]["version"] for item in report.get("install", [])}
-
-
-def pip_conflict(output: str) -> list[str]:
-    """The lines in which pip explains why requirements cannot be installed together (empty when it says none)."""
-    text = ANSI.sub("", output)
-    lines = text.splitlines()
-    found = []
-    for index, line in enumerate(lines):
-        if line.strip() == "The conflict is caused by:":
-            for following in lines[index + 1 :]:
-                if not following.strip():
-                    break
-                found.append(following.strip())
-    for line in lines:
-        stripped = line.strip()
-        if stripped.startswith("ERROR:") and (
-            "conflicting dependencies" in stripped
-            or "Could not find a version" in stripped
-            or "No matching distribution" in stripped
-            or "ResolutionImpossible" in stripped
-        ):
-            found.append(stripped)
-    return list(dict.fromkeys(found))
-
-
-def conflicting_packages(conflict: list[str], candidates) -> list[str]:
-    """Which of ``candidates`` pip's conflict lines name (``transformers 5.24.0 depends on ...``)."""
-    named = set()
-    for line in conflict:
-        for word in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", line):
-            named.add(normalize(word))
-    return [name for name in candidates if normalize(name) in named]
-
-
-# ---------------------------------------------------------------------------------------------------- versions
-
-
-def public_version(version: str | None) -> str | None:
-    """``2.13.0+cpu`` -> ``2.13.0``: a local label (the CPU build of torch) still satisfies ``==2.13.0``."""
-    return version.split("+", 1)[0] if version else version
-
-
-def version_changes(pins: dict[str, str], installed: dict[str, str]) -> list[dict]:
-    """Every pinned package whose installed version differs from its pin (or that is missing)."""
-    changes = []
-    for name, pinned in pins.items():
-        got = installed.get(name)
-        if public_version(got) != public_version(pinned):
-            changes.append({"package": name, "pinned": pinned, "canary": got})
-    return changes
-
-
-def other_changes(pins: dict[str, str], pinned_env: dict[str, str], canary_env: dict[str, str]) -> list[dict]:
-    """Packages not pinned in requirements.txt (dependencies of dependencies) whose version differs from .venv."""
-    changes = []
-    for name in sorted(set(pinned_env) | set(canary_env)):
-        if name in pins or name in {"behind-pipeline", "pip", "setuptools", "wheel"}:
-            continue
-        if pinned_env.get(name) != canary_env.get(name):
-            changes.append({"package": name, "pinned_env": pinned_env.get(name), "canary": canary_env.get(name)})
-    return changes
-
-
-# ---------------------------------------------------------------------------------------------------- results
-
-
-@dataclass
-class Case:
-    """One test case of a junit XML: a unit test or one notebook cell."""
-
-    suite: str  # "unit" or "notebooks"
-    test: str  # tests/test_ch05.py::test_x or notebooks/05_x.ipynb::Cell 12
-    outcome: str  # "passed", "failed", "error" or "skipped"
-    message: str = ""
-    details: str = ""
-    notebook: str = ""
-    cell: int | None = None  # nbval's count: the cell's index among the notebook's code cells
-    cell_source: str = ""  # the cell's first lines, so a reader finds it
-    pinned_outcome: str = ""  # its outcome in the pinned .venv (``recheck``), "" when not rechecked
-    expected: str = ""  # why the break is expected after a bump (a cell that prints the versions), "" if not
-
-
-def test_id(classname: str, name: str, known_files: list[str]) -> tuple[str, str]:
-    """Undo pytest's junit mangling (``tests.test_x.TestA`` + ``test_b``) -> (``tests/test_x.py::TestA::test_b``, file).
-
-    ``known_files`` are project-relative paths of test files and notebooks; their dotted forms are matched first
-    (longest first), so ``notebooks.05_x.ipynb`` becomes ``notebooks/05_x.ipynb`` whatever dots its name holds.
-    """
-    for path in sorted(known_files, key=len, reverse=True):
-        dotted = re.sub(r"\.py$", "", path).replace("/", ".")
-        if classname == dotted or classname.startswith(dotted + "."):
-            rest = classname[len(dotted) :].lstrip(".")
-            parts = [path] + ([*rest.split(".")] if rest else []) + [name]
-            return "::".join(parts), path
-    return f"{classname}::{name}", ""
-
-
-def code_cell_source(notebook: Path, index: int, lines: int = 3) -> str:
-    """The first ``lines`` lines of the notebook's code cell number ``index`` (nbval's ``Cell N``)."""
-    try:
-        cells = json.loads(notebook.read_text())["cells"]
-    except (OSError, ValueError, KeyError):
-        return ""
-    code = [cell for cell in cells if cell.get("cell_type") == "code"]
-    if not 0 <= index < len(code):
-        return ""
-    source = code[index].get("source", "")
-    source = "".join(source) if isinstance(source, list) else source
-    return "\n".join(source.splitlines()[:lines])
-
-
-def read_junit(path: Path, suite: str, root: Path = ROOT, known_files: list[str] | None = None) -> list[Case]:
-    """Every test case of a junit XML written by pytest, with nbval cells mapped to their notebook."""
-    if known_files is None:
-        known_files = project_files(root)
-    cases = []
-    for element in ElementTree.parse(path).getroot().iter("testcase"):
-        test, file = test_id(element.get("classname", ""), element.get("name", ""), known_files)
-        outcome, message, details = "passed", "", ""
-        for tag, name in (("failure", "failed"), ("error", "error"), ("skipped", "skipped")):
-            found = element.find(tag)
-            if found is not None:
-                outcome = name
-                message = ANSI.sub("", found.get("message", "") or "").strip()
-                details = ANSI.sub("", found.text or "").strip()
-                break
-        case = Case(suite=suite, test=test, outcome=outcome, message=message, details=details)
-        cell = re.fullmatch(r"Cell (\d+)", element.get("name", ""))
-        if file.endswith(".ipynb") and cell:
-            case.notebook, case.cell = file, int(cell.group(1))
-            case.cell_source = code_cell_source(root / file, case.cell)
-        elif file.endswith(".ipynb"):
-            case.notebook = file  # a notebook that failed before its cells were collected
-        cases.append(case)
-    return cases
-
-
-def project_files(root: Path = ROOT) -> list[str]:
-    """Project-relative paths of the test files and checked notebooks (to map junit names back to files)."""
-    found = [p for p in (root / "tests").rglob("*.py")]
-    for folder in NOTEBOOK_TARGETS:
-        found += (root / folder).glob("*.ipynb")
-    return sorted(str(p.relative_to(root)) for p in found if ".ipynb_checkpoints" not in p.parts)
-
-
-def merge_cases(runs: list[list[Case]]) -> list[Case]:
-    """Cases of several runs, in order: a test run again (a later part) keeps its latest outcome."""
-    merged: dict[tuple[str, str], Case] = {}
-    for cases in runs:
-        for case in cases:
-            merged.pop((case.suite, case.test), None)
-            merged[(case.suite, case.test)] = case
-    return list(merged.values())
-
-
-def cell_diff(details: str, limit: int = 40) -> str:
-    """The part of nbval's message a reader needs: from the reason (diff or traceback) on, without the input."""
-    lines = details.splitlines()
-    for marker in ("Traceback:", "Cell outputs differ", "mismatch", "Error"):
-        for index, line in enumerate(lines):
-            if marker in line:
-                start = index
-                break
-        else:
-            continue
-        break
-    else:
-        start = 0
-    chosen = lines[start : start + limit]
-    if len(lines) > start + limit:
-        chosen.append(f"... ({len(lines) - start - limit} more lines in the junit XML)")
-    return "\n".join(chosen)
-
-
-def library_warnings(log: str) -> list[dict]:
-    """The warnings raised inside installed libraries, from the "warnings summary" of a pytest log.
-
-    Deprecations are the next release's breaks: ``past_key_values`` renamed to ``cache`` warns today and goes later.
-    Returns ``{"where": "tests/test_ch08_x.py: 12 warnings", "warning": "transformers/utils/generic.py:1036:
-    FutureWarning: ..."}`` for each warning whose file lies in a ``site-packages`` folder.
-    """
-    text = ANSI.sub("", log)
-    match = re.search(r"^=+ warnings summary =+$(.*?)^-- Docs:", text, re.MULTILINE | re.DOTALL)
-    if not match:
-        return []
-    found = []
-    for block in re.split(r"\n\s*\n", match.group(1).strip("\n")):
-        lines = block.splitlines()
-        if not lines:
-            continue
-        where = lines[0].strip()
-        for line in lines[1:]:
-            hit = re.search(r"site-packages/(\S+?:\d+: \w*Warning: .*)", line)
-            if hit:
-                found.append({"where": where, "warning": hit.group(1).strip()})
-    return found
-
-
-# ---------------------------------------------------------------------------------------------------- report
-
-
-def only_versions_differ(details: str, changes: list[dict]) -> bool:
-    """True when a failure's diff says nothing but that the canary's versions differ from the pins.
-
-    Every chapter's setup cell prints the library versions, so it fails in the canary by design. pytest shows the
-    difference as ``- ...5.24.0...`` / ``+ ...5.23.0...`` lines: with each canary version written as its pin, the
-    two sides must be equal, line for line.
-    """
-    pairs = [(c["canary"], c["pinned"]) for c in changes if c.get("canary") and c.get("pinned")]
-    lines = [line.strip() for line in details.splitlines()]
-    minus = [line[2:] for line in lines if line.startswith("- ")]
-    plus = [line[2:] for line in lines if line.startswith("+ ")]
-    if not pairs or not minus or len(minus) != len(plus):
-        return False
-
-    def as_pinned(text: str) -> str:
-        for canary_version, pinned_version in pairs:
-            text = text.replace(canary_version, pinned_version)
-        return text
-
-    return sorted(map(as_pinned, minus)) == sorted(map(as_pinned, plus)) and minus != plus
-
-
-def mark_expected(cases: list[Case], changes: list[dict]) -> list[Case]:
-    """Mark the notebook cells whose only difference is the printed versions as expected."""
-    for case in cases:
-        if case.suite == "notebooks" and case.outcome == "failed" and only_versions_differ(case.details, changes):
-            case.expected = "only the printed library versions differ"
-    return cases
-
-
-def verdict(case: Case) -> str:
-    """Whether a break is drift: ``recheck`` ran the same test in the pinned environment."""
-    if case.pinned_outcome == "passed":
-        return "passes with the pins: drift"
-    if case.pinned_outcome in {"failed", "error"}:
-        return "fails with the pins too: not drift"
-    if case.pinned_outcome == "skipped":
-        return "skipped with the pins"
-    return "not rechecked with the pins"
-
-
-def is_drift(case: Case) -> bool:
-    """A break not shown to happen with the pins as well (unchecked breaks count, to be safe), and not expected."""
-    broken = case.outcome in {"failed", "error"} and not case.expected
-    return broken and case.pinned_outcome not in {"failed", "error"}
-
-
-def summarize(cases: list[Case]) -> dict:
-    """Counts per suite, broken unit tests, and broken notebooks with their cells."""
-    counts: dict[str, dict[str, int]] = {}
-    for case in cases:
-        suite = counts.setdefault(case.suite, {"passed": 0, "failed": 0, "error": 0, "skipped": 0})
-        suite[case.outcome] += 1
-    broken = [case for case in cases if case.outcome in {"failed", "error"}]
-    notebooks: dict[str, list[Case]] = {}
-    for case in broken:
-        if case.suite == "notebooks":
-            notebooks.setdefault(case.notebook or case.test, []).append(case)
-    return {
-        "counts": counts,
-        "broken_tests": [case for case in broken if case.suite != "notebooks"],
-        "broken_notebooks": notebooks,
-    }
-
-
-def build_report(
-    state: dict, cases: list[Case], runs: list[dict], pinned_runs: list[dict] = ()
-) -> tuple[str, str, dict]:
-    """(full markdown report, short summary for the terminal, JSON-ready dict) from what the canary found.
-
-    ``state`` is what ``install`` recorded (versions, changes, conflicts); ``runs`` how each test run ended, and
-    ``pinned_runs`` each run of ``recheck`` with the pinned .venv.
-    """
-    changes = state.get("changes", [])
-    mark_expected(cases, changes)
-    summary = summarize(cases)
-    md = [f"# Canary report ({state.get('created', '?')})", ""]
-    short = []
-    md += [
-        "The book's tests in `.cache/canary-venv`: the newest releases of "
-        + ", ".join(f"`{name}`" for name in CANARY_PACKAGES)
-        + " that the package index serves, every other package as pinned in `requirements.txt`. The pinned "
-        "environment (`.venv`, used by CI) was not changed.",
-        "",
-        "## Versions that differ from the pins",
-        "",
-    ]
-    if changes:
-        md += ["| package | pinned | canary |", "|---|---|---|"]
-        md += [f"| {c['package']} | {c['pinned']} | {c['canary'] or 'not installed'} |" for c in changes]
-        short.append("versions that differ from the pins: " + ", ".join(_change(c) for c in changes))
-    else:
-        md.append("None: every pinned package is at its pin.")
-        short.append("versions that differ from the pins: none")
-    same = [name for name in CANARY_PACKAGES if normalize(name) not in {c["package"] for c in changes}]
-    newest = state.get("newest", {})
-    if same:
-        listed = ", ".join(f"{name} {newest.get(normalize(name), '?')}" for name in same)
-        md += ["", f"Newest release already pinned: {listed}."]
-    others = state.get("other_changes", [])
-    if others:
-        md += ["", "Dependencies not pinned in `requirements.txt` that differ from `.venv`:", ""]
-        md += ["| package | .venv | canary |", "|---|---|---|"]
-        md += [f"| {c['package']} | {c['pinned_env'] or '-'} | {c['canary'] or '-'} |" for c in others]
-    md += ["", "## Install", ""]
-    conflicts = state.get("conflicts", [])
-    if conflicts:
-        for conflict in conflicts:
-            md += [f"- {conflict['what']}:", "", "```", *conflict["lines"], "```", ""]
-            short.append(f"install conflict: {conflict['what']}")
-    if state.get("install_ok"):
-        md.append("Installed" + (" (after the conflicts above)." if conflicts else " without conflicts."))
-    else:
-        md.append("**The canary environment could not be installed**: " + state.get("install_error", "see above"))
-        short.append("install failed: " + state.get("install_error", ""))
-    if state.get("pip_check"):
-        md += ["", "`pip check` reports:", "", "```", *state["pip_check"], "```"]
-        short.append(f"pip check: {len(state['pip_check'])} problem(s)")
-    md += ["", "## Test runs", ""]
-    if runs:
-        md += ["| run | what | exit status | seconds |", "|---|---|---|---|"]
-        for run in runs:
-            md.append(f"| {run['label']} | {' '.join(run['targets'])} | {run['returncode']} | {run['seconds']:.0f} |")
-        for run in pinned_runs:
-            label, what = f"recheck with the pins: {run['label']}", " ".join(run["targets"])
-            md.append(f"| {label} | {what} | {run['returncode']} | {run['seconds']:.0f} |")
-        trees = {run.get("tree") for run in runs} | {run.get("tree") for run in pinned_runs}
-        if pinned_runs and len(trees) > 1:
-            md += ["", "**The working tree changed between these runs** (git shows other changes): a break that"
-                   " passes with the pins may have been fixed in the tree meanwhile, not caused by a release. Run"
-                   " the part again (`test --only ...`) to be sure."]  # fmt: skip
-            short.append("note: the working tree changed between the runs; rerun a part before trusting a verdict")
-        for run in runs:
-            if run.get("problem"):
-                md += ["", f"Run `{run['label']}` left no usable results: {run['problem']}", "", "```"]
-                md += run.get("output_tail", []) + ["```"]
-                short.append(f"run {run['label']}: {run['problem']}")
-    else:
-        md.append("No test run yet.")
-    warned = [item for run in runs for item in run.get("warnings", [])]
-    if warned:
-        md += ["", "## Warnings from the libraries (passing today; deprecations break a later release)", ""]
-        for warning in dict.fromkeys(item["warning"] for item in warned):
-            where = sorted({item["where"] for item in warned if item["warning"] == warning})
-            md.append(f"- {warning} (in {'; '.join(where)})")
-            short.append(f"library warning: {first_line(warning, 200)}")
-    md += ["", "## Results", "", "| suite | passed | failed | errors | skipped |", "|---|---|---|---|---|"]
-    for suite, count in summary["counts"].items():
-        md.append(f"| {suite} | {count['passed']} | {count['failed']} | {count['error']} | {count['skipped']} |")
-        short.append(
-            f"{suite}: {count['passed']} passed, {count['failed']} failed, {count['error']} errors, "
-            f"{count['skipped']} skipped"
-        )
-    md += ["", "## Broken notebooks", ""]
-    expected = [case for case in cases if case.expected]
-    if expected:
-        listed = ", ".join(f"{case.notebook} cell {case.cell}" for case in expected)
-        md += [f"Expected (only the printed library versions differ; `make execute` refreshes them): {listed}.", ""]
-        short.append(f"{len(expected)} cell(s) differ only by the printed library versions (expected)")
-    shown = {
-        notebook: [case for case in broken if not case.expected]
-        for notebook, broken in summary["broken_notebooks"].items()
-    }
-    shown = {notebook: broken for notebook, broken in shown.items() if broken}
-    if not shown:
-        md.append("None." if not expected else "No other.")
-    for notebook, broken in shown.items():
-        cells = ", ".join(
-            (f"cell {case.cell}" if case.cell is not None else case.test)
-            + (f" ({verdict(case)})" if case.pinned_outcome else "")
-            for case in broken
-        )
-        short.append(f"BROKEN {notebook}: {cells}")
-        md += [f"### {notebook}", ""]
-        for case in broken:
-            where = f"Cell {case.cell} (among code cells)" if case.cell is not None else case.test
-            md += [f"**{where}**: {case.outcome} ({verdict(case)}): {first_line(case.message)}", ""]
-            if case.cell_source:
-                md += ["Cell starts with:", "", "```python", case.cell_source, "```", ""]
-            md += ["```", cell_diff(case.details), "```", ""]
-    md += ["", "## Broken unit tests", ""]
-    if not summary["broken_tests"]:
-        md.append("None.")
-    for case in summary["broken_tests"]:
-        first = first_line(case.message)
-        checked = f" ({verdict(case)})" if case.pinned_outcome else ""
-        short.append(f"BROKEN {case.test}{checked}: {first}")
-        md += [f"- `{case.test}` ({case.outcome}, {verdict(case)}): {first}", "", "```", cell_diff(case.details)]
-        md += ["```", ""]
-    data = {
-        "created": state.get("created"),
-        "packages": list(CANARY_PACKAGES),
-        "newest": newest,
-        "changes": changes,
-        "other_changes": others,
-        "install_ok": state.get("install_ok", False),
-        "conflicts": conflicts,
-        "pip_check": state.get("pip_check", []),
-        "runs": runs,
-        "pinned_runs": list(pinned_runs),
-        "library_warnings": [item for run in runs for item in run.get("warnings", [])],
-        "counts": summary["counts"],
-        "broken_notebooks": {
-            notebook: [
-                {
-                    "cell": c.cell,
-                    "test": c.test,
-                    "outcome": c.outcome,
-                    "pinned_outcome": c.pinned_outcome,
-                    "expected": c.expected,
-                    "message": first_line(c.message),
-                }
-                for c in broken
-            ]
-            for notebook, broken in summary["broken_notebooks"].items()
-        },
-        "broken_tests": [
-            {"test": c.test, "outcome": c.outcome, "pinned_outcome": c.pinned_outcome, "message": first_line(c.message)}
-            for c in summary["broken_tests"]
-        ],
-        "cases": [asdict(case) for case in cases if case.outcome in {"failed", "error"}],
-        "drift": sum(is_drift(case) for case in cases),
-    }
-    return "\n".join(md) + "\n", "\n".join(short), data
-
-
-def first_line(message: str, limit: int = 160) -> str:
-    """The first non-blank line of a failure message, cut at ``limit`` characters."""
-    line = next((line.strip() for line in message.splitlines() if line.strip()), "(no message)")
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _change(change: dict) -> str:
-    return f"{change['package']} {change['pinned']} -> {change['canary'] or 'not installed'}"
-
-
-def has_findings(data: dict) -> bool:
-    """Anything a maintainer has to look at: a version conflict, a break that is not shown to happen with the pins
-    too, a run without results."""
-    broken = data["drift"] > 0
-    unusable = any(run.get("problem") for run in data["runs"])
-    return bool(data["conflicts"] or data["pip_check"] or broken or unusable or not data["install_ok"])
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -830,32 +348,8 @@ def recheck(args) -> int:
     return report()
 
 
-def load_results(folder: Path) -> tuple[list[dict], list[Case]]:
-    """Every run record of ``folder`` (oldest first) and the merged cases of their junit XML files."""
-    runs, results = [], []
-    files = project_files()
-    records = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.exists() else []
-    for record in records:
-        run = json.loads(record.read_text())
-        log = record.with_suffix(".log")
-        if log.exists():
-            run["warnings"] = library_warnings(log.read_text(errors="replace"))
-        runs.append(run)
-        junit = record.with_suffix(".xml")
-        if junit.exists():
-            try:
-                results.append(read_junit(junit, run["suite"], ROOT, files))
-            except ElementTree.ParseError as error:
-                run["problem"] = f"unreadable junit XML: {error}"
-    return runs, merge_cases(results)
 
 
-def with_pinned_outcomes(cases: list[Case], pinned: list[Case]) -> list[Case]:
-    """Each case with the outcome the same test had in the pinned environment, where ``recheck`` ran it."""
-    outcomes = {(case.suite, case.test): case.outcome for case in pinned}
-    for case in cases:
-        case.pinned_outcome = outcomes.get((case.suite, case.test), "")
-    return cases
 
 
 def run_label(suite: str, targets: list[str]) -> str:
