@@ -30,6 +30,7 @@ from behind_pipeline.checks.ch19_capstone import (
     GOLDEN_CASES,
     cheapest_reference,
     check_cheapest_threshold,
+    check_drift_monitor,
     check_golden_mismatches,
     check_per_queue_thresholds,
     golden_reference,
@@ -138,6 +139,87 @@ def test_router_folders_never_collide():
         capstone.RouterRecipe(learning_rate=1e-4), classifier_id())
 
 
+# --- the threshold's confidence bound ----------------------------------------------------------------------------
+
+
+def test_wilson_interval_against_known_values_and_scipy():
+    from scipy.stats import binomtest
+
+    low, high = capstone.wilson_interval(8, 10)
+    assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)  # the textbook example (Wilson 1927; Newcombe 1998)
+    for successes, total in ((0, 5), (5, 5), (500, 526), (953, 1000)):
+        expected = binomtest(successes, total).proportion_ci(confidence_level=0.95, method="wilson")
+        assert np.allclose(capstone.wilson_interval(successes, total), (expected.low, expected.high), atol=1e-12)
+        one_sided = binomtest(successes, total).proportion_ci(confidence_level=0.90, method="wilson").low
+        assert math.isclose(capstone.wilson_lower_bound(successes, total, 0.95), one_sided, abs_tol=1e-12)
+    assert capstone.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_the_bound_rule_keeps_a_margin_the_plain_rule_does_not():
+    # 20 items, confidence falling; the first 19 right, the last wrong: precision 19/20 = 0.95 with everything routed
+    probs = np.array([[1 - c, c] for c in np.linspace(0.99, 0.6, 20)])
+    labels = np.ones(20, dtype=int)
+    labels[-1] = 0
+    curve = capstone.triage_curve(probs, labels)
+    assert capstone.threshold_for_precision(curve, 0.95) == pytest.approx(0.6)  # the measured 0.95 is enough
+    assert capstone.threshold_for_precision_bound(curve, 0.95) == math.inf  # 19 of 20 bounds nothing near 0.95
+    many = np.repeat(probs[:19], 200, axis=0), np.ones(19 * 200, dtype=int)  # 3,800 right answers
+    bound_rule = capstone.threshold_for_precision_bound(capstone.triage_curve(*many), 0.95)
+    assert bound_rule == pytest.approx(0.6 + 0.39 / 19)  # every group routed: its bound is above 0.998
+
+
+def test_routes_send_low_confidence_to_a_person_and_keep_the_confidence():
+    probs = [[0.1, 0.85, 0.05], [0.5, 0.3, 0.2], [0.05, 0.05, 0.9]]
+    assert capstone.routes(probs, 0.85) == [{"queue": "fresh", "confidence": 0.85},
+                                            {"queue": capstone.HUMAN, "confidence": 0.5},
+                                            {"queue": "plot", "confidence": 0.9}]
+
+
+def test_precision_per_queue_counts_only_routed_items_predicted_into_the_queue():
+    probs = [[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.6, 0.4, 0.0], [0.1, 0.9, 0.0]]
+    table = capstone.precision_per_queue(probs, [0, 1, 0, 1], 0.7)
+    assert (table["rotten"]["routed"], table["rotten"]["correct"]) == (2, 1)
+    assert (table["fresh"]["routed"], table["fresh"]["correct"]) == (1, 1)
+    assert table["plot"]["routed"] == 0 and math.isnan(table["plot"]["precision"])
+    assert table["rotten"]["interval"] == capstone.wilson_interval(1, 2)
+
+
+def test_balanced_class_weights_weigh_each_queue_alike():
+    weights = capstone.balanced_class_weights([0, 0, 0, 1, 2, 2])
+    assert torch.allclose(weights, torch.tensor([6 / 9, 6 / 3, 6 / 6]))
+    assert torch.allclose(torch.tensor([3, 1, 2]) * weights, torch.full((3,), 2.0))
+
+
+def test_the_class_weighted_loss_is_plain_cross_entropy_with_equal_weights():
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class Fixed(torch.nn.Module):
+        def forward(self, **inputs):
+            return SequenceClassifierOutput(logits=torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+
+    labels = torch.tensor([1, 1])
+    plain = torch.nn.functional.cross_entropy(Fixed()().logits, labels)
+    assert torch.isclose(capstone.ClassWeightedLoss(Fixed(), torch.ones(3))(labels=labels).loss, plain)
+    weighted = capstone.ClassWeightedLoss(Fixed(), torch.tensor([1.0, 3.0, 1.0]))(labels=labels).loss
+    assert torch.isclose(weighted, plain)  # every item of one queue: the weight cancels in the weighted mean
+    mixed = capstone.ClassWeightedLoss(Fixed(), torch.tensor([1.0, 3.0, 1.0]))(labels=torch.tensor([0, 1])).loss
+    losses = torch.nn.functional.cross_entropy(Fixed()().logits, torch.tensor([0, 1]), reduction="none")
+    assert torch.isclose(mixed, (losses[0] + 3 * losses[1]) / 4)
+
+
+def test_the_served_router_carries_its_triage_settings():
+    from transformers import AutoTokenizer
+
+    folder = capstone.ensure_router()
+    saved = capstone.read_triage(folder)
+    assert capstone.triage_is_current(folder)
+    assert saved["max_length"] == capstone.MAX_LENGTH == AutoTokenizer.from_pretrained(folder).model_max_length
+    assert saved["validation"]["lower_bound"] >= saved["target_precision"]
+    assert saved["validation"]["lower_bound"] == capstone.wilson_lower_bound(
+        saved["validation"]["correct"], saved["validation"]["routed"], saved["bound_confidence"])
+    assert 0.5 < saved["temperature"] < 5 and 0 < saved["threshold"] < 1
+
+
 # --- golden files -------------------------------------------------------------------------------------------------
 
 
@@ -176,7 +258,10 @@ def _results():
                               "target_precision": 0.95, "coverage": 0.6543, "precision": 0.9432, "to_human": 33,
                               "split_counts": counts, "test_plots_over_2000_chars": 4,
                               "to_human_per_queue": {"rotten": 17, "fresh": 14, "plot": 2},
-                              "served_max_length": 384},
+                              "served_max_length": 384, "bound_confidence": 0.95, "validation_correct": 512,
+                              "validation_routed": 530, "validation_lower_bound": 0.9512,
+                              "precision_interval": [0.9123, 0.9634], "routed": 63,
+                              "threshold_rule": capstone.BOUND_RULE},
         capstone.TFIDF_ROW: {"accuracy": 0.7777, "macro_f1": 0.7666, "f1": {"rotten": 0.6, "fresh": 0.7,
                                                                             "plot": 0.8}},
         "_machine": "x86_64, 2 torch threads", "_measured_on": "2026-01-01",
@@ -189,11 +274,33 @@ def test_the_model_card_shows_every_recorded_number():
     for number in ("0.8111", "0.8222", "0.7123", "0.8234", "0.9345", "0.7777", "0.7666", "1.2345", "0.0456",
                    "0.0123", "0.8765", "0.95", "0.6543", "0.9432", "33 of 96", "3,000", "rotten 31, fresh 32, plot 33",
                    "4 of the 33", "2026-01-01", "rotten 17 of 31, fresh 14 of 32, plot 2 of 33", "2 of the 33",
-                   "up to 384", "transformers 9.8.7", "tokenizers 0.65.4"):
+                   "transformers 9.8.7", "tokenizers 0.65.4", "512 of 530", "0.9512", "No full run"):
         assert number in card, number
+    low, high = capstone.wilson_interval(59, 63)  # precision 0.9432 of 63 routed items: 59 right
+    assert f"59 right of 63 routed items: 95% Wilson interval {low:.4f} to {high:.4f}" in card
+    assert "with no margin" not in card  # the bound rule's row
+    plain = _results()
+    del plain[capstone.ROUTER_ROW]["threshold_rule"]
+    assert "with no margin" in capstone.render_model_card(plain)
     changed = _results()
     changed[capstone.ROUTER_ROW]["coverage"] = 0.5
     assert capstone.render_model_card(changed) != card
+
+
+def test_the_model_card_reports_the_full_run_met_or_not_and_by_which_rule():
+    old_rule = _results()
+    old_rule[capstone.ROUTER_ROW] = {**old_rule[capstone.ROUTER_ROW], "precision": 0.9297, "routed": 953,
+                                     "train_examples": 10938}
+    del old_rule[capstone.ROUTER_ROW]["threshold_rule"]
+    card = capstone.render_model_card(_results(), full=old_rule)
+    low, high = capstone.wilson_interval(886, 953)  # 0.9297 of 953 routed items: 886 right
+    for words in ("all 10,938 train items", "0.9297", f"{low:.4f} to {high:.4f}", "**missed**", "plain rule",
+                  "not been repeated"):
+        assert words in card, words
+    met = _results()
+    met[capstone.ROUTER_ROW]["precision"] = 0.9612
+    card = capstone.render_model_card(_results(), full=met)
+    assert "**met**" in card and "Wilson lower bound of validation precision reached 0.95" in card
 
 
 def test_the_stored_model_card_is_what_the_results_file_gives():
@@ -380,6 +487,86 @@ def test_cost_checker_never_raises():
     assert_rejected(check_cheapest_threshold(lambda p, y, e, h: 1 / 0), "ZeroDivisionError")
 
 
+# --- Exercise 3: the drift monitor -------------------------------------------------------------------------------
+
+
+def monitor(probs, threshold, window, bins, mistake=None):
+    """A learner's drift monitor, written apart from the package's, with one mistake switched on at a time."""
+    probs = np.asarray(probs, dtype=np.float64)
+    step = 1 if mistake == "sliding" else window
+    starts = range(0, len(probs) - window + 1, 1) if mistake == "sliding" else range(0, len(probs), step)
+    out = []
+    for start in starts:
+        chunk = probs[start:start + window]
+        if mistake == "drop_last" and len(chunk) < window:
+            break
+        confidence, predicted = chunk.max(axis=1), chunk.argmax(axis=1)
+        routed = confidence > threshold if mistake == "strict" else confidence >= threshold
+        if mistake == "routed_mix":
+            mix = [float(np.mean(predicted[routed] == q)) if routed.any() else 0.0 for q in range(chunk.shape[1])]
+        elif mistake == "mix_counts":
+            mix = [int(np.sum(predicted == q)) for q in range(chunk.shape[1])]
+        else:
+            mix = [float(np.mean(predicted == q)) for q in range(chunk.shape[1])]
+        if mistake == "histogram_extra_bin":
+            histogram = np.bincount((confidence * bins).astype(int), minlength=bins + 1).tolist()
+        elif mistake == "index_out_of_range":
+            histogram = [0] * bins
+            for value in confidence:
+                histogram[int(value * bins)] += 1
+        else:
+            histogram = np.histogram(confidence, bins=bins, range=(0, 1))[0].tolist()
+        if mistake == "histogram_shares":
+            histogram = [count / len(chunk) for count in histogram]
+        out.append({"size": len(chunk), "coverage": float(routed.mean()), "mix": mix, "histogram": histogram})
+    return out
+
+
+def test_drift_checker_accepts_the_reference_and_np_histogram():
+    assert check_drift_monitor(capstone.drift_monitor).passed
+    assert check_drift_monitor(monitor).passed  # np.histogram's bins (its last one closed) are the same bins
+    assert check_drift_monitor(lambda *args: [{**entry, "mix": np.asarray(entry["mix"]),
+                                               "histogram": np.asarray(entry["histogram"])}
+                                              for entry in capstone.drift_monitor(*args)]).passed
+
+
+@pytest.mark.parametrize("mistake, words", [
+    ("strict", ["> threshold"]),
+    ("drop_last", ["last, shorter window"]),
+    ("routed_mix", ["routed items only"]),
+    ("mix_counts", ["mix holds counts"]),
+    ("histogram_shares", ["histogram holds shares"]),
+    ("histogram_extra_bin", ["bin of its own"]),
+    ("index_out_of_range", ["IndexError"]),
+    ("sliding", ["overlap"]),
+])
+def test_drift_checker_names_each_mistake(mistake, words):
+    assert_rejected(check_drift_monitor(lambda *args: monitor(*args, mistake=mistake)), *words)
+
+
+def test_a_drift_report_no_mistake_explains_shows_got_and_expected():
+    def off_by_a_little(*args):
+        return [{**entry, "coverage": entry["coverage"] + 0.01} for entry in capstone.drift_monitor(*args)]
+
+    assert_rejected(check_drift_monitor(off_by_a_little), "got 2 window(s)", "expected 2", "DRIFT_CASES[0]")
+
+
+def test_drift_checker_never_raises():
+    assert_rejected(check_drift_monitor(None), "none")
+    assert_rejected(check_drift_monitor(lambda *args: 3), "list with one dict per window")
+    assert_rejected(check_drift_monitor(lambda *args: [[0.5]]), "make it a dict")
+    assert_rejected(check_drift_monitor(lambda *args: [{"size": 2}]), "'coverage'")
+    assert_rejected(check_drift_monitor(lambda *args: [{"size": 2, "coverage": "high", "mix": [], "histogram": []}]),
+                    "must be numbers")
+
+
+def test_the_package_drift_monitor_on_a_hand_made_stream():
+    probs = [[0.2, 0.8, 0.0], [1.0, 0.0, 0.0], [0.5, 0.25, 0.25]]
+    assert capstone.drift_monitor(probs, 0.8, 2, 4) == [
+        {"size": 2, "coverage": 1.0, "mix": [0.5, 0.5, 0.0], "histogram": [0, 0, 0, 2]},
+        {"size": 1, "coverage": 0.0, "mix": [1.0, 0.0, 0.0], "histogram": [0, 0, 1, 0]}]
+
+
 # --- Exercise 3: golden mismatches --------------------------------------------------------------------------------
 
 
@@ -471,29 +658,48 @@ def test_golden_checker_accepts_an_integer_tensor_of_indices():
     assert_rejected(check_golden_mismatches(lambda e, a, t: e[9]), "IndexError")
 
 
-# --- served by chapter 18's app -----------------------------------------------------------------------------------
+# --- served over HTTP by chapter 18's app -------------------------------------------------------------------------
 
 
-def test_the_service_serves_the_router_with_the_golden_labels(monkeypatch):
-    """``BTP_SERVICE_MODEL=<router folder> make serve``: the same app, no code change, the golden file's answers."""
-    import time
+def test_the_http_service_routes_the_golden_near_threshold_and_long_items():
+    """``BTP_SERVICE_MODEL=<router folder> make serve`` on a loopback port: every golden text, the test items
+    nearest the threshold on both sides and the plot summaries over 2,000 characters get the golden route, label
+    and calibrated probabilities; none is refused for its length."""
+    import httpx
 
-    from fastapi.testclient import TestClient
+    from behind_pipeline.service.local import start_server
 
-    from behind_pipeline.service.app import create_app
-    from behind_pipeline.service.settings import ServiceSettings
-
-    monkeypatch.setenv("BTP_SERVICE_MODEL", str(capstone.ensure_router()))
-    golden = json.loads((capstone.GOLDEN_DIR / "ch19_served_router.json").read_text())
-    with TestClient(create_app(ServiceSettings.from_environment())) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        answer = client.post("/predict", json={"texts": list(capstone.GOLDEN_TEXTS), "top_k": None})
+    golden = json.loads((capstone.GOLDEN_DIR / capstone.ROUTES_GOLDEN).read_text())
+    records = golden["records"]
+    triage = capstone.read_triage(capstone.ensure_router())
+    assert (golden["threshold"], golden["temperature"]) == (triage["threshold"], triage["temperature"]), (
+        "the router's triage settings changed: refresh the golden files and review the diff")
+    confidences = [max(record["probs"]) for record in records]
+    assert sum(c >= golden["threshold"] for c in confidences) >= 3 and sum(
+        c < golden["threshold"] for c in confidences) >= 3  # both sides of the threshold are exercised
+    assert sum(len(record["text"]) > capstone.LONG_CHARS for record in records) >= 1
+    with start_server({"BTP_SERVICE_MODEL": str(capstone.ensure_router())}) as server:
+        health = httpx.get(f"{server.url}/health", timeout=30).json()
+        answer = httpx.post(f"{server.url}/predict", timeout=120,
+                            json={"texts": [record["text"] for record in records], "top_k": None})
+    assert health["model"]["routing"]["threshold"] == golden["threshold"]
     assert answer.status_code == 200, answer.text
-    for record, ranked in zip(golden["records"], answer.json()["predictions"], strict=True):
-        assert ranked[0]["label"] == record["label"]
+    body = answer.json()
+    assert len(body["routes"]) == len(records)
+    for record, ranked, route in zip(records, body["predictions"], body["routes"], strict=True):
         served = {entry["label"]: entry["score"] for entry in ranked}
-        assert len(served) == 3
+        assert ranked[0]["label"] == record["label"], record["text"][:60]
         assert max(abs(served[name] - p) for name, p in zip(capstone.QUEUE_NAMES, record["probs"], strict=True)
                    ) <= golden["tolerance"]
+        assert route["queue"] == record["route"], (record["text"][:60], route, max(record["probs"]))
+        assert route["confidence"] == pytest.approx(max(served.values()), abs=1e-9)
+
+
+def test_a_router_service_truncates_long_texts_that_a_classifier_service_refuses():
+    from behind_pipeline.service.app import RequestRefused, parse_request
+    from behind_pipeline.service.settings import ServiceSettings
+
+    settings, body = ServiceSettings(max_chars=10), json.dumps({"texts": "a" * 11}).encode()
+    with pytest.raises(RequestRefused, match="at most 10"):
+        parse_request(body, "application/json", settings, 3)
+    assert parse_request(body, "application/json", settings, 3, truncate=True).texts == "a" * 11

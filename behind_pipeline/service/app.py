@@ -35,6 +35,8 @@ from behind_pipeline.service.schemas import (
     LabelScore,
     PredictRequest,
     PredictResponse,
+    Route,
+    Routing,
     ServedModel,
     is_blank,
     request_model,
@@ -76,10 +78,21 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes:
 
 
 def answer(logits: torch.Tensor, id2label: dict, top_k: int | None, served: ServedModel) -> PredictResponse:
-    """The response body: each text's ``top_k`` labels with their softmax scores, best first, and the model."""
-    predictions = [[LabelScore(**entry) for entry in ranked_labels(scores, id2label, top_k)]
-                   for scores in scores_from_logits(logits)]
-    return PredictResponse(predictions=predictions, model=served)
+    """The response body: each text's ``top_k`` labels with their softmax scores, best first, and the model.
+
+    For a router (``served.routing``, chapter 19) the scores are calibrated, softmax(logits / temperature), and
+    each text also gets its route: its queue, or "to a person" below the threshold, with that confidence.
+    """
+    routes = None
+    if served.routing is None:
+        scores = scores_from_logits(logits)
+    else:
+        from behind_pipeline.capstone import routes as route_each
+
+        scores = scores_from_logits(logits.double() / served.routing.temperature)
+        routes = [Route(**route) for route in route_each(scores.numpy(), served.routing.threshold, id2label)]
+    predictions = [[LabelScore(**entry) for entry in ranked_labels(row, id2label, top_k)] for row in scores]
+    return PredictResponse(predictions=predictions, routes=routes, model=served)
 
 
 def error_responses() -> dict:
@@ -112,6 +125,18 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
+def load_routing(settings: ServiceSettings) -> Routing | None:
+    """The triage settings saved beside a router's weights (chapter 19's ``triage.json``); None for a classifier."""
+    from pathlib import Path
+
+    from behind_pipeline.capstone import read_triage
+    from behind_pipeline.models import classifier_id
+
+    folder = Path(settings.model or classifier_id())
+    saved = read_triage(folder) if folder.is_dir() else None
+    return None if saved is None else Routing(**{name: saved[name] for name in Routing.model_fields})
+
+
 def load_model(settings: ServiceSettings):
     """(tokenizer, classifier, ServedModel) for the configured model; int8 when asked. Runs in a worker thread."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -129,12 +154,18 @@ def load_model(settings: ServiceSettings):
         classifier = dynamic_int8(classifier)
     served = ServedModel(name=describe(model_id) + (" (dynamic int8)" if settings.int8 else ""),
                          fingerprint=fingerprint + ("+int8" if settings.int8 else ""),
-                         batch_invariant=not settings.int8)
+                         batch_invariant=not settings.int8, routing=load_routing(settings))
+    if served.routing is not None:  # a router reads the token window it was trained and scored with
+        tokenizer.model_max_length = served.routing.max_length
     return tokenizer, classifier, served
 
 
-def parse_request(body: bytes, content_type: str, settings: ServiceSettings, num_labels: int) -> PredictRequest:
+def parse_request(body: bytes, content_type: str, settings: ServiceSettings, num_labels: int,
+                  truncate: bool = False) -> PredictRequest:
     """The validated request, or a RequestRefused saying exactly what is wrong. Nothing here tokenizes.
+
+    ``truncate`` (a router, which reads only its first ``max_length`` tokens): no text is refused for its length;
+    the body's byte limit still bounds the work.
 
     Any bytes at all give one or the other: the JSON is parsed by pydantic's parser (in Rust, with a depth limit),
     never by ``json.loads``, so deep nesting, huge numbers or odd escapes are a 400, not a RecursionError.
@@ -160,7 +191,7 @@ def parse_request(body: bytes, content_type: str, settings: ServiceSettings, num
     if len(texts) > settings.max_texts:
         raise RequestRefused(413, "too_many_texts", f"{len(texts)} texts sent; at most {settings.max_texts} a request")
     for index, one in enumerate(texts):
-        if len(one) > settings.max_chars:  # len() of the text as sent, before anything is stripped
+        if not truncate and len(one) > settings.max_chars:  # len() of the text as sent, before any stripping
             raise RequestRefused(413, "text_too_long",
                                  f"texts[{index}] has {len(one)} characters; at most {settings.max_chars}")
         if is_blank(one):
@@ -212,12 +243,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         LOG.setLevel(logging.INFO)
         LOG.propagate = False
     state: dict = {"status": "loading"}
+    routing = None
     try:
         num_labels = _num_labels(settings)
+        routing = load_routing(settings)
     except Exception:  # no model to read: the server still starts, and says so on /health
         LOG.exception(json.dumps({"event": "model_failed_to_load"}))
         state["status"], num_labels = "failed", 2
-    documented = request_model(settings.max_chars, settings.max_texts, num_labels)
+    # a router truncates every text to its token window (load_model), so no text is refused for its length
+    documented = request_model(None if routing else settings.max_chars, settings.max_texts, num_labels)
     metrics = Metrics(lambda: state["batcher"].queued if "batcher" in state else 0)
 
     def run_batch(token_ids: list[list[int]]) -> torch.Tensor:
@@ -297,7 +331,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             return not_ready()
         stats = state["batcher"].stats
         served = state["served"]
-        return {"status": "ready", "model": served.model_dump(),
+        return {"status": "ready", "model": served.model_dump(exclude_none=True),
                 "warnings": [] if served.batch_invariant else [INT8_WARNING],
                 "max_batch": settings.max_batch, "max_batch_tokens": settings.max_batch_tokens,
                 "max_wait_ms": settings.max_wait_ms, "max_queue": settings.max_queue,
@@ -312,7 +346,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/predict", response_model=PredictResponse, responses=errors,
+    @app.post("/predict", response_model=PredictResponse, responses=errors, response_model_exclude_none=True,
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": documented.model_json_schema()}}}})
     async def predict(request: Request):
@@ -323,7 +357,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if state["status"] != "ready":
             return not_ready()
         try:
-            parsed = parse_request(body, request.headers.get("content-type", ""), settings, num_labels)
+            parsed = parse_request(body, request.headers.get("content-type", ""), settings, num_labels,
+                                   truncate=routing is not None)
         except RequestRefused as refused:
             return refusal(refused.status, refused.error, refused.detail)
         texts = [parsed.texts] if isinstance(parsed.texts, str) else parsed.texts

@@ -56,7 +56,25 @@ class PredictRequest(BaseModel):
 
 class LabelScore(BaseModel):
     label: str
-    score: float = Field(description="the label's probability (softmax over the labels)")
+    score: float = Field(description="the label's probability (softmax over the labels; over the logits divided "
+                                     "by the model's temperature when it has one, see ``model.routing``)")
+
+
+class Route(BaseModel):
+    """A router's decision for one text (only for a model saved with triage settings, e.g. chapter 19's)."""
+
+    queue: str = Field(description="the predicted queue, or 'to a person' when the confidence is below the "
+                                   "threshold")
+    confidence: float = Field(description="the calibrated top probability (softmax of logits / temperature)")
+
+
+class Routing(BaseModel):
+    """The triage settings saved beside a router's weights (``triage.json``), read when the model loads."""
+
+    temperature: float = Field(description="the logits are divided by it before the softmax")
+    threshold: float = Field(description="a text whose confidence is below it goes to a person")
+    max_length: int = Field(description="tokens read per text: longer texts are truncated, not refused")
+    target_precision: float = Field(description="the precision the threshold was chosen for, on validation")
 
 
 class ServedModel(BaseModel):
@@ -66,12 +84,14 @@ class ServedModel(BaseModel):
     fingerprint: str = Field(description="sha256 of the weights (first 16 hex digits), '+int8' when quantized")
     batch_invariant: bool = Field(description="false for dynamic int8: a text's score moves slightly with the "
                                               "other texts of its forward pass")
+    routing: Routing | None = Field(default=None, description="present for a router: its triage settings")
 
 
 class PredictResponse(BaseModel):
     """One entry per text, in the order sent; each entry is that text's ``top_k`` labels, best first."""
 
     predictions: list[list[LabelScore]]
+    routes: list[Route] | None = Field(default=None, description="present for a router: one route per text")
     model: ServedModel
 
 
@@ -82,8 +102,9 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="what was wrong and how to fix it")
 
 
-def request_model(max_chars: int, max_texts: int, num_labels: int) -> type[BaseModel]:
-    """The ``POST /predict`` body with these limits: ``texts`` (a text or a list) and ``top_k``."""
+def request_model(max_chars: int | None, max_texts: int, num_labels: int) -> type[BaseModel]:
+    """The ``POST /predict`` body with these limits: ``texts`` (a text or a list) and ``top_k``; ``max_chars``
+    None: no limit per text (a router truncates long texts to its token window instead)."""
     text = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=max_chars,
                                             pattern=NOT_BLANK_PATTERN)]
     texts = Annotated[list[text], Field(min_length=1, max_length=max_texts)]
@@ -92,8 +113,10 @@ def request_model(max_chars: int, max_texts: int, num_labels: int) -> type[BaseM
         "PredictRequest",
         __config__=ConfigDict(extra="forbid"),  # a misspelt "top-k" must not silently fall back to 1
         __doc__="One text or a list of texts; ``top_k`` labels per text (default 1; null for every label).",
-        texts=(text | texts, Field(description=f"a review, or a list of 1 to {max_texts} reviews; each 1 to "
-                                               f"{max_chars} characters, not only whitespace",
+        texts=(text | texts, Field(description=f"a review, or a list of 1 to {max_texts} reviews; each "
+                                               + (f"1 to {max_chars} characters" if max_chars else
+                                                  "at least 1 character (long texts are truncated)")
+                                               + ", not only whitespace",
                                    examples=["A gorgeous, moving film."])),
         top_k=(top_k | None, Field(default=1, description=f"labels per text, best first, 1 to {num_labels}; "
                                                           "null for all")),
