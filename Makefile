@@ -60,18 +60,20 @@ $(ASSETS): $(INSTALLED) behind_pipeline/assets.py
 	$(BIN)/python tools/timings.py record assets $$start
 	touch $@
 
-# Trains again only when the code that shapes the weights changed (prepare.py compares a fingerprint).
+# make asks again when one of these files changed; prepare.py trains only when the fingerprint of what shapes
+# the weights changed (settings, training split, library versions, RECIPE: behind_pipeline/trained_once.py), so
+# editing code that does not change them costs a few seconds, not a retrain.
 PREPARE_SOURCES := $(addprefix behind_pipeline/,prepare.py training.py batching.py data.py)
 prepare: $(MODELS)
 $(CLASSIFIER): $(PREPARE_SOURCES) | $(ASSETS)
 	$(BIN)/python -m behind_pipeline.prepare
 
-# The same for the generator: tiny_gpt.py compares its own fingerprint and trains again only when it changed.
+# The same for the generator: tiny_gpt.py compares its own fingerprint (settings, the play's text, versions).
 $(GENERATOR): behind_pipeline/tiny_gpt.py | $(ASSETS)
 	$(BIN)/python -m behind_pipeline.tiny_gpt
 
-# The router: capstone.py compares a fingerprint (its recipe, the code that shapes it, the course classifier's
-# fingerprint) and trains again only when it changed.
+# The router: capstone.py compares a fingerprint (its recipe, its training items, the course classifier's
+# fingerprint, versions) and trains again only when it changed.
 $(ROUTER): $(CLASSIFIER) behind_pipeline/capstone.py $(PREPARE_SOURCES)
 	$(BIN)/python -m behind_pipeline.capstone
 
@@ -158,7 +160,9 @@ serve-ray: $(CLASSIFIER)
 	$(BIN)/python -m behind_pipeline.service.ray_app --port $(SERVE_PORT) \
 	  $(if $(SERVE_RAY_REPLICAS),--replicas $(SERVE_RAY_REPLICAS))
 
-lab: $(MODELS)
+# Opens as soon as the classifier exists (chapters 0-7 need only it): chapter 8 trains its generator and chapter
+# 19 its router the first time they need them (about a minute each, with a progress line).
+lab: $(CLASSIFIER)
 	$(BIN)/jupyter lab --allow-root --notebook-dir=.
 
 # Re-execute every notebook in place (after editing one) and store fresh outputs.

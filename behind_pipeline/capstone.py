@@ -5,7 +5,8 @@ The queues are the 3-class Rotten Tomatoes corpus (:func:`behind_pipeline.data.l
 learned fresh against rotten on the same train movies) with a 3-row head whose *rotten* and *fresh* rows are the
 course head's, and is fine-tuned with the book's one training loop. ``python -m behind_pipeline.capstone``
 trains it once and saves it with ``save_pretrained`` under ``.cache/models/minilm-ticket-router``; the command
-does nothing while the recipe, the code that shapes the weights and the course classifier are unchanged.
+does nothing while the recipe, the training items, the course classifier and the library versions are unchanged
+(:mod:`behind_pipeline.trained_once`).
 ``BTP_SERVICE_MODEL=.cache/models/minilm-ticket-router make serve`` serves it with chapter 18's app.
 
 Triage: an item goes to its predicted queue when the router's (calibrated) confidence is at least a threshold,
@@ -28,7 +29,6 @@ import hashlib
 import inspect
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -37,11 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from behind_pipeline import batching, data, paths, predict, training
+from behind_pipeline import data, paths, predict, trained_once, training
 from behind_pipeline.data import QUEUE_NAMES
 
 ROUTER_NAME = "minilm-ticket-router"
-SUMMARY_FILE = "training_summary.json"
+SUMMARY_FILE = trained_once.SUMMARY_FILE
+# Raise it when a change to the training code changes what the router learns (trained_once.py says when).
+RECIPE = 1
 NOTEBOOK = "19_capstone"
 CARD_FILE = paths.PROJECT_ROOT / "book" / "model_card_capstone.md"
 GOLDEN_DIR = paths.PROJECT_ROOT / "tests" / "golden"
@@ -108,14 +110,20 @@ def start_model_fingerprint(start_id: str) -> str:
     return describe(start_id)
 
 
+def _training_settings(recipe: RouterRecipe, start_id: str) -> dict:
+    return dataclasses.asdict(recipe) | {"max_length": MAX_LENGTH, "queues": QUEUE_NAMES,
+                                         "start_model": start_model_fingerprint(start_id)}
+
+
+def _training_data_digest(recipe: RouterRecipe) -> str:
+    train_ds = training_subset(data.load_rotten_tomatoes_3class()["train"], recipe.train_examples, recipe.seed)
+    return trained_once.data_digest(train_ds["text"], train_ds["label"])
+
+
 def fingerprint(recipe: RouterRecipe, start_id: str) -> str:
-    """A short hash of the recipe, the starting model and the source of every function that shapes the weights."""
-    shaping = (data.movie_bucket, data.load_rotten_tomatoes_3class, batching.length_grouped_batches,
-               training.train_classifier, training_subset, router_from, train_router)
-    parts = [inspect.getsource(function) for function in shaping]
-    parts += [json.dumps(dataclasses.asdict(recipe), sort_keys=True), str(MAX_LENGTH),
-              start_model_fingerprint(start_id)]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    """16 hex digits over what shapes the router's weights (:mod:`behind_pipeline.trained_once`): ``RECIPE``, the
+    recipe's settings, the starting model's fingerprint, the training items and the library versions."""
+    return trained_once.fingerprint(RECIPE, _training_settings(recipe, start_id), _training_data_digest(recipe))
 
 
 def router_dir(recipe: RouterRecipe = PREPARED, start_id: str | None = None) -> Path:
@@ -159,30 +167,25 @@ def train_router(recipe: RouterRecipe, start_id: str, output_dir: Path, descript
         "final_loss": round(sum(history.losses[-20:]) / len(history.losses[-20:]), 4),
         "fingerprint": fingerprint(recipe, start_id),
     }
-    partial = output_dir.with_name(output_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    router.save_pretrained(partial)  # safetensors is the default format
-    tokenizer.save_pretrained(partial)
-    (partial / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    shutil.rmtree(output_dir, ignore_errors=True)
-    partial.rename(output_dir)
-    return summary
+
+    def write_files(folder):
+        router.save_pretrained(folder)  # safetensors is the default format
+        tokenizer.save_pretrained(folder)
+
+    return trained_once.save(output_dir, write_files, summary)
 
 
 def is_current(folder: Path, recipe: RouterRecipe, start_id: str) -> bool:
-    summary = folder / SUMMARY_FILE
-    return (folder / "model.safetensors").exists() and summary.exists() and (
-        json.loads(summary.read_text()).get("fingerprint") == fingerprint(recipe, start_id))
+    return trained_once.is_current(folder, fingerprint(recipe, start_id))
 
 
 def ensure_router(recipe: RouterRecipe = PREPARED, start_id: str | None = None) -> Path:
-    """The router's folder, trained first if it is missing or was trained by other code, data or settings."""
+    """The router's folder, trained first if it is missing or was trained with other settings, data or versions."""
     from behind_pipeline.models import classifier_id
 
     start_id = start_id or classifier_id()
     folder = router_dir(recipe, start_id)
-    if not is_current(folder, recipe, start_id):
-        train_router(recipe, start_id, folder)
+    trained_once.ensure(folder, fingerprint(recipe, start_id), lambda: train_router(recipe, start_id, folder))
     if not triage_is_current(folder):
         write_triage(folder)
     return folder
@@ -214,17 +217,15 @@ def balanced_class_weights(labels, num_labels: int = len(QUEUE_NAMES)) -> torch.
 
 
 def class_weighted_fingerprint(recipe: RouterRecipe, start_id: str) -> str:
-    parts = [fingerprint(recipe, start_id)] + [inspect.getsource(function) for function in
-                                                (ClassWeightedLoss, balanced_class_weights,
-                                                 train_class_weighted_router)]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    """The router's fingerprint with one more setting: the loss weighted by :func:`balanced_class_weights`."""
+    settings = _training_settings(recipe, start_id) | {"loss": "cross-entropy, class_weight balanced"}
+    return trained_once.fingerprint(RECIPE, settings, _training_data_digest(recipe))
 
 
 def train_class_weighted_router(recipe: RouterRecipe, start_id: str, output_dir: Path) -> dict:
     """:func:`train_router`'s run with one change, the loss weighted by :func:`balanced_class_weights`.
 
-    Kept apart from ``train_router`` so the served router's fingerprint (which covers that function's source)
-    does not move; the data, the starting weights, the batches and the settings are the same.
+    The data, the starting weights, the batches and the settings are the same.
     """
     from transformers import AutoTokenizer
 
@@ -242,11 +243,12 @@ def train_class_weighted_router(recipe: RouterRecipe, start_id: str, output_dir:
     summary = {"recipe": dataclasses.asdict(recipe), "class_weights": [round(float(w), 4) for w in weights],
                "train_examples": len(train_ds), "steps": len(history.losses),
                "fingerprint": class_weighted_fingerprint(recipe, start_id)}
-    shutil.rmtree(output_dir, ignore_errors=True)
-    router.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+
+    def write_files(folder):
+        router.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return trained_once.save(output_dir, write_files, summary)
 
 
 def ensure_class_weighted_router(recipe: RouterRecipe = PREPARED, start_id: str | None = None) -> Path:
@@ -255,10 +257,8 @@ def ensure_class_weighted_router(recipe: RouterRecipe = PREPARED, start_id: str 
 
     start_id = start_id or classifier_id()
     folder = router_dir(recipe, start_id).with_name(router_dir(recipe, start_id).name + "-class-weighted")
-    summary = folder / SUMMARY_FILE
-    if not ((folder / "model.safetensors").exists() and summary.exists() and json.loads(summary.read_text()).get(
-            "fingerprint") == class_weighted_fingerprint(recipe, start_id)):
-        train_class_weighted_router(recipe, start_id, folder)
+    trained_once.ensure(folder, class_weighted_fingerprint(recipe, start_id),
+                        lambda: train_class_weighted_router(recipe, start_id, folder))
     return folder
 
 
@@ -797,9 +797,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = router_dir(PREPARED, classifier_id())
     if is_current(folder, PREPARED, classifier_id()):
         print(f"ticket router in {folder.relative_to(paths.PROJECT_ROOT)} is current")
-    else:
-        print(json.dumps(train_router(PREPARED, classifier_id(), folder), indent=2))
-    ensure_router(PREPARED)  # the triage settings beside the weights (seconds when they are current)
+    ensure_router(PREPARED)  # trains when it is not current; the triage settings beside the weights
     (folder / SUMMARY_FILE).touch()  # newer than the sources again, so make stops asking
     return 0
 

@@ -37,7 +37,8 @@ def classifier_id() -> str:
 
 
 def generator_id() -> str:
-    """The text generator of chapter 8: the tiny GPT-2 written by ``make prepare`` (or ``gpt2`` from the Hub online).
+    """The text generator of chapter 8: the tiny GPT-2 written by ``make prepare``, trained here on first need (or
+    ``gpt2`` from the Hub online).
 
     ``BTP_GENERATOR_ID`` overrides it, as ``BTP_CLASSIFIER_ID`` does for the classifier (the online-mode test passes
     a local stand-in for ``gpt2`` that way).
@@ -47,7 +48,10 @@ def generator_id() -> str:
     if paths.is_online():
         return HUB_GENERATOR_ID
     if not (GENERATOR_DIR / "model.safetensors").exists():
-        raise FileNotFoundError("The tiny generator is missing: run `make prepare` in the project folder first.")
+        # `make lab` opens the book as soon as the classifier exists: chapter 8 trains its generator on first need.
+        from behind_pipeline import tiny_gpt
+
+        tiny_gpt.ensure_generator(show=False)
     return str(GENERATOR_DIR)
 
 

@@ -7,23 +7,25 @@ model are saved with ``save_pretrained`` (safetensors) into ``.cache/models/tiny
 loads with ``pipeline("text-generation", model=generator_id())`` like any Hub id. It writes bad Shakespeare: the
 chapter is about the mechanics of generation, not about the text.
 
-As in :mod:`behind_pipeline.prepare`, a summary beside the weights records a fingerprint of the settings and of the
-code that produced them: the command does nothing while they are unchanged.
+As in :mod:`behind_pipeline.prepare`, a summary beside the weights records a fingerprint of what shapes them
+(:mod:`behind_pipeline.trained_once`: the settings, the training text, the library versions and ``RECIPE``): the
+command does nothing while they are unchanged.
 """
 
 import dataclasses
-import hashlib
-import inspect
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 
-from behind_pipeline import assets, paths, runtime
+from tqdm.auto import tqdm
+
+from behind_pipeline import assets, paths, runtime, trained_once
 from behind_pipeline.models import GENERATOR_DIR
 
-SUMMARY_FILE = "training_summary.json"
+SUMMARY_FILE = trained_once.SUMMARY_FILE
+# Raise it when a change to the tokenizer's or the model's training code changes what they learn.
+RECIPE = 1
 END_OF_TEXT = "<|endoftext|>"  # GPT-2's one special token: end of a document, also its BOS
 
 
@@ -104,7 +106,7 @@ def train(output_dir=GENERATOR_DIR) -> dict:
     losses = []
     model.train()
     started = time.perf_counter()
-    for _ in range(SETTINGS.steps):
+    for _ in tqdm(range(SETTINGS.steps), desc="training the tiny generator", unit="step", mininterval=2):
         # Random windows of the training tokens: the model learns to predict each token from those before it.
         starts = torch.randint(0, len(train_ids) - SETTINGS.window, (SETTINGS.batch_size,), generator=generator)
         batch = train_ids[starts[:, None] + offsets]  # (batch, window)
@@ -134,39 +136,43 @@ def train(output_dir=GENERATOR_DIR) -> dict:
         "test_loss": round(test_loss, 4),
         "fingerprint": fingerprint(),
     }
-    partial = output_dir.with_name(output_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)  # safetensors is the default format
-    tokenizer.save_pretrained(partial)
-    (partial / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    shutil.rmtree(output_dir, ignore_errors=True)
-    partial.rename(output_dir)
-    return summary
+
+    def write_files(folder):
+        model.save_pretrained(folder)  # safetensors is the default format
+        tokenizer.save_pretrained(folder)
+
+    return trained_once.save(output_dir, write_files, summary)
 
 
 def fingerprint() -> str:
-    """A short hash of the settings and of the source of every function that shapes the saved files."""
-    sources = [inspect.getsource(function) for function in (split_hamlet, hamlet_texts, build_tokenizer, train)]
-    sources.append(json.dumps(dataclasses.asdict(SETTINGS), sort_keys=True))
-    return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]
+    """16 hex digits over what shapes the saved files: ``RECIPE``, the settings, the training text, library versions."""
+    train_text, _ = hamlet_texts()
+    return trained_once.fingerprint(RECIPE, dataclasses.asdict(SETTINGS), trained_once.data_digest([train_text]))
 
 
-def is_current(summary_path=GENERATOR_DIR / SUMMARY_FILE) -> bool:
-    """True when the saved generator was trained by this code with these settings."""
-    if not summary_path.exists():
-        return False
-    return json.loads(summary_path.read_text()).get("fingerprint") == fingerprint()
+def is_current(folder=GENERATOR_DIR) -> bool:
+    """True when the saved generator was trained with these settings, on this text, by these library versions."""
+    return trained_once.is_current(folder, fingerprint())
+
+
+def ensure_generator(show: bool = True) -> bool:
+    """Train the generator unless it is current; True when it trained. ``make prepare`` calls it, and so does
+    chapter 8 the first time it needs the model (``make lab`` opens the book before the generator exists)."""
+
+    def train_and_show() -> dict:
+        summary = train()
+        if show:
+            print(json.dumps(summary, indent=2))
+        return summary
+
+    return trained_once.ensure(GENERATOR_DIR, fingerprint(), train_and_show,
+                               announce=lambda line: print(line + " about a minute on 2 cores", flush=True))
 
 
 def main() -> None:
     paths.configure_environment()
-    summary_path = GENERATOR_DIR / SUMMARY_FILE
-    if is_current(summary_path):
-        summary_path.touch()  # newer than the sources again, so make stops asking
+    if not ensure_generator():
         print(f"generator in {GENERATOR_DIR.relative_to(paths.PROJECT_ROOT)} is current: nothing to do")
-        return
-    runtime.setup_chapter(SETTINGS.seed)
-    print(json.dumps(train(), indent=2))
 
 
 if __name__ == "__main__":
