@@ -48,9 +48,17 @@ CONFIG_FILE = Path(__file__).with_name("ray_serve.yaml")
 RAY_TEMP_DIR = Path(os.environ.get("RAY_TMPDIR", CACHE_DIR / "ray"))
 RAY_HOME = CACHE_DIR / "ray-home"  # HOME for Ray's processes: nothing lands under the reader's home folder
 RAY_CPUS = 2  # the cores Ray may schedule replicas on (this book's machine has 2)
-# Ray asks the network for nothing when these are set: no usage statistics, no update check.
-OFFLINE_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_USAGE_STATS_PROMPT_ENABLED": "0",
-                       "RAY_DISABLE_DOCKER_CPU_WARNING": "1", "RAY_SERVE_LOG_TO_STDERR": "0"}
+# Set for every Ray process: no usage statistics sent, no Docker warning, Serve logs to files only, and a longer
+# wait for a slow start.
+RAY_VARIABLES = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_USAGE_STATS_PROMPT_ENABLED": "0",
+                       "RAY_DISABLE_DOCKER_CPU_WARNING": "1", "RAY_SERVE_LOG_TO_STDERR": "0",
+                       # the raylet waits this long for its agent to start (it gave up after a minute on a
+                       # 2-core machine running 15 other processes)
+                       "RAY_agent_register_timeout_ms": "300000",
+                       # and Serve's controller waits this long for a proxy to say it is ready (5 s by default,
+                       # three misses and it kills the proxy: a busy machine missed it)
+                       "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+                       "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
 RAY_INIT_ATTEMPTS = 2  # a second try when the raylet misses Ray's 30 s start-up window on a busy machine
 START_TIMEOUT_S = 240  # Ray, its controller and proxy, then each replica imports torch and loads the model
 STOP_TIMEOUT_S = 60
@@ -189,7 +197,7 @@ def ray_environment() -> dict:
 
     RAY_HOME.mkdir(parents=True, exist_ok=True)
     RAY_TEMP_DIR.mkdir(parents=True, exist_ok=True)
-    return {**{name: str(folder) for name, folder in _CACHE_VARIABLES.items()}, **OFFLINE_ENVIRONMENT,
+    return {**{name: str(folder) for name, folder in _CACHE_VARIABLES.items()}, **RAY_VARIABLES,
             "HOME": str(RAY_HOME), "TMPDIR": str(RAY_TEMP_DIR), "RAY_TMPDIR": str(RAY_TEMP_DIR),
             "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
             "HF_DATASETS_OFFLINE": os.environ.get("HF_DATASETS_OFFLINE", "1"),
@@ -206,8 +214,11 @@ def run(config_file: Path, port: int, replicas: int | None, threads: int | None,
     started = time.perf_counter()
     for attempt in range(RAY_INIT_ATTEMPTS):
         try:
+            # one node on loopback, named: otherwise Ray looks for this machine's address by reaching for a public
+            # DNS server (it logs a warning when offline, then falls back to resolving the host name)
             ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=str(RAY_TEMP_DIR), configure_logging=False,
-                     log_to_driver=False, runtime_env={"env_vars": ray_environment()})
+                     log_to_driver=False, runtime_env={"env_vars": ray_environment()},
+                     _node_ip_address="127.0.0.1")
             break
         except Exception as error:  # Ray gives its raylet 30 s to register: a busy machine can miss that
             ray.shutdown()
