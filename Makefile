@@ -42,7 +42,7 @@ NBVAL := --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 PARALLEL := -p no:xdist
 
 .PHONY: install assets prepare test test-unit test-notebooks test-exercises book lab execute runtimes \
-        exercises clean-notebooks lint clean small full serve grade test-site browser canary bench check
+        exercises clean-notebooks lint clean small full serve grade test-site browser canary bench check render
 
 install: $(INSTALLED)
 $(INSTALLED): requirements.txt pyproject.toml
@@ -171,19 +171,28 @@ execute: $(MODELS)
 	$(BIN)/python tools/execute_notebooks.py $(NOTEBOOKS)
 	$(MAKE) exercises clean-notebooks
 
+# Every generated block from the results files, in one step: the chapter tables, "Runs in about" lines and versions
+# page, the classroom pages, Part II's results tables, the benchmark tables, the capstone's model card and the
+# chapter map (each script rewrites its marked blocks through tools/blocks.py; tests fail on a stale one).
+render: $(INSTALLED)
+	$(BIN)/python tools/chapter_table.py
+	$(BIN)/python tools/instructor_tables.py
+	$(BIN)/python tools/results_tables.py
+	$(BIN)/python tools/bench_tables.py
+	$(BIN)/python -m behind_pipeline.capstone --card
+	$(BIN)/python tools/chapter_map.py
+
 # Run time of every notebook on this machine, written to results/runtimes.json and the README table.
 runtimes: $(MODELS)
 	$(BIN)/python tools/execute_notebooks.py --measure $(NOTEBOOKS)
 	$(BIN)/python tools/timings.py gather
-	$(BIN)/python tools/chapter_table.py
-	$(BIN)/python tools/instructor_tables.py
-	$(MAKE) --no-print-directory exercises clean-notebooks
+	$(MAKE) --no-print-directory render exercises clean-notebooks
 
 # Experiment notebooks (Part II) through papermill: their results files and the tables rendered from them.
 # `make small` uses the stored notebooks' settings (seconds per chapter); `make full` trains on all the data.
 small full: $(MODELS)
 	$(BIN)/python tools/run_experiments.py --run $@
-	$(BIN)/python tools/results_tables.py
+	$(MAKE) --no-print-directory render
 
 # Every variant of the classifier (fp32, dynamic int8, bitsandbytes 8/4-bit, ONNX Runtime fp32/int8) measured in
 # one run on this machine, each in a fresh process (a few minutes on 2 cores), then the service's figures
@@ -200,7 +209,7 @@ bench: $(CLASSIFIER)
 .PHONY: bench-ray
 bench-ray: $(CLASSIFIER)
 	$(BIN)/python -m behind_pipeline.service.ray_bench $(BENCH_RAY_ARGS)
-	$(BIN)/python tools/bench_tables.py
+	$(MAKE) --no-print-directory render
 # The service's figures alone (chapter 18): Debian's wrk (installed with apt-get when missing, as `make browser`
 # installs Chromium; its runs are skipped with a message where it cannot be) and the httpx clients, 3 repeats each,
 # into results/bench.json, then the tables re-rendered. BENCH_SERVICE_ARGS=--tiny checks the file in seconds.
@@ -215,7 +224,7 @@ bench-service: $(CLASSIFIER)
 	    || echo "SKIPPED: wrk could not be installed here (it needs root and Debian's package lists)"; \
 	fi
 	$(BIN)/python -m behind_pipeline.service.bench --wrk "$(WRK)" $(BENCH_SERVICE_ARGS)
-	$(BIN)/python tools/bench_tables.py
+	$(MAKE) --no-print-directory render
 
 # Grade a folder of submissions, one subfolder per learner holding NN_topic_exercises.ipynb notebooks: each runs
 # in its own kernel, stopped after GRADE_TIMEOUT seconds; the table of checks goes to OUT (default DIR/grades.csv).
