@@ -48,15 +48,12 @@ CONFIG_FILE = Path(__file__).with_name("ray_serve.yaml")
 RAY_TEMP_DIR = Path(os.environ.get("RAY_TMPDIR", CACHE_DIR / "ray"))
 RAY_HOME = CACHE_DIR / "ray-home"  # HOME for Ray's processes: nothing lands under the reader's home folder
 RAY_CPUS = 2  # the cores Ray may schedule replicas on (this book's machine has 2)
-# Set for every Ray process: no usage statistics sent, no Docker warning, Serve logs to files only, and a longer
-# wait for a slow start.
+# Set for every Ray process: no usage statistics sent, no Docker warning, Serve logs to files only, and longer
+# waits for a slow proxy.
 RAY_VARIABLES = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_USAGE_STATS_PROMPT_ENABLED": "0",
                        "RAY_DISABLE_DOCKER_CPU_WARNING": "1", "RAY_SERVE_LOG_TO_STDERR": "0",
-                       # the raylet waits this long for its agent to start (it gave up after a minute on a
-                       # 2-core machine running 15 other processes)
-                       "RAY_agent_register_timeout_ms": "300000",
-                       # and Serve's controller waits this long for a proxy to say it is ready (5 s by default,
-                       # three misses and it kills the proxy: a busy machine missed it)
+                       # Serve's controller waits this long for a proxy to say it is ready (5 s by default; after
+                       # three misses it kills the proxy, which a 2-core machine under heavy load did)
                        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
                        "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
 RAY_INIT_ATTEMPTS = 2  # a second try when the raylet misses Ray's 30 s start-up window on a busy machine
@@ -214,8 +211,8 @@ def run(config_file: Path, port: int, replicas: int | None, threads: int | None,
     started = time.perf_counter()
     for attempt in range(RAY_INIT_ATTEMPTS):
         try:
-            # one node on loopback, named: otherwise Ray looks for this machine's address by reaching for a public
-            # DNS server (it logs a warning when offline, then falls back to resolving the host name)
+            # one node, on loopback. (Ray's C++ side still asks the kernel for a route to a public DNS server to
+            # learn this machine's address: offline it logs a warning and falls back to the host name.)
             ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=str(RAY_TEMP_DIR), configure_logging=False,
                      log_to_driver=False, runtime_env={"env_vars": ray_environment()},
                      _node_ip_address="127.0.0.1")
