@@ -12,6 +12,11 @@ On a machine without GPUs ``Accelerator(cpu=True)`` makes the processes talk ove
 spelling: ``accelerate launch --cpu --num_processes 2`` starts ONE process (its ``--cpu`` flag picks the
 single-process launcher whatever ``--num_processes`` says); the JSON file records ``num_processes`` so a chapter
 can print how many really ran. :func:`single_process_step` computes the same step in one process, for comparison.
+
+The run also saves the all-reduced gradients of the same shares before clipping and the step
+(:func:`data_parallel_gradients`, read back with :func:`saved_gradients`): chapter 20 compares them with
+:func:`single_process_gradients`, the stricter parity (after one AdamW step equal parameters mostly show equal
+gradient signs).
 """
 
 import argparse
@@ -86,6 +91,44 @@ def single_process_step(examples=None) -> tuple[dict[str, torch.Tensor], float]:
     return {name: tensor.detach().clone() for name, tensor in classifier.state_dict().items()}, loss.item()
 
 
+def gradients(classifier) -> dict[str, torch.Tensor]:
+    """Each parameter's ``.grad`` by name (a copy), as ``backward`` left it: before clipping and the step."""
+    return {name: parameter.grad.detach().clone() for name, parameter in classifier.named_parameters()
+            if parameter.grad is not None}
+
+
+def single_process_gradients(examples=None) -> tuple[dict[str, torch.Tensor], float]:
+    """The loop's backward on all ``GLOBAL_BATCH`` reviews in one process: the gradients, and the loss.
+
+    The gradient is what a data-parallel run must reproduce exactly; comparing parameters after one AdamW step
+    would mostly compare gradient signs (its first step moves each weight by about ``lr * sign(gradient)``).
+    """
+    texts, labels, id2label = examples or step_examples()
+    tokenizer, classifier = tokenizer_for_step(), step_classifier(id2label)
+    classifier.train()
+    batch = tokenizer(texts, padding=True, return_tensors="pt")  # (8, longest)
+    loss = classifier(**batch, labels=torch.tensor(labels)).loss
+    loss.backward()
+    return gradients(classifier), loss.item()
+
+
+def data_parallel_gradients(accelerator, texts, labels, id2label) -> dict[str, torch.Tensor]:
+    """The all-reduced gradients of :func:`data_parallel_step`'s backward (a fresh model, the same shares):
+    after ``accelerator.backward`` every process holds the average of the processes' gradients."""
+    tokenizer, classifier = tokenizer_for_step(), step_classifier(id2label)
+
+    def collate(rows):
+        encoding = tokenizer([text for text, _ in rows], padding=True, return_tensors="pt")
+        return {**encoding, "labels": torch.tensor([label for _, label in rows])}
+
+    loader = torch.utils.data.DataLoader(list(zip(texts, labels, strict=True)), collate_fn=collate,
+                                         batch_size=GLOBAL_BATCH // accelerator.num_processes)
+    classifier, loader = accelerator.prepare(classifier, loader)
+    classifier.train()
+    accelerator.backward(classifier(**next(iter(loader))).loss)
+    return gradients(accelerator.unwrap_model(classifier))
+
+
 def data_parallel_step(accelerator, texts, labels, id2label) -> tuple[dict[str, torch.Tensor], list[float], list[int]]:
     """The same step with ``accelerate``: each process gets its share of the global batch.
 
@@ -143,7 +186,8 @@ def main() -> None:
               "backend": accelerator.state.backend}
     if not args.count_only:
         examples = step_examples() if args.examples is None else read_examples(Path(args.examples))
-        state, losses, sizes = data_parallel_step(accelerator, *examples)
+        averaged = data_parallel_gradients(accelerator, *examples)  # chapter 20 compares these
+        state, losses, sizes = data_parallel_step(accelerator, *examples)  # chapter 12 the parameters after it
         report |= {"process_losses": losses, "process_examples": sizes, "global_batch": sum(sizes)}
     if accelerator.is_main_process:
         output = Path(args.output)
@@ -152,6 +196,7 @@ def main() -> None:
             from safetensors.torch import save_file
 
             save_file({name: tensor.contiguous() for name, tensor in state.items()}, output.with_suffix(".safetensors"))
+            save_file({name: tensor.contiguous() for name, tensor in averaged.items()}, gradients_file(output))
         output.write_text(json.dumps(report, indent=2) + "\n")
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the process group cleanly
@@ -197,6 +242,18 @@ def launch(launcher_flags: tuple[str, ...], output: Path, count_only: bool = Fal
     if result.returncode != 0 or not output.exists():
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     return json.loads(output.read_text())
+
+
+def gradients_file(output: Path) -> Path:
+    """Where the launched run saves the all-reduced gradients, beside its JSON file and the parameters."""
+    return Path(output).with_name(Path(output).stem + "_gradients.safetensors")
+
+
+def saved_gradients(output: Path) -> dict[str, torch.Tensor]:
+    """The all-reduced gradients (before clipping and the step) the launched run saved beside its JSON file."""
+    from safetensors.torch import load_file
+
+    return load_file(gradients_file(output))
 
 
 def saved_parameters(output: Path) -> dict[str, torch.Tensor]:

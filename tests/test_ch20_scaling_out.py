@@ -172,7 +172,7 @@ def test_the_two_machine_launch_runs_two_processes_and_equals_one_process():
     report = scale_out.launch_two_machines(output, timeout_s=240)
     assert report["num_processes"] == 2 and report["process_examples"] == [4, 4]
     assert report["machine_exit_codes"] == [0, 0]
-    one, loss = distributed.single_process_step(distributed.read_examples(distributed.examples_file(output)))
+    one, loss = distributed.single_process_gradients(distributed.read_examples(distributed.examples_file(output)))
     two = distributed.saved_gradients(output)
     assert one.keys() == two.keys()
     assert max((one[name] - two[name]).abs().max().item() for name in one) < 1e-5
