@@ -23,6 +23,10 @@ RUN_TITLES = {
     "full": "Full run: all training data and epochs, `make full`",
 }
 # Column order; a column appears only when some row has it. Values are printed as recorded.
+# Two tables per run, what each model scores and what it costs, each with the model's name first: one table of ten
+# columns is wider than the page at 1280 px (`make browser` fails on a table that scrolls sideways).
+GROUPS = (("model", "accuracy", "macro_f1", "train_examples", "epochs", "source"),
+          ("model", "train_seconds", "trainable_parameters", "trainable_share", "size_mib"))
 COLUMNS = {
     "model": "model", "accuracy": "accuracy", "macro_f1": "macro-F1", "train_examples": "train examples",
     "epochs": "epochs", "train_seconds": "train time (s)", "trainable_parameters": "trainable parameters",
@@ -54,10 +58,13 @@ def table(run: str) -> list[str]:
     lines = [f"### {RUN_TITLES[run]}", ""]
     if not rows:
         return lines + [f"Not measured yet: run `make {run}`.", ""]
-    columns = [key for key in COLUMNS if any(key in row for row in rows)]
-    lines += ["| " + " | ".join(COLUMNS[key] for key in columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(cell(key, row.get(key, "")) for key in columns) + " |")
+    for group in GROUPS:
+        columns = [key for key in group if any(key in row for row in rows)]
+        lines += ["| " + " | ".join(COLUMNS[key] for key in columns) + " |", "|" + "---|" * len(columns)]
+        for row in rows:
+            lines.append("| " + " | ".join(cell(key, row.get(key, "")) for key in columns) + " |")
+        lines.append("")
+    lines.pop()
     machines = sorted({json.loads(path.read_text())["machine"] for path in (ROOT / "results" / run).glob("*.json")})
     dates = sorted({json.loads(path.read_text())["measured_on"] for path in (ROOT / "results" / run).glob("*.json")})
     lines += ["", f"Measured on {', '.join(machines)}; {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}.", ""]
