@@ -242,6 +242,19 @@ def test_replicas_checker_rejects_floor_plus_one():
     assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: max(m, int(p / (r * u)) + 1)), "exact multiple")
 
 
+def test_replicas_checker_rejects_a_bare_ceil_of_float_noise():
+    assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: max(m, math.ceil(p / (r * u)))), "float noise")
+
+
+def test_replicas_checker_rejects_min_replicas_added_on_top():
+    answer = lambda p, r, u=0.7, m=1: m - 1 + max(1, math.ceil(round(p / (r * u), 9)))  # noqa: E731
+    assert_rejected(check_replicas_needed(answer), "on top")
+
+
+def test_replicas_checker_rejects_rounding_too_coarsely_before_the_ceil():
+    assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: max(m, math.ceil(round(p / (r * u), 1)))), "71.4")
+
+
 def test_replicas_checker_rejects_a_float_count():
     assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: float(reference_replicas(p, r, u, m))), "int")
 

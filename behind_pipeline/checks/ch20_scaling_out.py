@@ -30,6 +30,9 @@ REPLICA_CASES = [
     (5.0, 60.0, 0.7, 2),  # a small load still gets min_replicas (for availability)
     (0.0, 60.0, 0.7, 1),  # no traffic: min_replicas, not 0
     (1000.0, 60.0, 0.5, 1),  # 33.3: 34
+    (63.0, 90.0, 0.7, 1),  # exactly 1, but 1.0000000000000002 in floats: a bare math.ceil gives 2
+    (100.0, 60.0, 0.7, 2),  # 3: min_replicas is a floor, not replicas added on top (that gives 4)
+    (71.4, 50.0, 0.7, 1),  # 2.04: 3 (rounding the quotient to 1 decimal before math.ceil gives 2)
 ]
 
 
@@ -47,11 +50,16 @@ def _replica_mistake(answers: dict) -> str:
             lambda p, r, u, m: math.ceil(round(p / (r * u), 9)),
         "added one to the floor: on an exact multiple (350 / 35 = 10) that is one replica too many":
             lambda p, r, u, m: max(m, int(p / (r * u)) + 1),
+        "rounded up float noise: 63 / (90 * 0.7) is 1.0000000000000002 in floats, so math.ceil gives 2; round the "
+        "quotient (to 9 decimals, say) before math.ceil":
+            lambda p, r, u, m: max(m, math.ceil(p / (r * u))),
+        "added min_replicas on top of the count: it is a floor (max(min_replicas, ...)), not extra replicas":
+            lambda p, r, u, m: m - 1 + max(1, math.ceil(round(p / (r * u), 9))),
         "multiplied by the utilisation instead of dividing by it: headroom means more replicas, not fewer":
             lambda p, r, u, m: max(m, math.ceil(round(p * u / r, 9))),
     }
-    for message, guess in guesses.items():
-        if all(guess(*case) == answer for case, answer in wrong.items()):
+    for message, guess in guesses.items():  # a guess must give every answer, the right ones too
+        if all(guess(*case) == answer for case, answer in answers.items()):
             return message
     return ""
 
