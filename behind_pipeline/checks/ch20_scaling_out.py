@@ -38,7 +38,6 @@ REPLICA_CASES = [
 
 def _replica_mistake(answers: dict) -> str:
     """The likely mistake behind wrong answers, named only when it explains every case the learner got wrong."""
-    wrong = {case: answer for case, answer in answers.items() if answer != reference_replicas(*case)}
     guesses = {
         "rounded to the nearest whole number instead of up (math.ceil): 2.38 replicas need 3":
             lambda p, r, u, m: max(m, round(p / (r * u))),
