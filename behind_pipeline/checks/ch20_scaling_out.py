@@ -188,10 +188,9 @@ def check_config_problems(config_problems) -> CheckReport:
         answer = report.call(config_problems, given, cpus_per_node, nodes, name="config_problems")
         if answer is Ellipsis:
             return report
-        try:
-            answer = set(answer)
-        except TypeError:
-            report.fail(f"config_problems returned {type(answer).__name__}: return a set of problem names")
+        answer = report.collection(answer, set, f"config_problems returned {type(answer).__name__}: return a set "
+                                                "of problem names")
+        if answer is None:
             return report
         unknown = answer - set(PROBLEMS)
         if unknown:
