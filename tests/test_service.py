@@ -449,6 +449,8 @@ def test_a_short_request_waits_for_one_bounded_pass_not_for_a_whole_long_request
     assert asyncio.run(scenario()).tolist() == [[1.0, 0.0]]
     served_short = next(index for index, one in enumerate(passes) if "s" in one)
     assert served_short == 1  # the very next pass, not after the long request's other passes
+    assert passes[served_short] == ["s"]  # and a pass of its own, not padded to the long request's texts
+    assert sorted(text for one in passes for text in one) == sorted(["L" * 20] * 16 + ["s"])  # nothing lost
 
 
 def test_one_failing_request_never_fails_its_batch_mates_under_concurrency():

@@ -5,7 +5,8 @@ one request at a time. The batcher keeps the waiting requests in arrival order. 
 order, while two limits hold: at most ``max_batch`` texts, and at most ``max_tokens`` padded tokens (the number of
 texts times the longest one's tokens, what the pass really computes). A request whose texts did not all fit goes
 to the back of the line with the rest, so a request of 64 long texts is served in several passes, and a short
-request that arrived after it waits for one bounded pass, not for all of them (no head-of-line blocking).
+request that arrived after it waits for one bounded pass, not for all of them (no head-of-line blocking); the
+requests that arrived meanwhile get the next pass to themselves, not padded to the long request's texts.
 
 The first waiting request may wait up to ``max_wait_ms`` for company, but only under concurrent load (when the
 previous pass served more than one request): a lone client is never kept waiting for company that does not come.
@@ -144,12 +145,18 @@ class MicroBatcher:
             except TimeoutError:
                 break
         self._drop_cancelled()
+        rest_of_long = None
         if self._partial is not None and self._partial in self.waiting:
             # The rest of a long request goes behind every request that arrived meanwhile: they get this pass.
             self.waiting.remove(self._partial)
             self.waiting.append(self._partial)
+            # And only they: topped up with the long request's texts, the pass would be padded to their length
+            # and cost the short requests as much as a whole long pass. The rest is first in line for the next.
+            rest_of_long = self._partial if len(self.waiting) > 1 else None
         chosen, size, longest, partial = [], 0, 0, []
         for waiting in list(self.waiting):
+            if waiting is rest_of_long and chosen:
+                break
             while waiting.sent < len(waiting.items):
                 cost = waiting.costs[waiting.sent]
                 if not self._fits(size, longest, cost):
