@@ -23,7 +23,7 @@ from behind_pipeline.checks.ch20_scaling_out import (
     reference_retry,
 )
 
-from checker_asserts import ODD_ANSWERS, assert_rejected, assert_reported
+from checker_asserts import ODD_ANSWERS, assert_rejected, assert_reported, failures
 
 ray_app = pytest.importorskip("behind_pipeline.service.ray_app")
 
@@ -259,6 +259,42 @@ def test_replicas_checker_rejects_a_float_count():
     assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: float(reference_replicas(p, r, u, m))), "int")
 
 
+def test_replicas_checker_rejects_a_bare_ceil_that_divides_twice():
+    """p / r / u is noisy on other cases than p / (r * u): 245 / 50 / 0.7 is 7.000000000000001."""
+    assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: max(m, math.ceil(p / r / u))), "245",
+                    "float noise")
+
+
+@pytest.mark.parametrize("digits", [2, 3])
+def test_replicas_checker_rejects_rounding_to_a_few_decimals(digits):
+    def rounded(p, r, u=0.7, m=1):
+        return max(m, math.ceil(round(p / (r * u), digits)))
+
+    assert_rejected(check_replicas_needed(rounded), "100.01", "too few decimals")
+
+
+@pytest.mark.parametrize(("utilisation", "min_replicas"), [(0.8, 1), (0.6, 1), (1.0, 1), (0.7, 0)])
+def test_replicas_checker_rejects_a_wrong_default(utilisation, min_replicas):
+    def with_defaults(peak_rps, replica_rps, utilisation=utilisation, min_replicas=min_replicas):
+        return reference_replicas(peak_rps, replica_rps, utilisation, min_replicas)
+
+    assert_rejected(check_replicas_needed(with_defaults), "the defaults are utilisation=0.7 and min_replicas=1")
+
+
+def test_replicas_checker_accepts_other_ways_past_float_noise():
+    from decimal import Decimal
+
+    def with_epsilon(peak_rps, replica_rps, utilisation=0.7, min_replicas=1):
+        return max(min_replicas, math.ceil(peak_rps / (replica_rps * utilisation) - 1e-9))
+
+    def with_decimals(peak_rps, replica_rps, utilisation=0.7, min_replicas=1):
+        needed = Decimal(str(peak_rps)) / (Decimal(str(replica_rps)) * Decimal(str(utilisation)))
+        return max(min_replicas, math.ceil(needed))
+
+    assert check_replicas_needed(with_epsilon).passed
+    assert check_replicas_needed(with_decimals).passed
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Exercise 2: a Serve config validator
 
@@ -314,7 +350,8 @@ def test_config_checker_rejects_a_validator_that_changes_the_config():
 
 def _validator(no_lower_bound=False, no_max_rule=False, initial_default_one=False, indexes_keys=False,
                float_batch_ok=False, negative_wait_ok=False, strict_wait=False, auto_ignored=False,
-               threads_default_one=False, zero_min_refused=False):
+               threads_default_one=False, zero_min_refused=False, floor_division=False, keys_present=False,
+               auto_defaults_only_alone=False, zero_replicas_ok=False):
     """A validator written the checker's way but for one typical mistake, switched on by name."""
 
     def config_problems(config, cpus_per_node, nodes):
@@ -324,10 +361,15 @@ def _validator(no_lower_bound=False, no_max_rule=False, initial_default_one=Fals
         found = set()
         autoscaling = deployment.get("autoscaling_config")
         replicas = deployment.get("num_replicas")
-        if autoscaling is not None and replicas is not None and not (auto_ignored and replicas == "auto"):
+        if keys_present:  # a key set to null (left empty in the YAML) counted as set
+            if "autoscaling_config" in deployment and "num_replicas" in deployment and replicas != "auto":
+                found.add("replicas_and_autoscaling")
+        elif autoscaling is not None and replicas is not None and not (auto_ignored and replicas == "auto"):
             if isinstance(replicas, int) or auto_ignored:
                 found.add("replicas_and_autoscaling")
-        if replicas == "auto" and not auto_ignored:
+        if isinstance(replicas, int) and replicas < 1 and not zero_replicas_ok:
+            found.add("replica_bounds")
+        if replicas == "auto" and not auto_ignored and not (auto_defaults_only_alone and autoscaling is not None):
             autoscaling = {"min_replicas": 1, "max_replicas": 100, **(autoscaling or {})}
         if autoscaling is not None:
             low, high = autoscaling.get("min_replicas", 1), autoscaling.get("max_replicas", 1)
@@ -339,7 +381,8 @@ def _validator(no_lower_bound=False, no_max_rule=False, initial_default_one=Fals
         else:
             most = replicas if isinstance(replicas, int) else 1
         cpus = deployment.get("ray_actor_options", {}).get("num_cpus", 1)
-        if most > (cpus_per_node // cpus) * nodes:
+        per_node = cpus_per_node // cpus if floor_division else math.floor(round(cpus_per_node / cpus, 9))
+        if most > per_node * nodes:
             found.add("does_not_fit")
         user = deployment.get("user_config", {})
         settings = config["applications"][0].get("args", {}).get("settings", {})
@@ -375,6 +418,10 @@ def test_config_validator_without_mistakes_is_the_reference():
     ("auto_ignored", '"auto"'),
     ("threads_default_one", "ServiceSettings' 2"),
     ("zero_min_refused", "0 <= min_replicas"),
+    ("floor_division", "2 // 0.1 is 19.0"),
+    ("keys_present", "null is as good as left out"),
+    ("auto_defaults_only_alone", "under what autoscaling_config sets"),
+    ("zero_replicas_ok", "num_replicas is at least 1"),
 ])
 def test_config_checker_rejects_a_typical_mistake(mistake, named):
     assert_rejected(check_config_problems(_validator(**{mistake: True})), named)
@@ -384,11 +431,49 @@ def test_config_checker_rejects_unknown_names():
     assert_rejected(check_config_problems(lambda c, cpus, nodes: {"too_big"}), "unknown problem names")
 
 
+@pytest.mark.parametrize("kind", [str, dict])
+def test_config_checker_rejects_a_name_or_a_dict_for_a_set(kind):
+    """set("batching") would be its letters and set({...}) its keys: both are named, not taken apart."""
+    def answer(config, cpus_per_node, nodes):
+        found = reference_problems(config, cpus_per_node, nodes)
+        return ",".join(sorted(found)) if kind is str else {name: True for name in found}
+
+    assert_rejected(check_config_problems(answer), f"returned {kind.__name__}", "return a set of problem names")
+
+
 def test_config_cases_each_expect_what_they_describe():
     named = {what: reference_problems(config, cpus, nodes) for what, config, cpus, nodes in CONFIG_CASES}
     assert named["the book's config on 2 cores"] == set()
     assert named["3 replicas of 2 CPUs on 2 nodes of 3 CPUs (6 CPUs, but one replica a node)"] == {"does_not_fit"}
     assert named["two problems at once"] == {"replica_bounds", "oversubscribed"}
+    assert named["20 replicas of 0.1 CPU on 2 CPUs: all fit (2 // 0.1 is 19.0 in floats)"] == {"oversubscribed"}
+    assert named["num_replicas 0 (Ray refuses it; scale to zero is min_replicas 0)"] == {"replica_bounds"}
+
+
+def test_config_cases_agree_with_rays_own_validation():
+    """Ray Serve refuses a case's config (its schema, or the autoscaling config it builds, merged with its own
+    defaults for num_replicas "auto") exactly when the reference finds replica_bounds or replicas_and_autoscaling."""
+    from ray.serve._private.config import handle_num_replicas_auto
+    from ray.serve.config import AutoscalingConfig
+    from ray.serve.schema import ServeDeploySchema
+
+    def ray_refuses(config):
+        deployment = config["applications"][0]["deployments"][0]
+        try:
+            ServeDeploySchema.model_validate(config)
+            if deployment.get("num_replicas") == "auto":
+                handle_num_replicas_auto(64, deployment.get("autoscaling_config"))
+            elif deployment.get("autoscaling_config") is not None:
+                AutoscalingConfig(**deployment["autoscaling_config"])
+        except ValueError:  # pydantic's ValidationError is a ValueError
+            return True
+        return False
+
+    refused = {what for what, config, cpus, nodes in CONFIG_CASES if ray_refuses(config)}
+    found = {what for what, config, cpus, nodes in CONFIG_CASES
+             if reference_problems(config, cpus, nodes) & {"replica_bounds", "replicas_and_autoscaling"}}
+    assert refused == found
+    assert len(refused) >= 5
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -500,6 +585,90 @@ def test_retry_variant_without_mistakes_passes():
 
 def test_retry_checker_rejects_retrying_only_503():
     assert_rejected(check_post_with_retries(_retry(retry_statuses=(503,))), "429")
+
+
+def test_retry_checker_rejects_retrying_gateway_errors():
+    assert_rejected(check_post_with_retries(_retry(retry_statuses=(429, 502, 503, 504))), "a 504 is not a busy moment")
+
+
+def _backoff_variant(exponent_shift=0, jitter=False):
+    import random
+
+    draws = random.Random(0)
+
+    def post_with_retries(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
+        for attempt in range(max_attempts):
+            response = send(body)
+            if response.status_code not in (429, 503) or attempt == max_attempts - 1:
+                return response
+            header = response.headers.get("Retry-After")
+            if header is not None:
+                sleep(float(header))
+            else:
+                wait = backoff_s * 2 ** (attempt + exponent_shift)
+                sleep(wait * draws.uniform(0.5, 1.5) if jitter else wait)
+
+    return post_with_retries
+
+
+@pytest.mark.parametrize(("variant", "named"), [
+    ({"exponent_shift": 1}, "twice the expected one: the exponent is off by one"),
+    ({"exponent_shift": -1}, "half the expected one"),
+    ({"jitter": True}, "no random jitter"),
+])
+def test_retry_checker_names_a_backoff_mistake(variant, named):
+    assert_rejected(check_post_with_retries(_backoff_variant(**variant)), named)
+
+
+def test_retry_checker_rejects_time_sleep_and_stops_at_its_first_wait():
+    def sleeps_itself(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
+        for attempt in range(max_attempts):
+            response = send(body)
+            if response.status_code not in (429, 503) or attempt == max_attempts - 1:
+                return response
+            header = response.headers.get("Retry-After")
+            time.sleep(float(header) if header is not None else backoff_s * 2**attempt)  # sleeps 2 s for real
+
+    began = time.monotonic()
+    report = check_post_with_retries(sleeps_itself)
+    assert_rejected(report, "sleep was never called", "time.sleep would wait for real")
+    assert len(failures(report)) == 1, report  # it stopped after the first case instead of sleeping through all
+    assert time.monotonic() - began < 6
+
+
+def test_retry_checker_names_a_retry_that_never_waits():
+    def no_wait(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
+        for attempt in range(max_attempts):
+            response = send(body)
+            if response.status_code not in (429, 503) or attempt == max_attempts - 1:
+                return response
+
+    report = check_post_with_retries(no_wait)
+    assert_rejected(report, "sleep was never called")
+    assert len(failures(report)) > 1  # it takes no time: every case is tried
+
+
+def test_retry_checker_accepts_other_loops():
+    def int_header(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
+        for attempt in range(max_attempts):
+            response = send(body)
+            if response.status_code not in (429, 503) or attempt == max_attempts - 1:
+                return response
+            if "Retry-After" in response.headers:  # delay-seconds is a whole number of seconds
+                sleep(int(response.headers["Retry-After"]))
+            else:
+                sleep(backoff_s * 2**attempt)
+
+    def while_loop(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
+        attempt, response = 0, send(body)
+        while response.status_code in {429, 503} and attempt + 1 < max_attempts:
+            header = response.headers.get("retry-after")
+            sleep(backoff_s * 2**attempt if header is None else float(header))
+            attempt, response = attempt + 1, send(body)
+        return response
+
+    assert check_post_with_retries(int_header).passed
+    assert check_post_with_retries(while_loop).passed
 
 
 def test_fake_responses_read_like_httpx():

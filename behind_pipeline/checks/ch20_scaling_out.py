@@ -7,7 +7,9 @@ learner's line (``describe_error``).
 """
 
 import copy
+import itertools
 import math
+import time
 from dataclasses import fields
 
 import httpx
@@ -37,31 +39,43 @@ REPLICA_CASES = [
     (63.0, 90.0, 0.7, 1),  # exactly 1, but 1.0000000000000002 in floats: a bare math.ceil gives 2
     (100.0, 60.0, 0.7, 2),  # 3: min_replicas is a floor, not replicas added on top (that gives 4)
     (71.4, 50.0, 0.7, 1),  # 2.04: 3 (rounding the quotient to 1 decimal before math.ceil gives 2)
+    (245.0, 50.0, 0.7, 1),  # exactly 7, but 245 / 50 / 0.7 is 7.000000000000001: a bare ceil in that order gives 8
+    (100.01, 50.0, 1.0, 1),  # 2.0002: 3 (rounding the quotient to 2 or 3 decimals before math.ceil gives 2)
 ]
+# Calls that leave out the defaults (utilisation=0.7, min_replicas=1), with whole numbers as the notebook passes
+# them: 90 / 42 = 2.14 needs 3 (a default of 0.75 or more gives 2), 126 / 42 = 3 exactly (0.65 or less gives 4)
+DEFAULT_CALLS = [((90, 60), {}, 3), ((126, 60), {}, 3), ((0, 60), {}, 1), ((5, 60), {"min_replicas": 2}, 2)]
 
 
 def _replica_mistake(answers: dict) -> str:
     """The likely mistake behind wrong answers, named only when it explains every case the learner got wrong."""
-    guesses = {
-        "rounded to the nearest whole number instead of up (math.ceil): 2.38 replicas need 3":
-            lambda p, r, u, m: max(m, round(p / (r * u))),
-        "took the floor (int() or //) instead of rounding up: the load left over needs a replica too":
-            lambda p, r, u, m: max(m, int(p / (r * u))),
-        "left out the utilisation: a replica run at 100% of its measured throughput has no headroom for a burst":
-            lambda p, r, u, m: max(m, math.ceil(p / r)),
-        "ignored min_replicas: a quiet hour still needs at least min_replicas running":
-            lambda p, r, u, m: math.ceil(round(p / (r * u), 9)),
-        "added one to the floor: on an exact multiple (350 / 35 = 10) that is one replica too many":
-            lambda p, r, u, m: max(m, int(p / (r * u)) + 1),
-        "rounded up float noise: 63 / (90 * 0.7) is 1.0000000000000002 in floats, so math.ceil gives 2; round the "
-        "quotient (to 9 decimals, say) before math.ceil":
-            lambda p, r, u, m: max(m, math.ceil(p / (r * u))),
-        "added min_replicas on top of the count: it is a floor (max(min_replicas, ...)), not extra replicas":
-            lambda p, r, u, m: m - 1 + max(1, math.ceil(round(p / (r * u), 9))),
-        "multiplied by the utilisation instead of dividing by it: headroom means more replicas, not fewer":
-            lambda p, r, u, m: max(m, math.ceil(round(p * u / r, 9))),
-    }
-    for message, guess in guesses.items():  # a guess must give every answer, the right ones too
+    float_noise = ("rounded up float noise: an exact multiple can come out a hair above the whole number in floats "
+                   "(63 / (90 * 0.7) is 1.0000000000000002, 245 / 50 / 0.7 is 7.000000000000001), so math.ceil "
+                   "gives one too many; round the quotient (to 9 decimals, say) before math.ceil")
+    coarse = ("rounded the quotient to too few decimals before math.ceil: 100.01 / 50 = 2.0002 needs 3 replicas; "
+              "round away only float noise (9 decimals, say)")
+    guesses = [
+        ("rounded to the nearest whole number instead of up (math.ceil): 2.38 replicas need 3",
+         lambda p, r, u, m: max(m, round(p / (r * u)))),
+        ("took the floor (int() or //) instead of rounding up: the load left over needs a replica too",
+         lambda p, r, u, m: max(m, int(p / (r * u)))),
+        ("left out the utilisation: a replica run at 100% of its measured throughput has no headroom for a burst",
+         lambda p, r, u, m: max(m, math.ceil(p / r))),
+        ("ignored min_replicas: a quiet hour still needs at least min_replicas running",
+         lambda p, r, u, m: math.ceil(round(p / (r * u), 9))),
+        ("added one to the floor: on an exact multiple (350 / 35 = 10) that is one replica too many",
+         lambda p, r, u, m: max(m, int(p / (r * u)) + 1)),
+        (float_noise, lambda p, r, u, m: max(m, math.ceil(p / (r * u)))),
+        (float_noise, lambda p, r, u, m: max(m, math.ceil(p / r / u))),  # the other order is noisy elsewhere
+        (float_noise, lambda p, r, u, m: max(m, next(n for n in itertools.count() if n * r * u >= p))),
+        *((coarse, lambda p, r, u, m, digits=digits: max(m, math.ceil(round(p / (r * u), digits))))
+          for digits in range(1, 6)),
+        ("added min_replicas on top of the count: it is a floor (max(min_replicas, ...)), not extra replicas",
+         lambda p, r, u, m: m - 1 + max(1, math.ceil(round(p / (r * u), 9)))),
+        ("multiplied by the utilisation instead of dividing by it: headroom means more replicas, not fewer",
+         lambda p, r, u, m: max(m, math.ceil(round(p * u / r, 9)))),
+    ]
+    for message, guess in guesses:  # a guess must give every answer, the right ones too
         if all(guess(*case) == answer for case, answer in answers.items()):
             return message
     return ""
@@ -86,7 +100,17 @@ def check_replicas_needed(replicas_needed) -> CheckReport:
         mistake = _replica_mistake(answers)
         if mistake:
             report.fail(f"likely mistake: you {mistake}")
-    else:
+        return report
+    for args, keywords, expected in DEFAULT_CALLS:  # the defaults the statement gives, never passed above
+        shown = ", ".join([*map(repr, args), *(f"{key}={value!r}" for key, value in keywords.items())])
+        answer = report.call(replicas_needed, *args, name="replicas_needed", **keywords)
+        if answer is Ellipsis:
+            return report
+        if answer != expected or isinstance(answer, bool) or not isinstance(answer, int):
+            wrong.append(args)
+            report.fail(f"replicas_needed({shown}) returned {answer!r}, expected {expected}: the defaults are "
+                        "utilisation=0.7 and min_replicas=1")
+    if not wrong:
         report.ok(f"the right count in all {len(REPLICA_CASES)} cases (rounded up, with headroom and the minimum)")
     return report
 
@@ -122,6 +146,8 @@ def reference_problems(config: dict, cpus_per_node: int, nodes: int) -> set[str]
     replicas = deployment.get("num_replicas")
     if autoscaling is not None and isinstance(replicas, int):
         found.add("replicas_and_autoscaling")
+    if isinstance(replicas, int) and replicas < 1:  # Ray refuses it (a positive int); scale to zero is min_replicas 0
+        found.add("replica_bounds")
     if replicas == "auto":  # Ray's own autoscaling defaults, under whatever autoscaling_config sets
         autoscaling = {**RAY_AUTO_DEFAULTS, **(autoscaling or {})}
     if autoscaling is not None:
@@ -133,7 +159,8 @@ def reference_problems(config: dict, cpus_per_node: int, nodes: int) -> set[str]
     else:
         most = replicas if isinstance(replicas, int) else 1
     cpus = deployment.get("ray_actor_options", {}).get("num_cpus", 1)
-    per_node = math.floor(cpus_per_node / cpus) if cpus > 0 else most
+    # Ray counts CPUs in fixed point (1e-4): 20 replicas of 0.1 CPU fit on 2 CPUs, but 2 // 0.1 is 19.0 in floats
+    per_node = math.floor(round(cpus_per_node / cpus, 9)) if cpus > 0 else most
     if most > per_node * nodes:  # a replica lives on one node: whole replicas per node, not total CPUs
         found.add("does_not_fit")
     user = deployment.get("user_config", {})
@@ -224,17 +251,29 @@ CONFIG_CASES = [
     ("no batch wait (0 s) is allowed",
      _variant({"user_config": {"batch_wait_timeout_s": 0}}), 2, 1),
     ("a 1 s batch wait", _variant({"user_config": {"batch_wait_timeout_s": 1}}), 2, 1),
+    ("20 replicas of 0.1 CPU on 2 CPUs: all fit (2 // 0.1 is 19.0 in floats)",
+     _variant({"autoscaling_config": {"max_replicas": 20}, "ray_actor_options": {"num_cpus": 0.1}}), 2, 1),
+    ("num_replicas 0 (Ray refuses it; scale to zero is min_replicas 0)",
+     _variant({"num_replicas": 0}, drop=("autoscaling_config",)), 2, 1),
+    ("num_replicas 2 and autoscaling_config null (left empty in the YAML)",
+     _variant({"num_replicas": 2, "autoscaling_config": None}), 2, 1),
+    ('num_replicas "auto" with an autoscaling_config of min_replicas 2 only: Ray\'s max_replicas 100 stays',
+     _variant({"num_replicas": "auto", "autoscaling_config": {"min_replicas": 2}},
+              drop=(("autoscaling_config", "initial_replicas"), ("autoscaling_config", "max_replicas"))), 64, 2),
 ]
 
 HINTS = {
-    "does_not_fit": "a replica runs on one node: count whole replicas per node (cpus_per_node // num_cpus) times "
+    "does_not_fit": "a replica runs on one node: count whole replicas per node (cpus_per_node / num_cpus, rounded "
+                    "down after rounding away float noise: 2 // 0.1 is 19.0, yet 20 replicas of 0.1 CPU fit) times "
                     "the nodes, not the total CPUs divided by num_cpus; and with no autoscaling_config the count "
                     "is num_replicas (\"auto\": up to max_replicas, 100 unless autoscaling_config says)",
     "replica_bounds": "autoscaling needs 0 <= min_replicas <= initial_replicas <= max_replicas and max_replicas >= "
                       "1 (initial_replicas defaults to min_replicas; min_replicas and max_replicas to 1; with "
-                      "num_replicas \"auto\", Ray's defaults are min 1, max 100)",
+                      "num_replicas \"auto\", Ray's defaults are min 1, max 100, under what autoscaling_config "
+                      "sets); an integer num_replicas is at least 1 (scale to zero is min_replicas 0)",
     "replicas_and_autoscaling": "a deployment takes an integer num_replicas or autoscaling_config, not both "
-                                "(num_replicas \"auto\" with an autoscaling_config is allowed)",
+                                "(num_replicas \"auto\" with an autoscaling_config is allowed, and a key set to "
+                                "null is as good as left out)",
     "oversubscribed": "a replica's torch threads above its ray_actor_options num_cpus fight for cores Ray gave to "
                       "others; threads left out of user_config are the service's own setting (the application's "
                       f"args settings, else ServiceSettings' {SERVICE_THREADS})",
@@ -250,6 +289,10 @@ def check_config_problems(config_problems) -> CheckReport:
         given = copy.deepcopy(config)
         answer = report.call(config_problems, given, cpus_per_node, nodes, name="config_problems")
         if answer is Ellipsis:
+            return report
+        if isinstance(answer, str | bytes | dict):  # set() would take a string's letters or a dict's keys
+            report.fail(f"config_problems returned {type(answer).__name__} {answer!r}: return a set of problem "
+                        "names, e.g. {\"batching\"}")
             return report
         answer = report.collection(answer, set, f"config_problems returned {type(answer).__name__}: return a set "
                                                 "of problem names")
@@ -322,11 +365,14 @@ RETRY_CASES = [
     ("a 503 with Retry-After: 0 (try again now), then a 200", [(503, "0"), (200, None)], 4),
     ("a 500 (a bug in the service: retrying does not fix it)", [(500, None), (200, None)], 4),
     ("a 503, then a 429, max_attempts 2", [(503, "1"), (429, "3"), (200, None)], 2),
+    ("a 504 (a gateway gave up: not a 'try again later')", [(504, None), (200, None)], 4),
 ]
+BACKOFF_S = 0.1  # the backoff_s every scripted service is called with
 
 
 def _run_retry(function, answers, max_attempts, report: CheckReport, name: str):
-    """Run the learner's retry against a scripted service; (response, bodies sent, waits) or Ellipsis."""
+    """Run the learner's retry against a scripted service; (response, sends, waits, the responses sent back,
+    seconds it took) or Ellipsis."""
     sent, waits = [], []
     script = [FakeResponse(status, retry) for status, retry in answers]
 
@@ -350,8 +396,9 @@ def _run_retry(function, answers, max_attempts, report: CheckReport, name: str):
         sent_responses.append(answer)
         return answer
 
+    started = time.perf_counter()
     try:
-        response = function(send_and_keep, body, max_attempts=max_attempts, backoff_s=0.1, sleep=sleep)
+        response = function(send_and_keep, body, max_attempts=max_attempts, backoff_s=BACKOFF_S, sleep=sleep)
     except TooManySends:
         report.fail(f"{name}: post_with_retries kept sending (over 50 times) with max_attempts={max_attempts}: "
                     "stop after max_attempts sends in all")
@@ -362,7 +409,7 @@ def _run_retry(function, answers, max_attempts, report: CheckReport, name: str):
     if any(item is not body for item in sent):
         report.fail(f"{name}: send should get the body it was given, unchanged, on every attempt")
         return Ellipsis
-    return response, len(sent), waits, sent_responses
+    return response, len(sent), waits, sent_responses, time.perf_counter() - started
 
 
 def check_post_with_retries(post_with_retries) -> CheckReport:
@@ -376,9 +423,9 @@ def check_post_with_retries(post_with_retries) -> CheckReport:
         outcome = _run_retry(post_with_retries, answers, max_attempts, report, what)
         if outcome is Ellipsis:
             return report
-        response, sends, waits, responses = outcome
+        response, sends, waits, responses, seconds = outcome
         expected_waits = []
-        expected = reference_retry(_scripted(answers, []), None, max_attempts, 0.1, expected_waits.append)
+        expected = reference_retry(_scripted(answers, []), None, max_attempts, BACKOFF_S, expected_waits.append)
         expected_sends = len(expected_waits) + 1
         problems = []
         if response is None:
@@ -394,31 +441,55 @@ def check_post_with_retries(post_with_retries) -> CheckReport:
                                "answer" if answers[0][0] in (413, 422) and sends > 1 else "")
                             + (": max_attempts counts every send, the first one too" if sends == max_attempts + 1
                                else "")
-                            + (": a 500 is a bug in the service, not a busy moment; only 429 and 503 say 'try "
-                               "again later'" if answers[0][0] == 500 and sends > 1 else ""))
+                            + (f": a {answers[0][0]} is not a busy moment (a 500 is a bug in the service, a 502 "
+                               "or 504 a failure behind a proxy); only 429 and 503 say 'try again later'"
+                               if answers[0][0] >= 500 and answers[0][0] != 503 and sends > 1 else ""))
         if sends == expected_sends and [round(wait, 6) for wait in waits] != [round(w, 6) for w in expected_waits]:
-            hint = ""
-            if len(waits) == len(expected_waits) + 1:
-                hint = ": no wait after the last attempt (nothing follows it)"
-            elif any(header == "0" for _, header in answers[:sends]):
-                hint = (": Retry-After: 0 means try again at once (wait 0 s); test the header with `is not None`, "
-                        "not its truth value or the number's")
-            elif any(header for _, header in answers[:sends]) and any(
-                    header is None for _, header in answers[:sends - 1]):
-                hint = (": the backoff counts every attempt (backoff_s * 2**attempt), also the ones that waited "
-                        "what Retry-After said")
-            elif any(header for _, header in answers[:sends]):
-                hint = ": wait the seconds the Retry-After header says when there is one"
-            else:
-                hint = ": without Retry-After, wait backoff_s, then twice that, and so on (doubling, not adding)"
-            problems.append(f"waited {waits}, expected {expected_waits}{hint}")
+            problems.append(f"waited {waits}, expected {expected_waits}{_wait_hint(waits, expected_waits, answers)}")
         if problems:
             all_right = False
             report.fail(f"{what}: " + "; ".join(problems))
+            if sends == expected_sends and not waits and 0 < sum(expected_waits) / 2 <= seconds:
+                return report  # it slept on its own (time.sleep): the other cases would only sleep more
     if all_right:
         report.ok(f"all {len(RETRY_CASES)} scripted services: retried only 429 and 503, waited what Retry-After said "
                   "(or the doubling backoff), stopped at max_attempts, returned the last response")
     return report
+
+
+def _wait_hint(waits: list, expected_waits: list, answers: list) -> str:
+    """Why the learner's waits differ from the reference's, when one typical mistake explains it (else "")."""
+    if not waits:
+        return (": sleep was never called: before each retry, call the `sleep` the function is given (the checker "
+                "records the waits through it; time.sleep would wait for real)")
+    if len(waits) == len(expected_waits) + 1:
+        return ": no wait after the last attempt (nothing follows it)"
+    if len(waits) != len(expected_waits):
+        return ": one wait before each retry, none after the last attempt"
+    headers = [answers[min(attempt, len(answers) - 1)][1] for attempt in range(len(waits))]
+    wrong = [(wait, expected, header) for wait, expected, header in zip(waits, expected_waits, headers, strict=True)
+             if round(wait, 6) != round(expected, 6)]
+    if any(header == "0" for _, _, header in wrong):
+        return (": Retry-After: 0 means try again at once (wait 0 s); test the header with `is not None`, not its "
+                "truth value or the number's")
+    if any(header is not None for _, _, header in wrong):
+        return ": wait the seconds the Retry-After header says when there is one"
+    backoffs = [wait for wait, header in zip(waits, headers, strict=True) if header is None]
+    own_counter = [BACKOFF_S * 2**step for step in range(len(backoffs))]  # counting only the backoffs
+    if len(backoffs) < len(waits) and all(map(math.isclose, backoffs, own_counter)):
+        return (": the backoff counts every attempt (backoff_s * 2**attempt), also the ones that waited what "
+                "Retry-After said")
+    ratios = {round(wait / expected, 6) for wait, expected, _ in wrong if expected}
+    if ratios in ({2.0}, {0.5}):
+        return (": the first backoff is backoff_s itself (backoff_s * 2**attempt, attempt 0 first), then twice "
+                f"that; each wait here is {'twice' if ratios == {2.0} else 'half'} the expected one: the exponent is "
+                "off by one")
+    linear = [BACKOFF_S * (attempt + 1) for attempt, header in enumerate(headers) if header is None]
+    if len(ratios) > 1 and all(0.5 <= ratio <= 1.5 for ratio in ratios) and not all(
+            math.isclose(wait, step) for wait, step in zip(backoffs, linear, strict=True)):
+        return (": no random jitter here: the waits are exactly backoff_s * 2**attempt, so that the checker can "
+                "compare them")
+    return ": without Retry-After, wait backoff_s, then twice that, and so on (doubling, not adding)"
 
 
 def _scripted(answers, sent):
