@@ -349,9 +349,9 @@ def test_config_checker_rejects_a_validator_that_changes_the_config():
 
 
 def _validator(no_lower_bound=False, no_max_rule=False, initial_default_one=False, indexes_keys=False,
-               float_batch_ok=False, negative_wait_ok=False, strict_wait=False, auto_ignored=False,
-               threads_default_one=False, zero_min_refused=False, floor_division=False, keys_present=False,
-               auto_defaults_only_alone=False, zero_replicas_ok=False):
+               float_batch_ok=False, int_batch_only=False, negative_wait_ok=False, strict_wait=False,
+               auto_ignored=False, threads_default_one=False, zero_min_refused=False, floor_division=False,
+               keys_present=False, auto_defaults_only_alone=False, zero_replicas_ok=False):
     """A validator written the checker's way but for one typical mistake, switched on by name."""
 
     def config_problems(config, cpus_per_node, nodes):
@@ -389,7 +389,13 @@ def _validator(no_lower_bound=False, no_max_rule=False, initial_default_one=Fals
         if user.get("threads", 1 if threads_default_one else settings.get("threads", 2)) > cpus:
             found.add("oversubscribed")
         size = user.get("max_batch_size", 1)
-        if (not float_batch_ok and (isinstance(size, bool) or not isinstance(size, int))) or size < 1:
+        if int_batch_only:
+            whole = isinstance(size, int)
+        elif float_batch_ok:
+            whole = isinstance(size, int | float)
+        else:
+            whole = isinstance(size, int) or (isinstance(size, float) and size.is_integer())
+        if isinstance(size, bool) or not whole or size < 1:
             found.add("batching")
         wait = user.get("batch_wait_timeout_s", 0.5)
         if strict_wait:
@@ -412,7 +418,8 @@ def test_config_validator_without_mistakes_is_the_reference():
     ("no_max_rule", "max_replicas >= 1"),
     ("initial_default_one", "initial_replicas defaults to min_replicas"),
     ("indexes_keys", "KeyError"),
-    ("float_batch_ok", "not 8.0"),
+    ("float_batch_ok", "not 8.5"),
+    ("int_batch_only", "8.0"),
     ("negative_wait_ok", "between 0 and 1 s"),
     ("strict_wait", "both ends allowed"),
     ("auto_ignored", '"auto"'),

@@ -168,7 +168,8 @@ def reference_problems(config: dict, cpus_per_node: int, nodes: int) -> set[str]
         found.add("oversubscribed")
     if "max_batch_size" in user:
         size = user["max_batch_size"]
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        whole = isinstance(size, int) or (isinstance(size, float) and size.is_integer())  # Ray takes 8.0 as 8
+        if isinstance(size, bool) or not whole or size < 1:
             found.add("batching")
     if "batch_wait_timeout_s" in user and not 0 <= user["batch_wait_timeout_s"] <= 1:
         found.add("batching")
@@ -246,7 +247,9 @@ CONFIG_CASES = [
     ('num_replicas "auto" with its autoscaling_config', _variant({"num_replicas": "auto"}), 2, 1),
     ('num_replicas "auto" alone: Ray\'s max_replicas 100',
      _variant({"num_replicas": "auto"}, drop=("autoscaling_config",)), 8, 2),
-    ("max_batch_size 8.0 (a float)", _variant({"user_config": {"max_batch_size": 8.0}}), 2, 1),
+    ("max_batch_size 8.0 (Ray takes it as 8)", _variant({"user_config": {"max_batch_size": 8.0}}), 2, 1),
+    ("max_batch_size 8.5", _variant({"user_config": {"max_batch_size": 8.5}}), 2, 1),
+    ('max_batch_size "8" (text)', _variant({"user_config": {"max_batch_size": "8"}}), 2, 1),
     ("a negative batch wait", _variant({"user_config": {"batch_wait_timeout_s": -0.01}}), 2, 1),
     ("no batch wait (0 s) is allowed",
      _variant({"user_config": {"batch_wait_timeout_s": 0}}), 2, 1),
@@ -277,8 +280,9 @@ HINTS = {
     "oversubscribed": "a replica's torch threads above its ray_actor_options num_cpus fight for cores Ray gave to "
                       "others; threads left out of user_config are the service's own setting (the application's "
                       f"args settings, else ServiceSettings' {SERVICE_THREADS})",
-    "batching": "max_batch_size, when set, is a whole number (an int, not 8.0) of at least 1, and "
-                "batch_wait_timeout_s, when set, is between 0 and 1 s, both ends allowed",
+    "batching": "max_batch_size, when set, is a whole number of at least 1 (an int, or a float such as 8.0 "
+                "that Ray takes as 8; not 8.5, not the text \"8\"), and batch_wait_timeout_s, when set, is between 0 "
+                "and 1 s, both ends allowed (1 s is chapter 18's limit on max_wait_ms)",
 }
 
 
