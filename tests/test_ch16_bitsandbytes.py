@@ -166,6 +166,58 @@ def nothing_saved(model_id, folder):
     return AutoModelForSequenceClassification.from_pretrained(model_id), 0, 0
 
 
+def _saved_with(model, folder, reload=None):
+    """Save ``model`` to ``folder`` and return what the exercise asks, reloading with ``reload`` (default: the
+    classifier class, from the folder)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model.save_pretrained(folder)
+    reloaded = (reload or AutoModelForSequenceClassification.from_pretrained)(folder)
+    return reloaded, sum(p.stat().st_size for p in safetensors_files(folder)), state_bytes_in(folder)
+
+
+def not_loaded_back(model_id, folder):
+    """Saves the 4-bit model, then returns the model in memory: nothing shows the checkpoint loads."""
+    model = load_bnb_classifier(model_id, 4)
+    _saved_with(model, folder)
+    return model, sum(p.stat().st_size for p in safetensors_files(folder)), state_bytes_in(folder)
+
+
+def config_defaults_fp4(model_id, folder):
+    """BitsAndBytesConfig(load_in_4bit=True) alone: quant_type 'fp4', no double quantization."""
+    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    return _saved_with(AutoModelForSequenceClassification.from_pretrained(
+        model_id, quantization_config=BitsAndBytesConfig(load_in_4bit=True)), folder)
+
+
+def head_kept_fp32(model_id, folder):
+    """Chapter 16's llm_int8_skip_modules=['classifier'], where the exercise asks for the recipe as it is."""
+    return _saved_with(load_bnb_classifier(model_id, 4, skip_modules=["classifier"]), folder)
+
+
+def reloaded_without_head(model_id, folder):
+    from transformers import AutoModel
+
+    return _saved_with(load_bnb_classifier(model_id, 4), folder, reload=AutoModel.from_pretrained)
+
+
+def tensor_bytes_as_file_size(model_id, folder):
+    """The bytes of every tensor in the file: its size without the header."""
+    reloaded, _, state = save_and_reload_reference(model_id, folder)
+    return reloaded, state_bytes_in(folder, ("",)), state
+
+
+def size_in_mib_rounded(model_id, folder):
+    reloaded, size, state = save_and_reload_reference(model_id, folder)
+    return reloaded, round(size / 2**20, 2), state
+
+
+def quant_state_entries_only(model_id, folder):
+    reloaded, size, _ = save_and_reload_reference(model_id, folder)
+    return reloaded, size, state_bytes_in(folder, ("quant_state",))
+
+
 @pytest.mark.parametrize("wrong, words", [
     (saves_the_fp32_model, ["fp32 model was saved"]),
     (saves_8bit, ["8-bit", "bnb_config(4)"]),
@@ -180,11 +232,57 @@ def nothing_saved(model_id, folder):
     (nothing_saved, ["no .safetensors"]),
     (lambda model_id, folder: save_and_reload_reference(model_id, folder)[:2], ["tuple"]),
     (lambda model_id, folder: (None, 1, 2), ["first item"]),
+    (not_loaded_back, ["not from folder", "from_pretrained(folder)"]),
+    (config_defaults_fp4, ["quant_type 'fp4'", "load_bnb_classifier(model_id, 4)"]),
+    (head_kept_fp32, ["head (classifier) stayed fp32", "llm_int8_skip_modules"]),
+    (reloaded_without_head, ["no classification head", "AutoModelForSequenceClassification"]),
+    (tensor_bytes_as_file_size, ["tensors alone", "header"]),
+    (size_in_mib_rounded, ["file_bytes is 0.1,", "MiB"]),
+    (quant_state_entries_only, ["only the quant_state entries"]),
+    (lambda model_id, folder: (save_and_reload_reference(model_id, folder)[0], None, None),
+     ["file_bytes is None", "number of bytes"]),
 ], ids=["saves_the_fp32_model", "saves_8bit", "without_double_quantization", "footprint_as_file_size",
         "whole_folder", "size_in_mib", "fp32_file_size", "absmax_only", "packed_weights_counted",
-        "nested_forgotten", "nothing_saved", "two_items", "no_model"])
+        "nested_forgotten", "nothing_saved", "two_items", "no_model", "not_loaded_back", "config_defaults_fp4",
+        "head_kept_fp32", "reloaded_without_head", "tensor_bytes_as_file_size", "size_in_mib_rounded",
+        "quant_state_entries_only", "sizes_none"])
 def test_checkpoint_checker_rejects(wrong, words):
     assert_rejected(check_save_and_reload_4bit(wrong), *words)
+
+
+def test_checkpoint_checker_names_the_recipe_not_the_bytes_for_another_quant_type():
+    """FP4 packs other bytes too: the message names the recipe (what to change), not the packed weight."""
+    report = check_save_and_reload_4bit(config_defaults_fp4)
+    assert "packed 4-bit weight" not in repr(report), report
+
+
+def test_checkpoint_checker_does_not_call_a_kept_head_the_fp32_model():
+    assert "fp32 model was saved" not in repr(check_save_and_reload_4bit(head_kept_fp32))
+
+
+def test_checkpoint_checker_does_not_say_still_dots_for_a_none_size():
+    report = check_save_and_reload_4bit(lambda model_id, folder: (save_and_reload_reference(model_id, folder)[0],
+                                                                  None, 1))
+    assert "`...`" not in repr(report), report
+
+
+def test_checkpoint_checker_accepts_a_list_a_path_and_tensor_sizes_and_the_config_passed_again():
+    from pathlib import Path
+
+    from transformers import AutoModelForSequenceClassification
+
+    def with_path_and_tensors(model_id, folder):
+        load_bnb_classifier(model_id, 4).save_pretrained(Path(folder))
+        reloaded = AutoModelForSequenceClassification.from_pretrained(Path(folder))
+        return [reloaded, torch.tensor(sum(p.stat().st_size for p in safetensors_files(folder))),
+                torch.tensor(state_bytes_in(folder), dtype=torch.float64)]
+
+    def config_passed_again(model_id, folder):
+        return _saved_with(load_bnb_classifier(model_id, 4), folder, reload=lambda where: (
+            AutoModelForSequenceClassification.from_pretrained(where, quantization_config=bnb_config(4))))
+
+    assert check_save_and_reload_4bit(with_path_and_tensors).passed
+    assert check_save_and_reload_4bit(config_passed_again).passed
 
 
 # --- Exercise 2: the footprint --------------------------------------------------------------------------------------
@@ -219,10 +317,38 @@ def only_8bit_right(classifier, bits):
     return footprint_reference(classifier, 8)
 
 
+def head_counted_fp32(classifier, bits):
+    """As if the head were skipped (chapter 16's llm_int8_skip_modules), which this load does not do."""
+    head = classifier.classifier.weight.numel()
+    return footprint_reference(classifier, bits) + head * (4 - {8: 1, 4: 0.5}[bits])
+
+
+def whole_model_scaled(classifier, bits):
+    return classifier.get_memory_footprint() * bits / 32
+
+
+def scb_counted(classifier, bits):
+    extra = sum(m.out_features * 4 for m in classifier.modules() if isinstance(m, nn.Linear)) if bits == 8 else 0
+    return footprint_reference(classifier, bits) + extra
+
+
+def with_integer_division(classifier, bits):
+    """A right answer: numel * bits // 8 is exact, every Linear weight here has an even number of values."""
+    total = sum(buffer.numel() * buffer.element_size() for buffer in classifier.buffers())
+    for module in classifier.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            quantized = isinstance(module, nn.Linear) and name == "weight"
+            total += parameter.numel() * bits // 8 if quantized else parameter.numel() * parameter.element_size()
+    return total
+
+
 def test_footprint_checker_accepts_the_right_answer_as_int_float_or_tensor():
     assert check_predicted_footprint(right_footprint).passed
     assert check_predicted_footprint(lambda c, bits: int(footprint_reference(c, bits))).passed
     assert check_predicted_footprint(lambda c, bits: torch.tensor(footprint_reference(c, bits))).passed
+    assert check_predicted_footprint(with_integer_division).passed
+    assert check_predicted_footprint(
+        lambda c, bits: torch.tensor(footprint_reference(c, bits), dtype=torch.float32)).passed
 
 
 @pytest.mark.parametrize("wrong, words", [
@@ -233,8 +359,12 @@ def test_footprint_checker_accepts_the_right_answer_as_int_float_or_tensor():
     (absmax_counted, ["absmax"]),
     (only_8bit_right, ["4-bit"]),
     (lambda classifier, bits: [1, 2], ["one number"]),
+    (head_counted_fp32, ["head's weight was counted as fp32"]),
+    (whole_model_scaled, ["scaled by 8 / 32"]),
+    (scb_counted, ["SCB"]),
+    (lambda classifier, bits: footprint_reference(classifier, bits) / 2**20, ["MiB", "predicted 0.1"]),
 ], ids=["four_bit_as_one_byte", "buffers_forgotten", "biases_quantized", "embeddings_quantized", "absmax_counted",
-        "bits_ignored", "a_list"])
+        "bits_ignored", "a_list", "head_counted_fp32", "whole_model_scaled", "scb_counted", "in_mib"])
 def test_footprint_checker_rejects(wrong, words):
     assert_rejected(check_predicted_footprint(wrong), *words)
 
@@ -256,7 +386,12 @@ def test_threshold_checker_accepts_the_reference_and_tensor_values():
     ({"compare_with": "8-bit"}, ["reference is the fp32 model"]),
     ({"reduce": "mean"}, ["mean"]),
     ({"bits": 4}, ["4 bits"]),
-], ids=["threshold_not_passed", "compared_with_8bit", "mean_not_max", "loaded_in_4bit"])
+    ({"reduce": "signed"}, ["signed difference (8-bit minus fp32)", ".abs()"]),
+    ({"reduce": "signed_reversed"}, ["signed difference (fp32 minus 8-bit)", ".abs()"]),
+    ({"reduce": "probabilities"}, ["probabilities"]),
+    ({"use_mask": False}, ["attention mask"]),
+], ids=["threshold_not_passed", "compared_with_8bit", "mean_not_max", "loaded_in_4bit", "signed_max",
+        "signed_max_reversed", "probabilities", "no_attention_mask"])
 def test_threshold_checker_rejects(options, words):
     assert_rejected(check_threshold_sweep(
         lambda model_id, encoding, thresholds: threshold_sweep_reference(model_id, encoding, thresholds, **options)),
@@ -268,7 +403,10 @@ def test_threshold_checker_rejects(options, words):
      ["dict"]),
     (lambda model_id, encoding, thresholds: {str(t): 0.0 for t in thresholds} | {"x": 1}, ["keys"]),
     (lambda model_id, encoding, thresholds: dict.fromkeys(thresholds, 0.0), ["expected"]),
-], ids=["a_list", "wrong_keys", "zeros"])
+    (lambda model_id, encoding, thresholds: {str(t): 0.0 for t in thresholds}, ["strings"]),
+    (lambda model_id, encoding, thresholds: dict.fromkeys(thresholds), ["is None", "a number"]),
+    (lambda model_id, encoding, thresholds: {t: torch.zeros(4) for t in thresholds}, ["4 numbers", "not per row"]),
+], ids=["a_list", "wrong_keys", "zeros", "string_keys", "none_values", "one_value_per_row"])
 def test_threshold_checker_rejects_odd_answers(wrong, words):
     assert_rejected(check_threshold_sweep(wrong), *words)
 

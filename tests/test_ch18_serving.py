@@ -313,6 +313,26 @@ def test_pack_checker_names_the_mix_up():
     assert "rows that belong to other texts" in repr(check_serve_requests(mixes_up_answers))
 
 
+def last_of_each_pass_left_none(run, requests, max_batch):
+    """Answers kept in a list of placeholders, and the loop over a pass's requests stops one short."""
+    answers = [None] * len(requests)
+    for group in fifo_passes([len(texts) for texts in requests], max_batch):
+        logits = run([text for index in group for text in requests[index]])
+        start = 0
+        for index in group[:-1]:
+            answers[index] = logits[start:start + len(requests[index])]
+            start += len(requests[index])
+    return answers
+
+
+def test_pack_checker_names_a_request_left_none_without_saying_still_dots():
+    """Issue 23: an entry left None was told "still `...`: replace it with your answer", though the function had
+    an answer and returned it."""
+    report = check_serve_requests(last_of_each_pass_left_none)
+    assert_rejected(report, "the answer to request 0 is None", "placeholder")
+    assert "`...`" not in repr(report), report
+
+
 @pytest.mark.parametrize("answer", [..., None, 3, lambda *args: [], lambda *args: 1 / 0, lambda *args: [None],
                                     lambda run, requests, max_batch: ["rows"] * len(requests)])
 def test_pack_checker_never_raises(answer):
@@ -419,6 +439,27 @@ def test_isolation_checker_accepts_the_solution():
 ], ids=lambda value: getattr(value, "__name__", ""))
 def test_isolation_checker_names_the_mistake(wrong, words):
     assert_rejected(check_run_isolated(wrong), *words)
+
+
+def fine_requests_left_none(run, requests):
+    """After a failed pass, only the poisoned requests get an entry: the others are never run again."""
+    try:
+        return _shared(run, requests)
+    except Exception:
+        answers = [None] * len(requests)
+        for index, texts in enumerate(requests):
+            try:
+                run(texts)
+            except Exception as error:
+                answers[index] = error
+        return answers
+
+
+def test_isolation_checker_names_a_request_left_none_without_saying_still_dots():
+    """Issue 23: a fine request whose entry stays None was told "still `...`"."""
+    report = check_run_isolated(fine_requests_left_none)
+    assert_rejected(report, "the answer to request 0 is None", "placeholder")
+    assert "`...`" not in repr(report), report
 
 
 def test_isolation_checker_does_not_say_still_dots_for_a_missing_return():

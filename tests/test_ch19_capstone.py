@@ -411,6 +411,34 @@ def test_a_wrong_answer_no_mistake_explains_shows_the_inputs_got_and_expected():
                     "as (confidence, gold label): [(0.95, 0), (0.9, 0), (0.85, 1)")
 
 
+def test_per_queue_checker_names_the_chapters_bound_rule():
+    def bound_rule(p, y, t):
+        p, y = np.asarray(p, dtype=np.float64), np.asarray(y).reshape(-1)
+        predicted = p.argmax(axis=1)
+        return [capstone.threshold_for_precision_bound(capstone.triage_curve(p[predicted == q], y[predicted == q]), t)
+                if (predicted == q).any() else math.inf for q in range(p.shape[1])]
+
+    assert_rejected(check_per_queue_thresholds(bound_rule), "bound rule", "measured precision")
+
+
+def test_a_queue_nobody_is_predicted_into_is_named_when_the_answer_raises_there():
+    """No guard for an empty queue: the curve of no items has no threshold to index (IndexError)."""
+    def unguarded(p, y, t):
+        p, y = np.asarray(p, dtype=np.float64), np.asarray(y).reshape(-1)
+        predicted = p.argmax(axis=1)
+        return [capstone.threshold_for_precision(capstone.triage_curve(p[predicted == q], y[predicted == q]), t)
+                for q in range(p.shape[1])]
+
+    assert_rejected(check_per_queue_thresholds(unguarded), "raised IndexError", "queue 2", "math.inf")
+
+
+def test_nan_for_a_queue_without_a_threshold_is_told_to_use_inf():
+    def nan_for_none(p, y, t):
+        return [math.nan if math.isinf(value) else value for value in per_queue(p, y, t)]
+
+    assert_rejected(check_per_queue_thresholds(nan_for_none), "entry 0 is NaN", "use math.inf")
+
+
 def test_per_queue_checker_never_raises():
     def raises(*args):
         raise ValueError("boom")
@@ -488,6 +516,33 @@ def test_two_mistakes_that_fit_equally_are_not_guessed_between():
     assert _the_mistake([passed, {"a": (False, False), "b": (False, False), "c": (True, False)}]) is None
 
 
+def test_none_for_route_nothing_is_told_to_return_inf():
+    """Issue 23's class: a deliberate None was told "its body runs but returns nothing"."""
+    def none_for_inf(p, y, e, h):
+        threshold = cheapest(p, y, e, h)
+        return None if math.isinf(threshold) else threshold
+
+    report = check_cheapest_threshold(none_for_inf)
+    assert_rejected(report, "returned None", "route nothing", "math.inf")
+    assert "returns nothing" not in repr(report) and "`...`" not in repr(report), report
+
+
+def test_a_blank_cost_answer_is_still_told_to_replace_the_dots():
+    def cheapest_threshold(probs, labels, error_cost, human_cost):
+        ...
+
+    assert_rejected(check_cheapest_threshold(cheapest_threshold), "replace the `...`")
+
+
+def test_cost_checker_accepts_a_threshold_computed_in_float32():
+    """float32(0.6) is above 0.6: compared in float64 it would not route an item at 0.6, in float32 it does."""
+    def in_float32(p, y, e, h):
+        return np.float32(cheapest_reference(np.asarray(p, dtype=np.float32), y, e, h))
+
+    assert check_cheapest_threshold(in_float32).passed
+    assert check_cheapest_threshold(lambda p, y, e, h: torch.tensor(cheapest(p, y, e, h), dtype=torch.float32)).passed
+
+
 def test_cost_checker_never_raises():
     assert_rejected(check_cheapest_threshold(None), "none")
     assert_rejected(check_cheapest_threshold(lambda p, y, e, h: [0.5, 0.6]), "shape")
@@ -502,6 +557,7 @@ def test_cost_checker_never_raises():
 def monitor(probs, threshold, window, bins, mistake=None):
     """A learner's drift monitor, written apart from the package's, with one mistake switched on at a time."""
     probs = np.asarray(probs, dtype=np.float64)
+    divide_by = (lambda chunk: window) if mistake == "divided_by_window" else len
     step = 1 if mistake == "sliding" else window
     starts = range(0, len(probs) - window + 1, 1) if mistake == "sliding" else range(0, len(probs), step)
     out = []
@@ -515,9 +571,16 @@ def monitor(probs, threshold, window, bins, mistake=None):
             mix = [float(np.mean(predicted[routed] == q)) if routed.any() else 0.0 for q in range(chunk.shape[1])]
         elif mistake == "mix_counts":
             mix = [int(np.sum(predicted == q)) for q in range(chunk.shape[1])]
+        elif mistake == "mix_of_present_queues":
+            mix = (np.unique(predicted, return_counts=True)[1] / len(chunk)).tolist()
         else:
-            mix = [float(np.mean(predicted == q)) for q in range(chunk.shape[1])]
-        if mistake == "histogram_extra_bin":
+            mix = [float(np.sum(predicted == q) / divide_by(chunk)) for q in range(chunk.shape[1])]
+        if mistake == "histogram_without_range":
+            histogram = np.histogram(confidence, bins=bins)[0].tolist()
+        elif mistake == "bin_rounded":
+            histogram = np.bincount(np.minimum(np.round(confidence * bins).astype(int), bins - 1),
+                                    minlength=bins).tolist()
+        elif mistake == "histogram_extra_bin":
             histogram = np.bincount((confidence * bins).astype(int), minlength=bins + 1).tolist()
         elif mistake == "index_out_of_range":
             histogram = [0] * bins
@@ -527,7 +590,8 @@ def monitor(probs, threshold, window, bins, mistake=None):
             histogram = np.histogram(confidence, bins=bins, range=(0, 1))[0].tolist()
         if mistake == "histogram_shares":
             histogram = [count / len(chunk) for count in histogram]
-        out.append({"size": len(chunk), "coverage": float(routed.mean()), "mix": mix, "histogram": histogram})
+        out.append({"size": window if mistake == "size_is_window" else len(chunk),
+                    "coverage": float(routed.sum() / divide_by(chunk)), "mix": mix, "histogram": histogram})
     return out
 
 
@@ -548,9 +612,30 @@ def test_drift_checker_accepts_the_reference_and_np_histogram():
     ("histogram_extra_bin", ["bin of its own"]),
     ("index_out_of_range", ["IndexError"]),
     ("sliding", ["overlap"]),
+    ("size_is_window", ["size is `window`"]),
+    ("divided_by_window", ["divided by `window`"]),
+    ("mix_of_present_queues", ["one share per queue that occurs", "minlength"]),
+    ("histogram_without_range", ["without range=(0, 1)"]),
+    ("bin_rounded", ["rounding", "floor"]),
 ])
 def test_drift_checker_names_each_mistake(mistake, words):
     assert_rejected(check_drift_monitor(lambda *args: monitor(*args, mistake=mistake)), *words)
+
+
+def test_drift_checker_accepts_a_monitor_computed_in_float32_tensors():
+    """Shares of a float32 mean (1/3 is 0.33333334) are the same answer."""
+    def in_float32(probs, threshold, window, bins):
+        probs = torch.as_tensor(np.asarray(probs), dtype=torch.float32)
+        out = []
+        for start in range(0, len(probs), window):
+            chunk = probs[start:start + window]
+            confidence, predicted = chunk.max(dim=1).values, chunk.argmax(dim=1)
+            out.append({"size": len(chunk), "coverage": (confidence >= threshold).float().mean(),
+                        "mix": torch.bincount(predicted, minlength=chunk.shape[1]).float() / len(chunk),
+                        "histogram": torch.histc(confidence, bins=bins, min=0, max=1)})
+        return out
+
+    assert check_drift_monitor(in_float32).passed
 
 
 def test_a_drift_report_no_mistake_explains_shows_got_and_expected():

@@ -23,6 +23,32 @@ CHECKPOINT_CASES = [(64, 2, 128, 2, 120), (32, 1, 96, 3, 50)]
 STATE_PARTS = ("absmax", "quant_map", "quant_state")  # the names of a 4-bit layer's quantization state in the file
 
 
+def _size_text(value: float) -> str:
+    """A learner's byte count as the report shows it: whole numbers with thousands separators, others as they are
+    (0.1, say, which ``{:,.0f}`` would print as 0)."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:g}"
+
+
+# Units a size may come in instead of bytes: a value this many times smaller (within 5%, so a rounded one too).
+SIZE_UNITS = {"MiB": 2**20, "MB": 1e6, "KiB": 2**10, "kB": 1e3}
+
+
+def _unit_mistake(value: float, actual: float) -> str | None:
+    """"that is MiB: ..." when ``value`` is ``actual`` bytes in another unit (the closest); None otherwise."""
+    errors = {unit: abs(value * size - actual) / actual for unit, size in SIZE_UNITS.items()}
+    unit = min(errors, key=errors.get)
+    return f"that is {unit}: return a number of bytes" if value > 0 and errors[unit] <= 0.05 else None
+
+
+def _byte_count(report: CheckReport, value, name: str, description: str) -> float | None:
+    """The learner's number of bytes as a float, or None and a FIX line (a None item is not a `...` stub: the
+    function did return)."""
+    if value is None:
+        report.fail(f"{description}: {name} is None: return the number of bytes (an int)")
+        return None
+    return report.scalar(value, name)
+
+
 def safetensors_files(folder) -> list[Path]:
     return sorted(Path(folder).glob("*.safetensors"))
 
@@ -64,15 +90,50 @@ def _same_4bit_weights(reloaded, reference) -> str | None:
         if not isinstance(module, bnb.nn.Linear4bit):
             continue
         expected = layers.get(name)
-        if expected is None or not torch.equal(module.weight.data.reshape(-1), expected.weight.data.reshape(-1)):
-            return f"the packed 4-bit weight of {name} differs from a fresh load with bnb_config(4)"
+        if expected is None:
+            return f"{name} is not a layer of the model at model_id"
+        # The recipe first: another quant_type (fp4, BitsAndBytesConfig's default) also packs other bytes, and the
+        # recipe is what the learner has to change.
         state, expected_state = module.weight.quant_state, expected.weight.quant_state
         if state.nested != expected_state.nested or state.quant_type != expected_state.quant_type:
             return (f"{name} was quantized with quant_type {state.quant_type!r}, double quantization "
-                    f"{state.nested}: use the chapter's recipe, load_bnb_classifier(model_id, 4)")
+                    f"{state.nested} (the recipe uses {expected_state.quant_type!r}, {expected_state.nested}): use "
+                    "the chapter's recipe, load_bnb_classifier(model_id, 4)")
+        if not torch.equal(module.weight.data.reshape(-1), expected.weight.data.reshape(-1)):
+            return f"the packed 4-bit weight of {name} differs from a fresh load with bnb_config(4)"
         if not torch.equal(absmax_by_hand(state), absmax_by_hand(expected_state)):
             return f"the absmax values of {name} differ from a fresh load with bnb_config(4)"
     return None
+
+
+def _layer_types_hint(reloaded: nn.Module, types: dict, linears: int) -> str:
+    """What a model loaded back with other layers than ``linears`` Linear4bit most likely did wrong."""
+    head = getattr(reloaded, "classifier", None)
+    if head is None:
+        return ("it has no classification head: load it back with AutoModelForSequenceClassification.from_pretrained("
+                "folder) (AutoModel gives the encoder alone)")
+    if types.get("Linear4bit") == linears - 1 and types.get("Linear") == 1 and type(head) is nn.Linear:
+        return ("the head (classifier) stayed fp32, as llm_int8_skip_modules=['classifier'] keeps it: this exercise "
+                "ships the chapter's recipe as it is, load_bnb_classifier(model_id, 4), which quantizes the head too")
+    if "Linear" in types:
+        return "the fp32 model was saved (or returned): save the one loaded with bnb_config(4)"
+    if "Linear8bitLt" in types:
+        return "8-bit layers: load with 4 bits (bnb_config(4))"
+    return "every nn.Linear should come back as Linear4bit"
+
+
+def _loaded_from(model: nn.Module, folder: str) -> bool:
+    """Whether ``model`` was loaded from ``folder`` (``from_pretrained`` records where, as ``name_or_path``)."""
+    where = getattr(model, "name_or_path", None)
+    try:
+        return bool(where) and Path(str(where)).resolve() == Path(folder).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def _tensor_bytes_in(folder) -> int:
+    """Bytes of every tensor of the saved files: the file's size without its header."""
+    return state_bytes_in(folder, ("",))
 
 
 def check_save_and_reload_4bit(save_and_reload_4bit) -> CheckReport:
@@ -106,11 +167,13 @@ def check_save_and_reload_4bit(save_and_reload_4bit) -> CheckReport:
             types = linear_layer_types(reloaded)
             expected_types = {"Linear4bit": linear_layer_types(fp32)["Linear"]}
             if types != expected_types:
-                hint = ("the fp32 model was saved (or returned): save the one loaded with bnb_config(4)"
-                        if "Linear" in types else
-                        "8-bit layers: load with 4 bits (bnb_config(4))" if "Linear8bitLt" in types else
-                        "every nn.Linear should come back as Linear4bit")
-                report.fail(f"{description}: the model loaded back has {types}: {hint}")
+                report.fail(f"{description}: the model loaded back has {types}: "
+                            f"{_layer_types_hint(reloaded, types, expected_types['Linear4bit'])}")
+                return report
+            if not _loaded_from(reloaded, folder):
+                report.fail(f"{description}: the model returned was loaded from {reloaded.name_or_path!r}, not from "
+                            "folder: load it back with AutoModelForSequenceClassification.from_pretrained(folder) "
+                            "and return that one (only a load from the folder shows the checkpoint works)")
                 return report
             reference = load_bnb_classifier(source, 4)
             wrong = _same_4bit_weights(reloaded, reference)
@@ -118,7 +181,7 @@ def check_save_and_reload_4bit(save_and_reload_4bit) -> CheckReport:
                 report.fail(f"{description}: {wrong}")
                 return report
             actual_file = sum(path.stat().st_size for path in files)
-            value = report.scalar(file_bytes, "file_bytes")
+            value = _byte_count(report, file_bytes, "file_bytes", description)
             if value is None:
                 return report
             if value != actual_file:
@@ -127,17 +190,20 @@ def check_save_and_reload_4bit(save_and_reload_4bit) -> CheckReport:
                     "that is get_memory_footprint(), the bytes in memory: the file also holds the quantization "
                     "state (absmax, quant maps) and a header": float(reference.get_memory_footprint()),
                     "config.json was counted too: only the .safetensors file(s) hold the weights": float(everything),
-                    "that is MiB: return a number of bytes": actual_file / 2**20,
                     "that is the fp32 checkpoint's size: measure the 4-bit file you saved": float(
                         sum(path.stat().st_size for path in safetensors_files(source))),
+                    "that is the bytes of the tensors alone: the file also holds a header (each tensor's name, dtype "
+                    "and shape, as JSON); measure the file itself, path.stat().st_size": float(
+                        _tensor_bytes_in(folder)),
                 }
                 named = [text for text, wrong_value in mistakes.items() if abs(value - wrong_value) < 1e-6]
-                report.fail(f"{description}: file_bytes is {value:,.0f}, the .safetensors file(s) hold "
+                named = named or [unit for unit in [_unit_mistake(value, actual_file)] if unit]
+                report.fail(f"{description}: file_bytes is {_size_text(value)}, the .safetensors file(s) hold "
                             f"{actual_file:,} bytes: " + (named[0] if named else "sum path.stat().st_size of the "
                                                           "*.safetensors files in the folder"))
                 return report
             actual_state = state_bytes_in(folder)
-            value = report.scalar(state_bytes, "state_bytes")
+            value = _byte_count(report, state_bytes, "state_bytes", description)
             if value is None:
                 return report
             if value != actual_state:
@@ -148,10 +214,13 @@ def check_save_and_reload_4bit(save_and_reload_4bit) -> CheckReport:
                         state_bytes_in(folder, (*STATE_PARTS, ".weight")),
                     "the nested (double-quantization) tensors are missing: nested_absmax and nested_quant_map count "
                     "too": actual_state - state_bytes_in(folder, ("nested_",)),
+                    "only the quant_state entries: the absmax and quant_map tensors are state too":
+                        state_bytes_in(folder, ("quant_state",)),
                 }
                 named = [text for text, wrong_value in mistakes.items() if abs(value - wrong_value) < 1e-6]
-                report.fail(f"{description}: state_bytes is {value:,.0f}, the file holds {actual_state:,} bytes of "
-                            "tensors named absmax, quant_map or quant_state: " + (
+                named = named or [unit for unit in [_unit_mistake(value, actual_state)] if unit]
+                report.fail(f"{description}: state_bytes is {_size_text(value)}, the file holds {actual_state:,} "
+                            "bytes of tensors named absmax, quant_map or quant_state: " + (
                                 named[0] if named else "open the file with safetensors.safe_open and add up "
                                 "numel() * element_size() of those tensors"))
                 return report
@@ -214,6 +283,17 @@ def _footprint_mistakes(classifier: nn.Module, bits: int) -> dict[str, float]:
         "the embeddings were counted as quantized: only nn.Linear layers are replaced":
             footprint_reference(classifier, bits, embedding_bytes={8: 1, 4: 0.5}[bits]),
     }
+    head = classifier.classifier.weight.numel() if isinstance(getattr(classifier, "classifier", None),
+                                                              nn.Linear) else 0
+    mistakes["the head's weight was counted as fp32, as if llm_int8_skip_modules=['classifier'] kept it: loaded "
+             "without it (as here), bitsandbytes quantizes the classifier too (chapter 16)"] = (
+        footprint_reference(classifier, bits) + head * (4 - {8: 1, 4: 0.5}[bits]))
+    mistakes[f"the whole model was scaled by {bits} / 32: only the nn.Linear weights are quantized; the embeddings, "
+             "LayerNorms, biases and buffers keep their bytes"] = footprint_reference(classifier, bits, 4) * bits / 32
+    if bits == 8:
+        mistakes["the 8-bit scales (SCB, one fp32 per output row) were counted: they are not parameters, so "
+                 "get_memory_footprint does not see them"] = footprint_reference(classifier, bits) + sum(
+            m.out_features * 4 for m in classifier.modules() if isinstance(m, nn.Linear))
     if bits == 4:
         mistakes["a 4-bit weight was counted as one byte: two 4-bit indices share a byte"] = footprint_reference(
             classifier, bits, 1)
@@ -245,9 +325,10 @@ def check_predicted_footprint(predicted_footprint) -> CheckReport:
                 report.ok(f"{description}: {actual:,} bytes, as get_memory_footprint() reports")
                 continue
             named = [text for text, wrong in _footprint_mistakes(classifier, bits).items() if wrong == predicted]
+            named = named or [unit for unit in [_unit_mistake(predicted, actual)] if unit]
             hint = named[0] if named else ("count every parameter and buffer at its bytes per value; Linear "
                                            "weights at 1 byte (8-bit) or half a byte (4-bit)")
-            report.fail(f"{description}: predicted {predicted:,.0f} bytes, get_memory_footprint() says "
+            report.fail(f"{description}: predicted {_size_text(predicted)} bytes, get_memory_footprint() says "
                         f"{actual:,}: {hint}")
             return report
     return report
@@ -272,18 +353,19 @@ def _logits(model, encoding) -> torch.Tensor:
         return model(**encoding).logits.float()
 
 
-def threshold_sweep_reference(model_id: str, encoding: dict, thresholds, compare_with: str = "fp32",
-                              bits: int = 8, pass_threshold: bool = True, reduce: str = "max") -> dict:
-    """For each threshold, max |logits of the 8-bit model - logits of fp32| on ``encoding`` (mistakes as options)."""
+def _sweep_logits(model_id: str, encoding: dict, thresholds, compare_with: str = "fp32", bits: int = 8,
+                  pass_threshold: bool = True, use_mask: bool = True) -> tuple[torch.Tensor, dict]:
+    """The reference logits (fp32, or 8-bit at the default threshold) and each threshold's logits on ``encoding``."""
     from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    inputs = encoding if use_mask else {"input_ids": encoding["input_ids"]}
     if compare_with == "fp32":
-        reference = _logits(AutoModelForSequenceClassification.from_pretrained(model_id).eval(), encoding)
+        reference = _logits(AutoModelForSequenceClassification.from_pretrained(model_id).eval(), inputs)
     else:  # the 8-bit model at the default threshold
         reference = _logits(AutoModelForSequenceClassification.from_pretrained(
-            model_id, quantization_config=BitsAndBytesConfig(load_in_8bit=True)).eval(), encoding)
-    sweep = {}
+            model_id, quantization_config=BitsAndBytesConfig(load_in_8bit=True)).eval(), inputs)
+    logits = {}
     for threshold in thresholds:
         if bits == 4:
             config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32,
@@ -295,9 +377,28 @@ def threshold_sweep_reference(model_id: str, encoding: dict, thresholds, compare
         for module in model.modules():  # the same fp32 path on every CPU (chapter 16)
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 module.support_avx512bf16_for_cpu = False
-        difference = (_logits(model, encoding) - reference).abs()
-        sweep[threshold] = float(difference.max() if reduce == "max" else difference.mean())
-    return sweep
+        logits[threshold] = _logits(model, inputs)
+    return reference, logits
+
+
+def _reduced(quantized: torch.Tensor, reference: torch.Tensor, reduce: str) -> float:
+    """One number from two logit tensors: the right one (``"max"``) and the ways learners get it wrong."""
+    if reduce == "signed":  # .max() without .abs(): the largest move up only
+        return float((quantized - reference).max())
+    if reduce == "signed_reversed":
+        return float((reference - quantized).max())
+    if reduce == "probabilities":
+        return float((quantized.softmax(dim=-1) - reference.softmax(dim=-1)).abs().max())
+    difference = (quantized - reference).abs()
+    return float(difference.max() if reduce == "max" else difference.mean())
+
+
+def threshold_sweep_reference(model_id: str, encoding: dict, thresholds, compare_with: str = "fp32",
+                              bits: int = 8, pass_threshold: bool = True, reduce: str = "max",
+                              use_mask: bool = True) -> dict:
+    """For each threshold, max |logits of the 8-bit model - logits of fp32| on ``encoding`` (mistakes as options)."""
+    reference, logits = _sweep_logits(model_id, encoding, thresholds, compare_with, bits, pass_threshold, use_mask)
+    return {threshold: _reduced(logits[threshold], reference, reduce) for threshold in thresholds}
 
 
 # What each typical mistake returns, as options of the reference: {message: keyword arguments}
@@ -308,20 +409,55 @@ THRESHOLD_MISTAKES = {
         {"compare_with": "8-bit"},
     "that is the mean difference: take the largest, .abs().max()": {"reduce": "mean"},
     "the model was loaded in 4 bits, where llm_int8_threshold does nothing: use load_in_8bit=True": {"bits": 4},
+    "the largest signed difference (8-bit minus fp32): a logit that moved down is missed; take .abs() before "
+    ".max()": {"reduce": "signed"},
+    "the largest signed difference (fp32 minus 8-bit): a logit that moved up is missed; take .abs() before "
+    ".max()": {"reduce": "signed_reversed"},
+    "those are probabilities (after softmax): compare the logits, which softmax squeezes near 0 and 1":
+        {"reduce": "probabilities"},
+    "the attention mask was left out, so padding tokens were attended to: run the models on the whole "
+    "encoding, model(**encoding)": {"use_mask": False},
 }
+# The options that change what is loaded or run (the others only reduce the same logits another way).
+_LOAD_OPTIONS = ("compare_with", "bits", "pass_threshold", "use_mask")
 
 
 @cache
-def _sweep(case: tuple, thresholds: tuple, seed: int, mistake: str | None = None) -> dict:
-    """The reference sweep on the tiny classifier of ``case`` (or what ``mistake`` of THRESHOLD_MISTAKES gives)."""
+def _sweep_logits_of_case(case: tuple, thresholds: tuple, seed: int, load: tuple) -> tuple[torch.Tensor, dict]:
     with tempfile.TemporaryDirectory() as folder:
         tiny_classifier(*case).save_pretrained(folder)
-        options = THRESHOLD_MISTAKES[mistake] if mistake else {}
-        return threshold_sweep_reference(folder, threshold_encoding(case[4], seed), thresholds, **options)
+        return _sweep_logits(folder, threshold_encoding(case[4], seed), thresholds, **dict(load))
+
+
+def _sweep(case: tuple, thresholds: tuple, seed: int, mistake: str | None = None) -> dict:
+    """The reference sweep on the tiny classifier of ``case`` (or what ``mistake`` of THRESHOLD_MISTAKES gives);
+    the models are loaded once per set of load options, whatever the reduction."""
+    options = THRESHOLD_MISTAKES[mistake] if mistake else {}
+    load = tuple(sorted((key, value) for key, value in options.items() if key in _LOAD_OPTIONS))
+    reference, logits = _sweep_logits_of_case(case, thresholds, seed, load)
+    return {threshold: _reduced(logits[threshold], reference, options.get("reduce", "max"))
+            for threshold in thresholds}
 
 
 def _close(values: dict, sweep: dict) -> bool:
     return all(abs(values[t] - sweep[t]) <= 1e-5 + 1e-4 * abs(sweep[t]) for t in sweep)
+
+
+def _difference(report: CheckReport, value, threshold, description: str) -> float | None:
+    """The learner's difference for one threshold as a float, or None and a FIX line that says what it should be."""
+    from behind_pipeline.checks._core import as_tensor
+
+    if value is None:
+        report.fail(f"{description}: the value for threshold {threshold} is None: put the largest absolute logit "
+                    "difference there (a number)")
+        return None
+    tensor = as_tensor(value)
+    if tensor is not None and tensor.numel() > 1:
+        report.fail(f"{description}: the value for threshold {threshold} holds {tensor.numel()} numbers: give one, "
+                    "the largest absolute difference over every logit of the batch (.abs().max() over the whole "
+                    "tensor, not per row)")
+        return None
+    return report.scalar(value, f"the value for threshold {threshold}")
 
 
 def check_threshold_sweep(threshold_sweep) -> CheckReport:
@@ -342,11 +478,15 @@ def check_threshold_sweep(threshold_sweep) -> CheckReport:
             return report
         keys = [key for key in result if isinstance(key, int | float) and not isinstance(key, bool)]
         if len(keys) != len(result) or sorted(map(float, keys)) != sorted(thresholds):
-            report.fail(f"{description}: the keys should be the thresholds {list(thresholds)}, got {list(result)}")
+            strings = any(isinstance(key, str) for key in result)
+            report.fail(f"{description}: the keys should be the thresholds {list(thresholds)}, got {list(result)}"
+                        + (" (strings: use the numbers themselves)" if strings else ""))
             return report
-        values = {float(key): report.scalar(value, f"the value for threshold {key}") for key, value in result.items()}
-        if any(value is None for value in values.values()):
-            return report
+        values = {}
+        for key, value in result.items():
+            values[float(key)] = _difference(report, value, key, description)
+            if values[float(key)] is None:
+                return report
         if _close(values, expected):
             report.ok(f"{description}: " + ", ".join(f"{t}: {expected[t]:.2e}" for t in thresholds))
             continue

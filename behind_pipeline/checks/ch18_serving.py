@@ -43,6 +43,13 @@ def _call_bounded(report: CheckReport, function, *args, name: str, bound_s: floa
     return value
 
 
+def _no_rows(index: int, texts: int) -> str:
+    """What to say when a request's entry in the answer list is None (the function itself did return): the learner
+    wrote an answer, so "still `...`" would be wrong; most often a list made of Nones and never filled for it."""
+    return (f"the answer to request {index} is None: every request gets its own rows of the pass's output "
+            f"({texts} row(s) of 2 logits); was its entry left as a placeholder (e.g. [None] * len(requests))?")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Exercise 1: a token-budget batcher
 
@@ -190,6 +197,9 @@ def check_serve_requests(serve_requests) -> CheckReport:
         wrong = []
         for index, (texts, answer) in enumerate(zip(requests, answers, strict=True)):
             expected = torch.tensor([[float(text_number(text)), float(len(text))] for text in texts])
+            if answer is None:
+                report.fail(f"{case}: {_no_rows(index, len(texts))}")
+                break
             got = report.tensor(answer, f"the answer to request {index}", shape=tuple(expected.shape))
             if got is None:
                 break
@@ -287,6 +297,9 @@ def check_run_isolated(run_isolated) -> CheckReport:
             if isinstance(answer, Exception):
                 problem = (f"request {index} is fine but got {type(answer).__name__}: after a failed pass, run each "
                            "request again on its own, so only the poisoned one fails")
+                break
+            if answer is None:
+                problem = _no_rows(index, len(texts))
                 break
             rows = report.tensor(answer, f"{case}: the answer to request {index}", shape=(len(texts), 2))
             if rows is None:

@@ -13,13 +13,14 @@ learner passed before it; where no mistake, or more than one, fits, the report s
 and the expected value instead of guessing a reason.
 """
 
+import functools
 import math
 
 import numpy as np
 import torch
 
-from behind_pipeline.capstone import drift_monitor, threshold_for_precision, triage_curve
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.capstone import drift_monitor, threshold_for_precision, threshold_for_precision_bound, triage_curve
+from behind_pipeline.checks._core import CheckReport, is_stub
 
 # --- shared -----------------------------------------------------------------------------------------------------
 
@@ -146,6 +147,9 @@ def _per_queue_mistakes(probs, labels, target) -> dict[str, list[float]]:
             per_queue(lambda queue: predicted == queue, strict),
         "that is the highest threshold reaching the target: take the lowest (the largest coverage)":
             per_queue(lambda queue: predicted == queue, highest),
+        "that is the chapter's bound rule (the Wilson lower bound of precision reaching the target, "
+        "threshold_for_precision_bound): this exercise asks the measured precision, the share of routed items "
+        "that are right, to reach it": per_queue(lambda queue: predicted == queue, threshold_for_precision_bound),
         "the scan stopped at the first threshold whose precision is below the target: precision does not only "
         "fall as the threshold drops (it can dip and recover), so look at every threshold and keep the lowest that "
         "reaches the target": per_queue(lambda queue: predicted == queue, first_drop),
@@ -153,6 +157,10 @@ def _per_queue_mistakes(probs, labels, target) -> dict[str, list[float]]:
         "equal confidences": [untied(probs[predicted == q], labels[predicted == q]) if (predicted == q).any()
                               else math.inf for q in range(queues)],
     }
+
+
+NO_THRESHOLD_HINT = ("use math.inf (a threshold nothing reaches) for a queue with no threshold, because no item is "
+                     "predicted into it or none reaches the target")
 
 
 def _same_thresholds(got: torch.Tensor, expected: list[float]) -> bool:
@@ -171,14 +179,23 @@ def check_per_queue_thresholds(per_queue_thresholds) -> CheckReport:
         got = report.call(per_queue_thresholds, _given(probs, number), _given(labels, number + 1), target,
                           name="per_queue_thresholds")
         if got is Ellipsis:
+            empty = [queue for queue in range(probs.shape[1]) if not (probs.argmax(axis=1) == queue).any()]
+            if empty and report.lines and "raised" in report.lines[-1]:
+                # The cases before it (all passed) had an item in every queue: the empty one is the likely cause.
+                report.fail(f"{description}: this is the first case where a queue gets no item (queue {empty[0]}): "
+                            "its items are an empty array, and an empty curve has no threshold to index; give such a "
+                            "queue math.inf before computing anything for it")
             return report
         if isinstance(got, list | tuple) and any(value is None for value in got):
             queue = next(index for index, value in enumerate(got) if value is None)
-            report.fail(f"{description}: entry {queue} is None: use math.inf (a threshold nothing reaches) for a "
-                        "queue with no threshold, because no item is predicted into it or none reaches the target")
+            report.fail(f"{description}: entry {queue} is None: {NO_THRESHOLD_HINT}")
             return report
         values = report.tensor(got, "the thresholds", shape=(probs.shape[1],))
         if values is None:
+            return report
+        if bool(torch.isnan(values).any()):
+            queue = int(torch.isnan(values).nonzero()[0, 0])
+            report.fail(f"{description}: entry {queue} is NaN (the mean of an empty selection?): {NO_THRESHOLD_HINT}")
             return report
         mistakes_per_case.append({
             message: (not _same_thresholds(torch.tensor(wrong, dtype=torch.float64), expected)
@@ -266,6 +283,34 @@ def _cost_mistakes(probs, labels, error_cost, human_cost) -> dict[str, float]:
     }
 
 
+_NONE = object()  # what :func:`_none_kept` turns a learner's None into
+
+
+def _none_kept(function):
+    """``function`` with a None result passed on as ``_NONE``: a returned None is then the checker's to explain (a
+    deliberate "no threshold"), not ``CheckReport.call``'s "returns nothing". A stub or a non-function is left as it
+    is, so that ``call`` still says "replace the `...`"."""
+    if not callable(function) or is_stub(function):
+        return function
+
+    @functools.wraps(function)
+    def kept(*args, **kwargs):
+        result = function(*args, **kwargs)
+        return _NONE if result is None else result
+
+    return kept
+
+
+def _routes_the_same(probs, value: float, expected: np.ndarray) -> bool:
+    """Whether ``value`` routes the ``expected`` items, with the confidences compared in float64 or, as a learner
+    computing in float32 compares them, in float32 (float32(0.8) is above 0.8, so in float64 it would not route an
+    item at 0.8)."""
+    if np.array_equal(_routing(probs, value), expected):
+        return True
+    with np.errstate(over="ignore"):
+        return np.array_equal(np.asarray(probs, dtype=np.float32).max(axis=1) >= np.float32(value), expected)
+
+
 def check_cheapest_threshold(cheapest_threshold) -> CheckReport:
     """``cheapest_threshold(probs, labels, error_cost, human_cost)`` -> the threshold of least total cost."""
     report = CheckReport("Cost-weighted operating point")
@@ -273,9 +318,16 @@ def check_cheapest_threshold(cheapest_threshold) -> CheckReport:
     for number, (probs, labels, error_cost, human_cost, description) in enumerate(COST_CASES):
         expected = cheapest_reference(probs, labels, error_cost, human_cost)
         best = routing_cost(probs, labels, expected, error_cost, human_cost)
-        got = report.call(cheapest_threshold, _given(probs, number), _given(labels, number), error_cost, human_cost,
-                          name="cheapest_threshold")
+        got = report.call(_none_kept(cheapest_threshold), _given(probs, number), _given(labels, number), error_cost,
+                          human_cost, name="cheapest_threshold")
         if got is Ellipsis:
+            return report
+        if got is _NONE:
+            report.fail(f"{description}: cheapest_threshold(...) returned None: "
+                        + ("here the cheapest is to route nothing, and the threshold that does it is math.inf (None "
+                           "is not a threshold a router can compare with)" if math.isinf(expected) else
+                           "return the threshold, a number (math.inf to route nothing); does every path end with "
+                           "`return`?"))
             return report
         value = report.scalar(got, "the threshold")
         if value is None:
@@ -290,7 +342,7 @@ def check_cheapest_threshold(cheapest_threshold) -> CheckReport:
                       and np.array_equal(routes["got"], _routing(probs, wrong)),
                       np.array_equal(_routing(probs, wrong), routes["expected"]))
             for message, wrong in _cost_mistakes(probs, labels, error_cost, human_cost).items()})
-        if np.array_equal(routes["got"], routes["expected"]):
+        if _routes_the_same(probs, value, routes["expected"]):
             report.ok(f"{description}: threshold {expected:.4f}, cost {best:g}")
             continue
         message = _the_mistake(mistakes_per_case)
@@ -380,7 +432,28 @@ def _drift_mistakes(probs, threshold, window, bins) -> dict[str, list[dict]]:
             lambda entry, chunk: {"histogram": whole}),
         "the windows overlap (a window starting at every item): cut the stream into consecutive windows":
             sliding,
+        "the last window's size is `window`, but it holds fewer items: size is the number of items in it":
+            varied(lambda entry, chunk: {"size": window}),
+        "the last window's shares were divided by `window`, but it holds fewer items: divide its coverage and mix by "
+        "its own size": varied(lambda entry, chunk: {
+            "coverage": float((chunk.max(axis=1) >= threshold).sum() / window),
+            "mix": (np.bincount(chunk.argmax(axis=1), minlength=chunk.shape[1]) / window).tolist()}),
+        "the mix has one share per queue that occurs in the window (np.unique): give one per column of probs, 0 for "
+        "a queue nobody is predicted into (np.bincount(predicted, minlength=queues))": varied(
+            lambda entry, chunk: {"mix": (np.unique(chunk.argmax(axis=1), return_counts=True)[1] / len(chunk))
+                                  .tolist()}),
+        "np.histogram without range=(0, 1) spreads the bins over the window's own lowest to highest confidence: "
+        "the bins are fixed, [b/bins, (b+1)/bins)": varied(
+            lambda entry, chunk: {"histogram": np.histogram(chunk.max(axis=1), bins=bins)[0].tolist()}),
+        "the bin was found by rounding confidence x bins: bin b holds [b/bins, (b+1)/bins), so take the floor "
+        "(int(confidence * bins))": varied(lambda entry, chunk: {"histogram": np.bincount(
+            np.minimum(np.round(chunk.max(axis=1) * bins).astype(int), bins - 1), minlength=bins).tolist()}),
     }
+
+
+# A share computed in float32 (a learner working on tensors) is within 1e-7 of the float64 one; shares of
+# different counts differ by at least 1 / window, far more.
+SHARE_TOLERANCE = 1e-6
 
 
 def _same_report(got, expected: list[dict]) -> bool:
@@ -388,11 +461,12 @@ def _same_report(got, expected: list[dict]) -> bool:
         return False
     for mine, want in zip(got, expected, strict=True):
         if int(mine["size"]) != want["size"] or not math.isclose(float(mine["coverage"]), want["coverage"],
-                                                                abs_tol=1e-9):
+                                                                abs_tol=SHARE_TOLERANCE):
             return False
         for key in ("mix", "histogram"):
             values = np.asarray(mine[key], dtype=np.float64).reshape(-1)
-            if values.shape != (len(want[key]),) or not np.allclose(values, want[key], atol=1e-9):
+            if values.shape != (len(want[key]),) or not np.allclose(values, want[key], rtol=0,
+                                                                    atol=SHARE_TOLERANCE):
                 return False
     return True
 
