@@ -165,6 +165,23 @@ def test_the_weighted_loss_solution_is_the_loss_trainer_optimizes(tmp_path):
     assert one_batch_loss == pytest.approx(logged, abs=1e-5)  # the same whatever the accumulation
 
 
+def test_the_optional_trainer_run_uses_the_learners_metrics_and_loss():
+    """Issue 23, section 3: the solutions' optional cell runs the learner's compute_metrics and loss in Trainer. A
+    loss equal to the model's own (summed, divided by num_items_in_batch) logs exactly the own-loss run; a weighted
+    one logs another loss; the evaluation carries the learner's metric names."""
+    from behind_pipeline.checks.ch11_trainer import short_trainer_run
+
+    def own_loss(outputs, labels, num_items_in_batch=None):
+        return F.cross_entropy(outputs.logits, labels, reduction="sum") / num_items_in_batch
+
+    metrics = make_compute_metrics({0: "rotten", 1: "fresh"})
+    model_loss = short_trainer_run(metrics)
+    assert short_trainer_run(metrics, own_loss) == model_loss
+    weighted = short_trainer_run(metrics, make_weighted_loss([1] * 14 + [0] * 6, 2))
+    assert weighted[0]["loss"] != model_loss[0]["loss"]
+    assert {"eval_macro_f1", "eval_recall_rotten", "eval_recall_fresh"} <= set(weighted[-1])
+
+
 def test_trainer_does_not_divide_a_compute_loss_func_by_the_accumulation_steps():
     """The statement of exercise 3: a per-micro-batch weighted mean doubles the step's gradient at k = 2."""
     def micro_batch_mean(train_labels, num_labels):
