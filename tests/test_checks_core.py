@@ -267,3 +267,19 @@ def test_collection_reports_an_answer_that_is_not_iterable_or_raises_while_read(
     assert report.collection(3, list, "return a list") is None
     assert report.collection(broken(), list, "return a list") is None
     assert not report.passed and repr(report).count("return a list") == 2
+
+
+def test_an_index_into_an_empty_array_is_told_it_is_empty_not_a_wrong_axis():
+    import numpy as np
+
+    from behind_pipeline.checks._core import error_hint
+
+    try:
+        np.zeros(0)[0]
+    except IndexError as error:
+        hint = error_hint(error)
+    assert "empty" in hint and "dim=-1" not in hint
+    try:
+        np.zeros((2, 3)).argmax(axis=2)
+    except Exception as error:  # a real wrong axis keeps its hint
+        assert "axis does not exist" in error_hint(error)

@@ -171,6 +171,9 @@ def error_hint(error: BaseException) -> str | None:
                     "a model's weights float32; convert with .float() (or dtype=torch.float32)")
         if any(word in low for word in ("long", "int", "byte", "bool")):
             return "an integer (or bool) tensor met a float one: convert with .float() before the arithmetic"
+    if "with size 0" in low:  # NumPy's "index 0 is out of bounds for axis 0 with size 0": nothing to index
+        return ("the array is empty (size 0 along that axis): an empty list, queue or selection reached an "
+                "indexing line; handle the empty case before indexing")
     if "dimension out of range" in low or "axiserror" in type(error).__name__.lower() or (
             "axis" in low and "out of bounds" in low):
         return ("that axis does not exist: a (batch, classes) tensor has axes 0 and 1; argmax / softmax / sum over "
