@@ -98,6 +98,19 @@ def test_limits_hold_exactly_at_their_boundary(server):
     assert post(server, padded + b" ").json()["error"] == "body_too_large"
 
 
+def test_the_largest_body_the_schema_accepts_is_under_the_default_byte_limit():
+    """The schema cannot state a byte limit, so the default must not refuse what the schema accepts (issue 18)."""
+    from behind_pipeline.service.app import parse_request
+    from behind_pipeline.service.settings import ServiceSettings
+
+    settings = ServiceSettings()
+    widest = "\U0001F600" * settings.max_chars  # one character, 12 bytes escaped: \ud83d\ude00
+    body = json.dumps({"texts": [widest] * settings.max_texts, "top_k": None}).encode()  # ASCII, every escape
+    assert len(body) <= settings.max_body_bytes, (len(body), settings.max_body_bytes)
+    request = parse_request(body, "application/json", settings, num_labels=2)  # one the service takes
+    assert len(request.texts) == settings.max_texts
+
+
 def test_unknown_routes_and_methods_answer_json_4xx(server):
     assert httpx.get(f"{server}/nowhere", timeout=10).status_code == 404
     wrong_method = httpx.get(f"{server}/predict", timeout=10)
