@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+import torch
 
 from behind_pipeline.checks.ch20_scaling_out import (
     CONFIG_CASES,
@@ -693,3 +694,28 @@ def test_fake_responses_read_like_httpx():
                          ids=lambda checker: checker.__name__)
 def test_checkers_report_odd_answers(checker, name):
     assert_reported(checker(ODD_ANSWERS[name]))
+
+
+def test_reconfigure_refuses_what_serve_batch_refuses_and_takes_8_0_as_8():
+    """A user_config is checked as @serve.batch checks its arguments (its setters check nothing)."""
+    from types import SimpleNamespace
+
+    from behind_pipeline.service.settings import ServiceSettings
+
+    recorded = {}
+    batched = SimpleNamespace(set_max_batch_size=lambda size: recorded.update(size=size),
+                              set_batch_wait_timeout_s=lambda wait: recorded.update(wait=wait))
+    replica = SimpleNamespace(settings=ServiceSettings(), logits_of_one=batched)
+    reconfigure = ray_app.Classifier.func_or_class.reconfigure
+    threads = torch.get_num_threads()  # reconfigure sets this process's torch threads: put them back after
+    try:
+        reconfigure(replica, {"max_batch_size": 8.0, "batch_wait_timeout_s": 0, "threads": threads})
+        assert recorded == {"size": 8, "wait": 0.0} and isinstance(recorded["size"], int)
+        for wrong in ({"max_batch_size": 8.5}, {"max_batch_size": "8"}, {"max_batch_size": 0},
+                      {"batch_wait_timeout_s": -0.1}):
+            recorded.clear()
+            with pytest.raises((TypeError, ValueError)):
+                reconfigure(replica, wrong)
+            assert recorded == {}, wrong  # nothing applied from a refused config
+    finally:
+        torch.set_num_threads(threads)

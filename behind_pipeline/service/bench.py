@@ -13,8 +13,11 @@ For fp32 and for the dynamic-int8 model it starts a real server (``local.start_s
   that the time the model computed is told apart from HTTP, JSON and the clients' own work;
 - the same load from Debian's ``wrk`` (compiled, so the load generator takes little of the 2 cores), when it is
   installed (``make bench-service`` installs it with apt-get; otherwise those runs are skipped with a message);
-- head-of-line blocking: how long a one-review request waits while a request of 64 long reviews is served, with
-  the token budget (the default) and without it (``BTP_SERVICE_MAX_BATCH=64``, an unbounded budget);
+- head-of-line blocking: how long a one-review request waits while a request of 64 long reviews is served, on the
+  default server (passes of at most ``max_batch`` texts and ``max_batch_tokens`` padded tokens) and on one whose
+  passes hold all 64 (``NO_TOKEN_BUDGET``: ``max_batch`` 64, an unbounded budget). On movie reviews the count
+  closes the default server's passes before the budget does (the keys ``token_budget`` and ``no_token_budget``
+  name the two servers, not which limit closed a pass);
 - the same model's in-process ceiling: ``predict_logits`` over the same reviews in batches of 32, no HTTP.
 
 Only the ``"service"`` key of the results file is rewritten: the rest of the file (``make bench``'s own sections)

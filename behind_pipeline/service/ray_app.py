@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from fastapi import FastAPI, Request
 from ray import serve
+from ray.serve.batching import _validate_batch_wait_timeout_s, _validate_max_batch_size
 
 from behind_pipeline.paths import CACHE_DIR, PROJECT_ROOT
 from behind_pipeline.service.app import (
@@ -85,9 +86,14 @@ class Classifier:
 
     def reconfigure(self, config: dict) -> None:
         """Ray calls this with the deployment's ``user_config`` at start and whenever the config changes."""
-        self.logits_of_one.set_max_batch_size(int(config.get("max_batch_size", self.settings.max_batch)))
-        self.logits_of_one.set_batch_wait_timeout_s(
-            float(config.get("batch_wait_timeout_s", self.settings.max_wait_ms / 1000)))
+        size = config.get("max_batch_size", self.settings.max_batch)
+        wait = config.get("batch_wait_timeout_s", self.settings.max_wait_ms / 1000)
+        # The checks @serve.batch runs on its arguments; its setters run none, and int() alone would quietly turn
+        # 8.5 or "8" into 8. A config that fails them fails its update, and the replica keeps its old values.
+        _validate_max_batch_size(size)
+        _validate_batch_wait_timeout_s(wait)
+        self.logits_of_one.set_max_batch_size(int(size))
+        self.logits_of_one.set_batch_wait_timeout_s(float(wait))
         torch.set_num_threads(int(config.get("threads", self.settings.threads)))
 
     def _forward(self, token_ids: list[list[int]]) -> torch.Tensor:

@@ -110,6 +110,7 @@ def measure_system(name: str, texts: list[str], sizes: dict) -> dict:
         server, url, seconds = start_system(name)
         try:
             starts.append(round(seconds, 2))
+            memories.append(process_tree_mib(server.process.pid))  # every start read at the same point: ready, idle
             if repeat == 0:  # the load figures come from the first start; the others measure start-up only
                 figures[f"latency_batch_{BATCH}"] = repeated(
                     lambda url=url: percentiles_ms(request_latencies(url, texts, BATCH, sizes["latency_requests"])),
@@ -117,7 +118,6 @@ def measure_system(name: str, texts: list[str], sizes: dict) -> dict:
                 figures["throughput"] = repeated(
                     lambda url=url: client_throughput(url, texts, CLIENTS, sizes["requests_per_client"]),
                     sizes["repeats"], ("texts_per_second",))
-            memories.append(process_tree_mib(server.process.pid))
         finally:
             leftover = server.stop()
         if leftover:
@@ -153,7 +153,8 @@ def measure(tiny: bool = False) -> dict:
         "versions": {name: version(name) for name in ("ray", "torch", "transformers", "fastapi", "uvicorn")},
         "model": describe(classifier_id()),
         "settings": {"batch": BATCH, "clients": CLIENTS, "max_batch_size": batching["max_batch_size"],
-                     "batch_wait_timeout_s": batching["batch_wait_timeout_s"], **sizes},
+                     "batch_wait_timeout_s": batching["batch_wait_timeout_s"], "memory_read": "after start-up",
+                     **sizes},
         "systems": {name: measure_system(name, texts, sizes) for name in SYSTEMS
                     if not tiny or name in TINY_SYSTEMS},
     }
@@ -168,8 +169,12 @@ def table_lines(section: dict) -> list[str]:
     batch, clients = settings["batch"], settings["clients"]
     header = ["system", "replicas x threads", "start-up (s)", "memory, PSS (MiB)",
               f"batch {batch}: p50 / p95 (ms)", f"{clients} clients (reviews/s)"]
-    lines = [f"Measured {section['date']} ({section['run']} run, ray {section['versions']['ray']}): mean ± sd over "
-             f"{settings['repeats']} runs; each system alone on the machine; Ray batches with max_batch_size "
+    repeats = settings["repeats"]
+    memory = ("read once each start is ready" if settings.get("memory_read") == "after start-up"
+              else "the first start's read after its load, the others' once ready")
+    lines = [f"Measured {section['date']} ({section['run']} run, ray {section['versions']['ray']}), each system "
+             f"alone on the machine; mean ± sd: start-up and memory over {repeats} fresh starts ({memory}), "
+             f"latency and throughput over {repeats} rounds on the first start. Ray batches with max_batch_size "
              f"{settings['max_batch_size']} and batch_wait_timeout_s {settings['batch_wait_timeout_s']}.", ""]
     rows = []
     for figures in systems.values():
