@@ -1,10 +1,12 @@
 """The FastAPI app: ``POST /predict``, the health endpoints, ``/metrics`` and the generated OpenAPI docs (``/docs``).
 
-Bad input never reaches the model and never costs a 500: the body's size and content type are checked before it
-is read, the bytes are parsed and typed in one step that cannot recurse or raise anything but its own error
-(pydantic's ``model_validate_json``), each limit is checked before tokenization, and each text is tokenized on its
-own request's account before it joins a batch. Every refusal is a 4xx (or a 503 when overloaded) with a JSON body
-``{"error": ..., "detail": ...}``, and every limit is declared in the OpenAPI document.
+Bad input never reaches the model and never costs a 500: the body's size is checked while it is read (a 413 as soon
+as it passes the limit), its content type before it is parsed, the bytes are parsed and typed in one step that
+cannot recurse or raise anything but its own error (pydantic's ``model_validate_json``), each limit is checked
+before tokenization, and each text is tokenized on its own request's account before it joins a batch. Every refusal
+is a 4xx (or a 503 when overloaded) with a JSON body ``{"error": ..., "detail": ...}``, and every limit on the
+texts and ``top_k`` is declared in the OpenAPI document (the body's byte limit cannot be; its default holds the
+largest body the schema accepts).
 
 The model loads in a background thread and is warmed up with one forward pass before ``/health/ready`` says 200;
 ``/health/live`` answers 200 as long as the process runs. Forward passes run in the batcher's worker thread, so

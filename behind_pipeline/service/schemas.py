@@ -96,7 +96,9 @@ class PredictResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """Every 4xx and 5xx answer has this shape, so a client can show ``detail`` as it is."""
+    """Every 4xx and 5xx answer of this app has this shape, so a client can show ``detail`` as it is. (The server
+    under it answers some requests before they reach the app, in plain text: uvicorn's 503 past
+    ``--limit-concurrency``, h11's 400 for a malformed HTTP request line.)"""
 
     error: str = Field(description="a short machine-readable name, e.g. text_too_long")
     detail: str = Field(description="what was wrong and how to fix it")
