@@ -474,3 +474,19 @@ def test_isolation_checker_does_not_say_still_dots_for_a_missing_return():
                                     lambda run, requests: ["rows"] * len(requests), lambda *args: 7])
 def test_isolation_checker_never_raises(answer):
     assert not check_run_isolated(answer).passed
+
+
+def test_the_ratio_target_needs_every_pairing_of_runs_not_only_the_means():
+    from behind_pipeline.service.bench import _ratio_met, ratio_range
+
+    def runs(*values):
+        return {"texts_per_second": sum(values) / len(values), "runs": [{"texts_per_second": v} for v in values]}
+
+    steady = {"throughput_micro_batching": runs(90, 95, 100), "throughput_one_by_one": runs(40, 42, 44),
+              "micro_batching_vs_one_by_one": 95 / 42}
+    assert ratio_range(steady["throughput_micro_batching"], steady["throughput_one_by_one"]) == (90 / 44, 100 / 40)
+    assert _ratio_met(steady)
+    noisy = {**steady, "throughput_one_by_one": runs(63, 42, 43)}  # mean ratio 1.93, worst pairing 90 / 63 = 1.43
+    assert noisy["throughput_micro_batching"]["texts_per_second"] / noisy["throughput_one_by_one"][
+        "texts_per_second"] > 1.5 and not _ratio_met(noisy)
+    assert not _ratio_met({**steady, "wrk_micro_batching": runs(50), "wrk_one_by_one": runs(40)})  # wrk counts too

@@ -327,9 +327,33 @@ def spread(figures: dict, key: str, digits: int = 1) -> str:
     return f"{value:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{value:.{digits}f}"
 
 
+def ratio_range(batched: dict, alone: dict) -> tuple[float, float] | None:
+    """The lowest and highest throughput ratio over every pairing of the two measurements' runs (runs are not
+    paired: each is a separate load), or None without stored runs."""
+    top = [run["texts_per_second"] for run in batched.get("runs", [])]
+    bottom = [run["texts_per_second"] for run in alone.get("runs", [])]
+    if not top or not bottom or min(bottom) <= 0:
+        return None
+    return min(top) / max(bottom), max(top) / min(bottom)
+
+
+def _range_text(bounds: tuple[float, float] | None) -> str:
+    return f" ({bounds[0]:.2f}-{bounds[1]:.2f})" if bounds else ""
+
+
+def _ratio_met(figures: dict, target: float = 1.5) -> bool:
+    """Met only when every pairing of runs reaches the target, for the httpx clients and for wrk when it ran."""
+    pairs = [("throughput_micro_batching", "throughput_one_by_one"), ("wrk_micro_batching", "wrk_one_by_one")]
+    ranges = [ratio_range(figures[top], figures[bottom]) for top, bottom in pairs if top in figures]
+    if not all(ranges):
+        return figures["micro_batching_vs_one_by_one"] >= target
+    return all(low >= target for low, _ in ranges)
+
+
 SERVICE_TARGETS = {  # chapter 18's targets for the int8 model over HTTP on loopback
     "p95": ("p95 at batch 8 at most 40 ms", lambda f: f["latency_batch_8"]["p95_ms"] <= 40),
-    "ratio": ("micro-batching at least 1.5x one-by-one", lambda f: f["micro_batching_vs_one_by_one"] >= 1.5),
+    "ratio": ("micro-batching at least 1.5x one-by-one in every pairing of runs (httpx clients and wrk; the ranges "
+              "are in the tables above)", _ratio_met),
     "share": ("at least 80% of the in-process batch-32 throughput (httpx clients; wrk in brackets)",
               lambda f: f["micro_batching_vs_in_process"] >= 0.8),
 }
@@ -354,17 +378,20 @@ def table_lines(service: dict) -> list[str]:
                      spread(batched, "texts_per_second"),
                      f"{batched['busy_share']:.0%}" if "busy_share" in batched else "",
                      spread(alone, "texts_per_second"),
-                     f"{figures.get('micro_batching_vs_one_by_one', float('nan')):.2f}x"])
+                     f"{figures.get('micro_batching_vs_one_by_one', float('nan')):.2f}x"
+                     + _range_text(ratio_range(batched, alone))])
         cells = [name, spread(wrk_batched, "texts_per_second") if wrk_batched else "not run",
-                 spread(wrk_alone, "texts_per_second") if wrk_alone else "not run"]
+                 spread(wrk_alone, "texts_per_second") if wrk_alone else "not run",
+                 (f"{wrk_batched['texts_per_second'] / wrk_alone['texts_per_second']:.2f}x"
+                  + _range_text(ratio_range(wrk_batched, wrk_alone))) if wrk_batched and wrk_alone else ""]
         if ceiling_key:
             cells += [f"{figures[ceiling_key]:.1f}", f"{figures.get('micro_batching_vs_in_process', float('nan')):.2f}"
                       + (f" ({figures['wrk_micro_batching_vs_in_process']:.2f})"
                          if "wrk_micro_batching_vs_in_process" in figures else "")]
         ceiling.append(cells)
     lines = markdown_table(["model", f"batch {batch} over HTTP: p50 / p95 (ms)", "micro-batching (reviews/s)", "busy",
-                   "one by one (reviews/s)", "ratio"], http)
-    lines += ["", *markdown_table(["model", "wrk micro-batching (reviews/s)", "wrk one by one (reviews/s)"]
+                            "one by one (reviews/s)", "ratio (range over runs)"], http)
+    lines += ["", *markdown_table(["model", "wrk micro-batching (reviews/s)", "wrk one by one (reviews/s)", "wrk ratio"]
                          + (["in-process (reviews/s)", "micro-batching / in-process"] if ceiling_key else []),
                          ceiling)]
     hol = [f"- {name}: a one-review request sent just after a request of the {LONG_REQUEST_TEXTS} longest reviews "
