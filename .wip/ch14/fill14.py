@@ -17,6 +17,9 @@ alll = grab(r"all-linear\s+trainable ([\d,]+) \(([\d.]+%)\) \| accuracy (\d\.\d{
 dpool = grab(r"\+ pooler - LoRA r=8 \(query, value\), accuracy: " + IV)
 dall = grab(r"all-linear - LoRA r=8 \(query, value\), accuracy: " + IV)
 foot = grab(r"get_memory_footprint: QLoRA ([\d.]+) MiB \| LoRA on the fp32 model ([\d.]+) MiB")
+emb = grab(r"of which the embeddings \(no linear layer, not quantized\): ([\d.]+) MiB, torch.float32")
+layers4 = grab(r"4-bit layers: (\d+), the pooler's included: True")
+bnbv = grab(r"bitsandbytes (\d+\.\d+\.\d+)")
 qtr = grab(r"trainable: ([\d,]+) \(LoRA in fp32: ([\d,]+)\)")
 q = grab(r"QLoRA r=8: accuracy (\d\.\d{4}) \((\d\.\d{4}) to (\d\.\d{4})\) \| macro-F1 (\d\.\d{4})")
 dq = grab(r"QLoRA - LoRA, accuracy: " + IV)
@@ -32,18 +35,19 @@ f"# (interval {dpool[1]} to {dpool[2]}, it {verdict(*dpool)}) and {dall[0]} ({da
    "# The intervals, not the point values, say which of these differences this run can see; one seed and one\n"
    "# learning rate, chosen for LoRA on `query` and `value`, so a variant may do better at another rate."))
 qlora = (
-f"# bitsandbytes 0.50.2 trains through 4-bit layers on this CPU: the run above went to its end. QLoRA trains the\n"
+f"# bitsandbytes {bnbv[0]} trains through 4-bit layers on this CPU: the run above went to its end. QLoRA trains the\n"
 f"# same {qtr[0]} parameters as LoRA; `get_memory_footprint` gives {foot[0]} MiB against {foot[1]} MiB for LoRA on the\n"
-f"# fp32 model (only the linear layers are 4-bit; the embeddings and LayerNorms stay fp32). It scores an accuracy of\n"
+f"# fp32 model. Only the {layers4[0]} linear layers of the body (the pooler's included) are 4-bit: the embeddings are\n"
+f"# no linear layer and stay fp32, {emb[0]} of those {foot[0]} MiB. It scores an accuracy of\n"
 f"# {q[0]} ({q[1]} to {q[2]}), macro-F1 {q[3]}; against LoRA on the fp32 model the difference is {dq[0]} (interval\n"
 f"# {dq[1]} to {dq[2]}: it {verdict(*dq)}). Its training time is not a measure of 4-bit alone: gradient\n"
 f"# checkpointing, which `prepare_model_for_kbit_training` turned on, recomputes each layer's forward pass.")
 final = (
-"# In this small run (640 reviews, one epoch) every model above is compared with LoRA on `query` and `value`, with\n"
-"# an interval over movies, where it was trained: full fine-tuning -0.0067 (-0.0492 to +0.0342), no difference this\n"
-"# run can see. LoRA trains 0.33% of the parameters and ships an adapter of 0.29 MiB against 86.66 MiB. A few\n"
-"# dozen steps on a few hundred reviews are a demonstration, not a fine-tune; the full run (`make full`: all of\n"
-"# train) is in the book's results table.")
+"# In this small run (640 training reviews, one epoch, 300 test reviews) each difference above comes with its\n"
+"# interval over movies: LoRA minus full fine-tuning is -0.0067 (-0.0492 to +0.0342), no difference this run can\n"
+"# see. LoRA trains 0.33% of the parameters and ships an adapter of 0.29 MiB against 86.66 MiB for the full model.\n"
+"# A few dozen steps on a few hundred reviews are a demonstration, not a fine-tune; the full run (`make full`: all\n"
+"# of train) is in the book's results table.")
 summary = (
 "# - LoRA keeps $W$ frozen and learns $\\Delta W = \\frac{\\alpha}{r} BA$ with $A$ `(r, in)` and $B$ `(out, r)`; $B$\n"
 "#   starts at zero, so training starts from the base model exactly (max diff printed above).\n"
@@ -55,11 +59,12 @@ summary = (
 "# - $\\alpha / r$ changes with the rank unless $\\alpha$ does: at $\\alpha = 2r$ and one learning rate, $r = 8$ beat\n"
 "#   $r = 2$ and $r = 32$ here, a result about these settings, not about rank in general.\n"
 "# - With `task_type=\"SEQ_CLS\"` peft trains and saves only `classifier` / `score`: BERT's pooler stays frozen.\n"
-f"#   Training it, or LoRA on all linear layers, changed accuracy by {dpool[0]} and {dall[0]} (intervals printed).\n"
+f"#   Training it changed accuracy by {dpool[0]} (interval {dpool[1]} to {dpool[2]}: it {verdict(*dpool)}); LoRA on all\n"
+f"#   linear layers by {dall[0]} ({dall[1]} to {dall[2]}: it {verdict(*dall)}), at a learning rate chosen for `query`, `value`.\n"
 f"# - QLoRA trains on this CPU: 4-bit base ({foot[0]} MiB against {foot[1]} MiB), same trainable count, accuracy\n"
 f"#   {q[0]} against LoRA's 0.7400 ({dq[0]}, interval {dq[1]} to {dq[2]}).")
 SCORES = '# On these 300 reviews of 50 movies, full fine-tuning scores an accuracy of 0.7467 (95% interval 0.6930 to 0.7964)\n# and LoRA 0.7400 (0.6816 to 0.7884). Their difference, -0.0067, has an interval from -0.0492 to +0.0342 that holds\n# zero: no difference this run can see. The interval covers the choice of test movies, not the training seed (one\n# seed here), so it is if anything too narrow.'
-SWEEP = '# With the scale held at 2 and the learning rate chosen for $r = 8$, the rank does matter in this run, against\n# the more-is-better story: $r = 8$ scores 0.7400, $r = 2$ 0.6333 and $r = 32$ 0.6767, and both differences from\n# $r = 8$ have intervals below zero (-0.1067, from -0.1812 to -0.0396; -0.0633, from -0.1198 to -0.0098). $r = 2$\n# ends far lower in macro-F1 (0.3878) than in accuracy: its predictions lean to one class. What this supports is\n# narrow: one seed, 80 steps, one learning rate for all ranks; a rank that trains badly at this rate might do\n# better at another, which this sweep does not test.'
+SWEEP = '# With the scale held at 2 and the learning rate chosen for $r = 8$, the rank does matter in this run, against\n# the more-is-better story: $r = 8$ scores 0.7400, $r = 2$ 0.6333 and $r = 32$ 0.6767, and both differences from\n# $r = 8$ have intervals below zero (-0.1067, from -0.1812 to -0.0396; -0.0633, from -0.1198 to -0.0098). $r = 2$\n# ends far lower in macro-F1 (0.3878) than in accuracy, so its F1 on one of the two classes is low. What this\n# supports is narrow: one seed, 80 steps, one learning rate for all ranks; a rank that trains badly at this rate might do\n# better at another, which this sweep does not test.'
 out = nbformat.read(dst, 4)
 n = 0
 for c in out.cells:
