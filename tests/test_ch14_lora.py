@@ -15,7 +15,7 @@ from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
 from behind_pipeline.checks.ch14_lora import (
-    check_lora_conv1d,
+    check_dora_linear,
     check_lora_trainable_parameters,
     check_merge_lora,
 )
@@ -146,92 +146,137 @@ def test_merge_checker_reports_instead_of_raising(answer):
     assert not check_merge_lora(answer).passed
 
 
-# --- Exercise 2: LoRA for Conv1D -------------------------------------------------------------------------------------
+# --- Exercise 2: DoRA ------------------------------------------------------------------------------------------------
 
 
-class LoRAConv1D(nn.Module):
-    def __init__(self, base, r, alpha, scale=None, b_start=0.0, freeze=True, a_zero=False):
+class DoRALinear(nn.Module):
+    """The solution, with switches for the typical mistakes the checker must name."""
+
+    def __init__(self, base, r, alpha, scale=None, b_start=0.0, freeze=True, a_zero=False, magnitude_start=None,
+                 norm_of_w_alone=False, detach=True, rescale_bias=False, norm_dim=1):
         super().__init__()
         self.base = base.requires_grad_(not freeze)
-        d_in, d_out = base.weight.shape
+        d_out, d_in = base.weight.shape
         self.scaling = alpha / r if scale is None else scale(alpha, r)
         self.lora_A = nn.Parameter(torch.zeros(r, d_in) if a_zero else torch.empty(r, d_in))
         self.lora_B = nn.Parameter(torch.full((d_out, r), b_start))
         if not a_zero:
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        start = base.weight.detach().norm(dim=norm_dim) if magnitude_start is None else magnitude_start(base)
+        self.magnitude = nn.Parameter(start.clone())
+        self.options = norm_of_w_alone, detach, rescale_bias, norm_dim
 
     def forward(self, x):
-        return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T
+        norm_of_w_alone, detach, rescale_bias, norm_dim = self.options
+        adapted = self.base.weight + self.scaling * self.lora_B @ self.lora_A  # (out, in)
+        norm = (self.base.weight if norm_of_w_alone else adapted).norm(dim=norm_dim)
+        norm = norm.detach() if detach else norm
+        bias = 0 if self.base.bias is None else self.base.bias
+        scale = self.magnitude / norm
+        return scale * (x @ adapted.T) + (scale if rescale_bias else 1) * bias
 
 
-class LoRAConv1DFactorsStoredTheOtherWay(nn.Module):
-    """A correct answer with A stored (in, r) and B stored (r, out), as a Conv1D-minded learner might."""
+class DoRALinearWrittenAsPeftDoes(nn.Module):
+    """A correct answer in peft's form: base output plus (m / n - 1) W x + (m / n) s B A x."""
 
     def __init__(self, base, r, alpha):
         super().__init__()
         self.base = base.requires_grad_(False)
-        d_in, d_out = base.weight.shape
         self.scaling = alpha / r
-        self.a = nn.Parameter(torch.randn(d_in, r) / math.sqrt(d_in))
-        self.b = nn.Parameter(torch.zeros(r, d_out))
+        self.lora_A = nn.Parameter(torch.randn(r, base.in_features) / math.sqrt(base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+        self.magnitude = nn.Parameter(base.weight.detach().norm(dim=1))
 
     def forward(self, x):
-        return self.base(x) + self.scaling * (x @ self.a) @ self.b
+        delta = self.scaling * self.lora_B @ self.lora_A
+        scale = self.magnitude / (self.base.weight + delta).norm(dim=1).detach()
+        plain = x @ self.base.weight.T
+        return self.base(x) + (scale - 1) * plain + scale * (x @ self.lora_A.T @ self.lora_B.T) * self.scaling
 
 
-def test_conv1d_checker_accepts_the_solution_in_either_orientation():
-    assert check_lora_conv1d(LoRAConv1D).passed
-    assert check_lora_conv1d(LoRAConv1DFactorsStoredTheOtherWay).passed
+def test_dora_checker_accepts_the_solution_in_either_form():
+    assert check_dora_linear(DoRALinear).passed
+    assert check_dora_linear(DoRALinearWrittenAsPeftDoes).passed
 
 
 @pytest.mark.parametrize("mistake, options, words", [
-    ("b_starts_non_zero", {"b_start": 0.01}, ["must start at zero"]),
-    ("scale_alpha", {"scale": lambda alpha, r: alpha}, ["scaled by alpha"]),
+    ("b_starts_non_zero", {"b_start": 0.01}, ["lora_B must start at zero"]),
+    ("a_starts_at_zero_too", {"a_zero": True}, ["lora_A starts at zero"]),
+    ("forgets_to_freeze_w", {"freeze": False}, ["freeze W"]),
+    ("magnitude_starts_at_ones", {"magnitude_start": lambda base: torch.ones(base.out_features)},
+     ["magnitude must start", "ones"]),
+    ("magnitude_of_columns", {"norm_dim": 0}, ["shape", "norm(dim=1)"]),
+    ("integer_division", {"scale": lambda alpha, r: alpha // r}, ["alpha // r", "integer division"]),
     ("no_scale", {"scale": lambda alpha, r: 1.0}, ["not scaled"]),
-    ("integer_division", {"scale": lambda alpha, r: alpha // r}, ["integer division"]),
-    ("forgets_to_freeze_w", {"freeze": False}, ["freeze w"]),
-    ("a_starts_at_zero_too", {"a_zero": True}, ["a starts at zero"]),
+    ("scale_alpha", {"scale": lambda alpha, r: alpha}, ["scaled by alpha"]),
+    ("norm_of_w_alone", {"norm_of_w_alone": True}, ["norm is that of W alone"]),
+    ("bias_rescaled", {"rescale_bias": True}, ["bias is rescaled"]),
+    ("norm_not_detached", {"detach": False}, ["gradient", "detach"]),
 ])
-def test_conv1d_checker_names_the_mistake(mistake, options, words):
+def test_dora_checker_names_the_mistake(mistake, options, words):
     def build(base, r, alpha):
-        return LoRAConv1D(base, r, alpha, **options)
-    assert_rejected(check_lora_conv1d(build), *words)
+        return DoRALinear(base, r, alpha, **options)
+    assert_rejected(check_dora_linear(build), *words)
 
 
-def test_conv1d_checker_rejects_an_update_built_with_the_conv1d_orientation_of_w():
-    class Transposed(LoRAConv1D):  # B A shaped (out, in) but added as if it were Conv1D's (in, out): crashes
+def test_dora_checker_names_column_norms_on_a_square_layer():
+    class ColumnNormsOnSquareLayers(DoRALinear):  # right shapes on non-square layers, dim 0 where it fits
+        def __init__(self, base, r, alpha):
+            square = base.in_features == base.out_features
+            super().__init__(base, r, alpha, norm_dim=0 if square else 1)
+            if square:
+                with torch.no_grad():
+                    self.magnitude.copy_(base.weight.norm(dim=1))
+    assert_rejected(check_dora_linear(ColumnNormsOnSquareLayers), "dim 0", "norm(dim=1)")
+
+
+def test_dora_checker_rejects_plain_lora_with_a_magnitude_it_never_uses():
+    class PlainLoRA(DoRALinear):
         def forward(self, x):
-            return self.base(x) + self.scaling * x @ (self.lora_B @ self.lora_A)
-    assert not check_lora_conv1d(Transposed).passed
+            return self.base(x) + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T
+    assert_rejected(check_dora_linear(PlainLoRA), "magnitude is never applied")
+
+
+def test_dora_checker_names_missing_parameters():
+    class NoMagnitude(nn.Module):
+        def __init__(self, base, r, alpha):
+            super().__init__()
+            self.base = base.requires_grad_(False)
+            self.lora_A = nn.Parameter(torch.randn(r, base.in_features))
+            self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+
+        def forward(self, x):
+            return self.base(x)
+    assert_rejected(check_dora_linear(NoMagnitude), "magnitude", "(out,)")
 
 
 @pytest.mark.parametrize("answer", [None, ..., lambda base, r, alpha: 1 / 0, lambda base, r, alpha: base,
                                     lambda base, r, alpha: "layer"])
-def test_conv1d_checker_reports_instead_of_raising(answer):
-    assert not check_lora_conv1d(answer).passed
+def test_dora_checker_reports_instead_of_raising(answer):
+    assert not check_dora_linear(answer).passed
 
 
-class ForwardWithADoubleInput(LoRAConv1D):
+class ForwardWithADoubleInput(DoRALinear):
     def forward(self, x):
         return self.base(x) + self.scaling * (x.double() @ self.lora_A.T) @ self.lora_B.T  # float64 meets float32
 
 
 def test_a_forward_that_raises_gets_one_line_naming_the_learners_line_and_the_dtype():
-    report = check_lora_conv1d(ForwardWithADoubleInput)
+    report = check_dora_linear(ForwardWithADoubleInput)
     line = inspect.getsourcelines(ForwardWithADoubleInput)[1] + 2
     assert_rejected(report, f"(line {line} of your forward)", "float64 (double) tensor met a float32 one")
     assert len(failures(report)) == 1 and "still `...`" not in repr(report), report
 
 
-class ForwardUnderNoGrad(LoRAConv1D):
+class ForwardUnderNoGrad(DoRALinear):
     def forward(self, x):
         with torch.no_grad():  # nothing learns: the output has no gradient
             return super().forward(x)
 
 
 def test_a_training_step_that_raises_is_reported_not_raised():
-    report = check_lora_conv1d(ForwardUnderNoGrad)
-    assert_rejected(report, "a training step through LoRAConv1D(...)(x) raised RuntimeError",
+    report = check_dora_linear(ForwardUnderNoGrad)
+    assert_rejected(report, "a training step through the DoRA layer raised RuntimeError",
                     "not under torch.no_grad()")
 
 

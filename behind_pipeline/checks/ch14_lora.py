@@ -1,14 +1,16 @@
-"""Checkers for the exercises of chapter 14 (LoRA): a merge by hand, LoRA for GPT-2's Conv1D, the trainable count.
+"""Checkers for the exercises of chapter 14 (LoRA): a merge by hand, DoRA by hand, the trainable count.
 
-Each one compares the learner's code with what the chapter's :class:`behind_pipeline.lora.LoRALinear` computes, on
-layers that are not square (so ``in`` and ``out`` cannot be swapped unnoticed), with ``alpha / r`` different from 1
-and from ``alpha`` (so a missing or wrong scale shows), and with factors that are not zero (so the update counts).
+Each one compares the learner's code with the library or with what the chapter's
+:class:`behind_pipeline.lora.LoRALinear` computes, on layers that are not square (so ``in`` and ``out`` cannot be
+swapped unnoticed), with ``alpha / r`` different from 1, from ``alpha`` and from ``alpha // r`` (so a missing or
+wrong scale shows), and with factors that are not zero (so the update counts). DoRA is compared with peft's own
+``use_dora=True`` layer, outputs and gradients.
 """
 
 import torch
 from torch import nn
 
-from behind_pipeline.checks._core import CheckReport, describe_error
+from behind_pipeline.checks._core import NOT_DONE_HINT, CheckReport, describe_error
 from behind_pipeline.lora import LoRALinear, add_lora
 
 # --- Exercise 1: merge a LoRA layer by hand ----------------------------------------------------------------------
@@ -100,133 +102,221 @@ def check_merge_lora(merge_lora) -> CheckReport:
     return report
 
 
-# --- Exercise 2: LoRA for GPT-2's Conv1D ----------------------------------------------------------------------------
+# --- Exercise 2: DoRA, magnitude and direction ----------------------------------------------------------------------
 
-# (in_features, out_features, r, alpha, what the case exposes)
-CONV1D_CASES = [
-    (8, 24, 2, 4, "GPT-2's attention projection in small: one input, three outputs (query, key, value)"),
-    (24, 10, 4, 16, "a narrowing layer, alpha / r = 4"),
-    (6, 14, 3, 3, "alpha = r: a scale of exactly 1"),
-    (10, 7, 1, 8, "rank 1"),
-    (12, 9, 4, 10, "alpha / r = 2.5, a scale that is not a whole number"),
+# (in_features, out_features, r, alpha, bias, what the case exposes)
+DORA_CASES = [
+    (12, 20, 4, 10, True, "a widening layer, alpha / r = 2.5 (not a whole number)"),
+    (20, 6, 2, 8, True, "a narrowing layer, alpha / r = 4"),
+    (9, 9, 3, 3, False, "a square layer without bias, alpha = r"),
+    (16, 5, 1, 2, True, "rank 1"),
 ]
+DORA_PARTS = {"lora_A": "(r, in)", "lora_B": "(out, r)", "magnitude": "(out,)"}
 
 
-def conv1d_layer(in_features: int, out_features: int, seed: int):
-    """GPT-2's ``Conv1D(nf=out, nx=in)``: weight (in, out), ``y = x @ weight + bias``; random values, no zeros."""
-    from transformers.pytorch_utils import Conv1D
+class _OneLayer(nn.Module):
+    """A model that is one linear layer named ``proj``: what ``get_peft_model`` needs to wrap it."""
 
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.proj = base
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def peft_dora_layer(base: nn.Linear, r: int, alpha: float):
+    """peft's DoRA around a copy of ``base`` (``LoraConfig(use_dora=True)``): (model, A, B, magnitude) parameters."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=["proj"], use_dora=True, lora_dropout=0.0)
+    model = get_peft_model(_OneLayer(copy.deepcopy(base)), config)
+    layer = model.base_model.model.proj
+    return (model, layer.lora_A["default"].weight, layer.lora_B["default"].weight,
+            layer.lora_magnitude_vector["default"].weight)
+
+
+def random_linear(in_features: int, out_features: int, bias: bool, seed: int) -> nn.Linear:
+    """An ``nn.Linear`` with random weight (and bias): rows of different norms, as in a trained layer."""
     generator = torch.Generator().manual_seed(seed)
-    base = Conv1D(out_features, in_features)
+    base = nn.Linear(in_features, out_features, bias=bias)
     with torch.no_grad():
-        base.weight.copy_(torch.randn(in_features, out_features, generator=generator))
-        base.bias.copy_(torch.randn(out_features, generator=generator))
+        base.weight.copy_(torch.randn(out_features, in_features, generator=generator)
+                          * torch.linspace(0.5, 2.0, out_features)[:, None])
+        if bias:
+            base.bias.copy_(torch.randn(out_features, generator=generator))
     return base
 
 
-def _factors(report, module, base, d_in, d_out, r, description):
-    """The learner's trainable (A side, B side) tensors, recognised by their sizes, or None and a FIX line."""
-    base_ids = {id(parameter) for parameter in base.parameters()}
-    trainable = [p for p in module.parameters() if p.requires_grad and id(p) not in base_ids]
-    frozen_base = [name for name, p in base.named_parameters() if p.requires_grad]
-    if frozen_base:
-        report.fail(f"{description}: the base layer's {' and '.join(frozen_base)} still require gradients: "
-                    "freeze W (and b), only the low-rank factors learn")
+def _dora_outputs_with_mistakes(x, base, A, B, magnitude, alpha, r) -> dict[str, torch.Tensor]:
+    """What typical wrong DoRA layers compute, in float64, keyed by the message that names the mistake."""
+    x, W, A, B, m = (t.detach().double() for t in (x, base.weight, A, B, magnitude))
+    b = torch.zeros(W.shape[0], dtype=torch.float64) if base.bias is None else base.bias.detach().double()
+
+    def dora(scale, norm_of=None, rescale_bias=False, norm_dim=1):
+        adapted = W + scale * B @ A  # (out, in)
+        norm = (adapted if norm_of is None else norm_of).norm(dim=norm_dim)
+        return m / norm * (x @ adapted.T) + (m / norm if rescale_bias else 1) * b
+
+    mistakes = {
+        "the scale is alpha // r, integer division (10 // 4 = 2): use alpha / r": dora(alpha // r),
+        "the update is not scaled: multiply B A by alpha / r": dora(1.0),
+        "the update is scaled by alpha; the scale is alpha / r": dora(alpha),
+        "the norm is that of W alone; DoRA divides by the norm of the adapted weight W + (alpha / r) B A":
+            dora(alpha / r, norm_of=W),
+        "the bias is rescaled too: DoRA rescales x W'^T, then adds the base layer's bias as it is":
+            dora(alpha / r, rescale_bias=True),
+        "the magnitude is never applied: this is plain LoRA, W x + (alpha / r) B A x + b":
+            x @ (W + alpha / r * B @ A).T + b,
+    }
+    if W.shape[0] == W.shape[1]:
+        mistakes["the norm is taken over dim 0 (one per input column); nn.Linear's weight is (out, in), so the "
+                 "norm of each output row is norm(dim=1)"] = dora(alpha / r, norm_dim=0)
+    return mistakes
+
+
+def _named_mistake(report, description, got, expected, x, base, A, B, magnitude, alpha, r) -> bool:
+    """Record a FIX line naming the typical mistake that computes ``got`` (and not ``expected``), if one does."""
+    for message, wrong in _dora_outputs_with_mistakes(x, base, A, B, magnitude, alpha, r).items():
+        if torch.allclose(got, wrong, atol=1e-4) and not torch.allclose(wrong, expected, atol=1e-4):
+            report.fail(f"{description}: {message}")
+            return True
+    return False
+
+
+def _dora_parts(report, module, base, d_in, d_out, r, description):
+    """The learner's ``lora_A``, ``lora_B``, ``magnitude`` parameters, checked for shape and trainability."""
+    parts = {}
+    for name, shape_text in DORA_PARTS.items():
+        value = getattr(module, name, None)
+        if not isinstance(value, nn.Parameter):
+            report.fail(f"{description}: DoRALinear needs an nn.Parameter named {name}, shaped {shape_text} "
+                        "(the check copies peft's values into lora_A, lora_B and magnitude)")
+            return None
+        parts[name] = value
+    expected = {"lora_A": (r, d_in), "lora_B": (d_out, r), "magnitude": (d_out,)}
+    for name, shape in expected.items():
+        if tuple(parts[name].shape) != shape:
+            hint = (": one norm per output row of W (out, in), so norm(dim=1)"
+                    if name == "magnitude" and tuple(parts[name].shape) == (d_in,) else "")
+            report.fail(f"{description}: {name} has shape {tuple(parts[name].shape)}, expected {shape}{hint}")
+            return None
+    still_trained = [name for name, p in base.named_parameters() if p.requires_grad]
+    if still_trained:
+        report.fail(f"{description}: the base layer's {' and '.join(still_trained)} still require gradients: "
+                    "freeze W (and b); only A, B and the magnitude learn")
         return None
-    sizes = sorted(p.numel() for p in trainable)
-    if sizes != sorted([r * d_in, r * d_out]):
-        report.fail(f"{description}: expected exactly two trainable tensors of {r * d_in} (A, r x in) and "
-                    f"{r * d_out} (B, out x r) numbers, got sizes {sizes}")
+    frozen = [name for name, value in parts.items() if not value.requires_grad]
+    if frozen:
+        report.fail(f"{description}: {' and '.join(frozen)} must be trainable (requires_grad=True)")
         return None
-    a_side = next(p for p in trainable if p.numel() == r * d_in)
-    b_side = next(p for p in trainable if p.numel() == r * d_out)
-    return a_side, b_side
+    return parts
 
 
-def _oriented(tensor, rows, cols):
-    """``tensor`` as a (rows, cols) matrix, whichever of the two orientations the learner stored it in."""
-    return tensor if tuple(tensor.shape) == (rows, cols) else tensor.reshape(cols, rows).T
+def _forward(report, module, x, d_out, what, description):
+    """The learner's layer called on ``x``, as a float64 tensor, or None and a FIX line saying what went wrong."""
+    try:
+        got = module(x)
+    except Exception as error:  # a learner's bug must become a message, not a crashed notebook
+        report.fail(f"{description}: calling the layer on x raised {describe_error(error)}")
+        return None
+    if got is None:
+        report.fail(f"{description}: the layer returned None when called on x: does forward end with `return ...`?")
+        return None
+    return report.tensor(got, what, shape=tuple(x.shape[:-1]) + (d_out,))
 
 
-def check_lora_conv1d(LoRAConv1D) -> CheckReport:  # noqa: N803 (the learner's class)
-    """``LoRAConv1D(base, r, alpha)`` wraps GPT-2's Conv1D: frozen base, B zero at start, scale alpha / r."""
-    report = CheckReport("LoRA for GPT-2's Conv1D")
-    for seed, (d_in, d_out, r, alpha, description) in enumerate(CONV1D_CASES):
-        base = conv1d_layer(d_in, d_out, seed)
+def check_dora_linear(DoRALinear) -> CheckReport:  # noqa: N803 (the learner's class)
+    """``DoRALinear(base, r, alpha)`` computes what peft's ``use_dora=True`` layer does, outputs and gradients."""
+    report = CheckReport("DoRA: magnitude and direction")
+    if isinstance(DoRALinear, type) and not {"__init__", "forward"} & set(vars(DoRALinear)):
+        report.fail(f"DoRALinear is {NOT_DONE_HINT} (its __init__ and forward)")
+        return report
+    for seed, (d_in, d_out, r, alpha, bias, description) in enumerate(DORA_CASES):
+        base = random_linear(d_in, d_out, bias, seed)
         torch.manual_seed(seed)
-        module = report.call(LoRAConv1D, base, r, alpha, name="LoRAConv1D")
+        module = report.call(DoRALinear, base, r, alpha, name="DoRALinear")
         if module is Ellipsis:
             return report
         if not isinstance(module, nn.Module):
-            report.fail(f"LoRAConv1D(...) should build an nn.Module, got {type(module).__name__}")
+            report.fail(f"DoRALinear(base, r, alpha) should build an nn.Module, got {type(module).__name__}")
             return report
-        factors = _factors(report, module, base, d_in, d_out, r, description)
-        if factors is None:
+        parts = _dora_parts(report, module, base, d_in, d_out, r, description)
+        if parts is None:
             return report
-        a_side, b_side = factors
+        A, B, magnitude = parts["lora_A"], parts["lora_B"], parts["magnitude"]
+        # At the start: B zero, A random, the magnitude equal to the norms of W's rows, the output the base's.
+        if not bool((B == 0).all()):
+            report.fail(f"{description}: lora_B must start at zero, so that the layer equals the base layer "
+                        "before training")
+            return report
+        if bool((A == 0).all()):
+            report.fail(f"{description}: lora_A starts at zero too: then no gradient ever reaches A or B; "
+                        "initialise A at random (e.g. nn.init.kaiming_uniform_)")
+            return report
+        row_norms = base.weight.detach().norm(dim=1)  # (out,)
+        if not torch.allclose(magnitude.detach(), row_norms, atol=1e-5):
+            wrong = ("it starts at ones" if bool((magnitude == 1).all()) else
+                     "it starts at the norms of W's columns (dim=0)" if d_in == d_out and torch.allclose(
+                         magnitude.detach(), base.weight.detach().norm(dim=0), atol=1e-5) else
+                     "it starts elsewhere")
+            report.fail(f"{description}: the magnitude must start at the norm of each output row of W, "
+                        f"base.weight.norm(dim=1); {wrong}")
+            return report
         x = torch.randn(2, 5, d_in, generator=torch.Generator().manual_seed(50 + seed))  # (batch, seq, in)
-        with torch.no_grad():
-            reference = base(x)
-        start = report.call(module, x, name="LoRAConv1D(...)(x)")
-        start = None if start is Ellipsis else report.tensor(start, "the output at the start", shape=(2, 5, d_out))
+        start = _forward(report, module, x, d_out, "the output at the start", description)
         if start is None:
             return report
-        if not bool((b_side == 0).all()):
-            report.fail(f"{description}: B (the out x r factor) must start at zero, so that the wrapped layer "
-                        "equals the base layer before training")
+        with torch.no_grad():
+            diff = (start - base(x).double()).abs().max().item()
+        if diff > 1e-5:
+            if not _named_mistake(report, description, start, base(x).detach().double(), x, base, A, B, magnitude,
+                                  alpha, r):
+                report.fail(f"{description}: at the start the output differs from the base layer's by {diff:.2e}")
             return report
-        if bool((a_side == 0).all()):
-            report.fail(f"{description}: A starts at zero too: then no gradient ever reaches A or B; initialise A "
-                        "at random (e.g. nn.init.kaiming_uniform_)")
-            return report
-        diff = (start - reference.double()).abs().max().item()
-        if not report.expect(diff < 1e-5, f"{description}: equals the base layer at the start",
-                             f"{description}: at the start the output differs from the base layer by {diff:.2e}"):
-            return report
-        # Gradients: B must get one at the first step, the base none.
-        module.zero_grad()
-        try:
-            module(x).pow(2).sum().backward()
-        except Exception as error:  # a forward that only fails with gradients on, or a broken backward
-            report.fail(f"{description}: a training step through LoRAConv1D(...)(x) raised {describe_error(error)}")
-            return report
-        if b_side.grad is None or not bool(b_side.grad.abs().max() > 0):
-            report.fail(f"{description}: B gets no gradient at the first step: is the low-rank path part of the "
-                        "output?")
-            return report
-        # Scale: with random factors, the output is base(x) + (alpha / r) * x A^T B^T.
+        # As after training: the same random A, B and magnitude in the learner's layer and in peft's.
+        peft_model, peft_A, peft_B, peft_magnitude = peft_dora_layer(base, r, alpha)
         generator = torch.Generator().manual_seed(200 + seed)
         with torch.no_grad():
-            a_side.copy_(torch.randn(a_side.shape, generator=generator))
-            b_side.copy_(torch.randn(b_side.shape, generator=generator))
-        a_matrix = _oriented(a_side.detach(), r, d_in)  # (r, in)
-        b_matrix = _oriented(b_side.detach(), d_out, r)  # (out, r)
-        update = (x @ a_matrix.T) @ b_matrix.T  # (batch, seq, out)
-        for x_in, label in ((x, "a (batch, seq, in) input"), (x[0], "a (seq, in) input")):
-            got = report.call(module, x_in, name="LoRAConv1D(...)(x)")
-            got = None if got is Ellipsis else report.tensor(got, "the output",
-                                                             shape=tuple(x_in.shape[:-1]) + (d_out,))
-            if got is None:
-                return report
-            with torch.no_grad():
-                expected = (base(x_in) + (alpha / r) * (update if x_in.dim() == 3 else update[0])).double()
-                wrong_scales = {"the update is not scaled: multiply it by alpha / r": 1.0,
-                                "the update is scaled by alpha; the scale is alpha / r": alpha,
-                                "the update is scaled by r / alpha; the scale is alpha / r": r / alpha,
-                                "the scale is alpha // r, integer division (10 // 4 = 2): use alpha / r": alpha // r}
-            if torch.allclose(got, expected, atol=1e-4):
-                continue
-            for message, scale in wrong_scales.items():
-                wrong = (base(x_in) + scale * (update if x_in.dim() == 3 else update[0])).double()
-                if abs(scale - alpha / r) > 1e-9 and torch.allclose(got, wrong, atol=1e-4):
-                    report.fail(f"{description}: {message}")
-                    return report
-            diff = (got - expected).abs().max().item()
-            report.fail(f"{description}, {label}: with non-zero A and B the output differs from "
-                        f"base(x) + (alpha / r) * x A^T B^T by up to {diff:.2e}")
+            values = (torch.randn(r, d_in, generator=generator), torch.randn(d_out, r, generator=generator) / r,
+                      row_norms * torch.empty(d_out).uniform_(0.5, 1.5, generator=generator))
+            for mine, theirs, value in zip((A, B, magnitude), (peft_A, peft_B, peft_magnitude), values,
+                                           strict=True):
+                mine.copy_(value)
+                theirs.copy_(value)
+        got = _forward(report, module, x, d_out, "the output", description)
+        if got is None:
             return report
-        report.ok(f"{description} ({d_in} -> {d_out}, r={r}, alpha={alpha}): base frozen, starts equal to the "
-                  "base, B learns first, update scaled by alpha / r")
+        expected = peft_model(x).detach().double()
+        if not torch.allclose(got, expected, atol=1e-4):
+            if _named_mistake(report, description, got, expected, x, base, A, B, magnitude, alpha, r):
+                return report
+            diff = (got - expected).abs().max().item()
+            report.fail(f"{description}: with trained A, B and magnitude the output differs from peft's DoRA "
+                        f"(use_dora=True) by up to {diff:.2e}")
+            return report
+        # Gradients, as peft computes them: the norm is a constant in the backward pass.
+        module.zero_grad()
+        try:
+            module(x).pow(2).mean().backward()
+        except Exception as error:  # a forward that only fails with gradients on, or a broken backward
+            report.fail(f"{description}: a training step through the DoRA layer raised {describe_error(error)}")
+            return report
+        peft_model(x).pow(2).mean().backward()
+        for name, mine, theirs in zip(DORA_PARTS, (A, B, magnitude), (peft_A, peft_B, peft_magnitude), strict=True):
+            if mine.grad is None:
+                report.fail(f"{description}: {name} gets no gradient: is it part of the output, outside "
+                            "torch.no_grad()?")
+                return report
+            if not torch.allclose(mine.grad.double(), theirs.grad.double(), rtol=1e-3, atol=1e-5):
+                report.fail(f"{description}: the gradient of {name} differs from peft's. Is the norm "
+                            "detached? DoRA (section 4.3) and peft treat ||W + (alpha / r) B A|| as a constant "
+                            "in the backward pass: .detach() it")
+                return report
+        report.ok(f"{description} ({d_in} -> {d_out}, r={r}, alpha={alpha}): starts as the base layer, then "
+                  "matches peft's DoRA in output and gradients")
     return report
 
 
