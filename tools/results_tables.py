@@ -24,7 +24,8 @@ RUN_TITLES = {
 }
 # Column order; a column appears only when some row has it. Values are printed as recorded.
 COLUMNS = {
-    "model": "model", "accuracy": "accuracy", "macro_f1": "macro-F1", "train_examples": "train examples",
+    "model": "model", "accuracy": "accuracy", "accuracy_sd": "accuracy sd", "macro_f1": "macro-F1",
+    "macro_f1_sd": "macro-F1 sd", "seeds": "seeds", "train_examples": "train examples",
     "epochs": "epochs", "train_seconds": "train time (s)", "trainable_parameters": "trainable parameters",
     "trainable_share": "trainable share", "size_mib": "size on disk (MiB)", "source": "notebook",
 }
@@ -32,7 +33,8 @@ COLUMNS = {
 
 # How each column prints; any other value prints as recorded (ints with thousands separators).
 FORMATS = {
-    "accuracy": "{:.4f}", "macro_f1": "{:.4f}", "epochs": "{:g}", "train_seconds": "{:,.1f}",
+    "accuracy": "{:.4f}", "accuracy_sd": "{:.4f}", "macro_f1": "{:.4f}", "macro_f1_sd": "{:.4f}", "epochs": "{:g}",
+    "train_seconds": "{:,.1f}",
     "trainable_share": "{:.2%}", "size_mib": "{:.2f}",
 }
 
