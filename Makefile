@@ -32,7 +32,8 @@ ASSETS := $(CACHE)/assets/.ready
 CLASSIFIER := $(CACHE)/models/minilm-rotten-tomatoes/training_summary.json
 # Chapter 8's tiny GPT-2, trained on Hamlet (about a minute).
 GENERATOR := $(CACHE)/models/tiny-gpt-hamlet/training_summary.json
-# Chapter 19's ticket router, fine-tuned from the course classifier on the 3-class corpus (about a minute).
+# Chapter 19's ticket router, fine-tuned from the course classifier on the 3-class corpus (about a minute), its
+# triage settings (triage.json).
 ROUTER := $(CACHE)/models/minilm-ticket-router/training_summary.json
 MODELS := $(CLASSIFIER) $(GENERATOR) $(ROUTER)
 NBVAL := --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg

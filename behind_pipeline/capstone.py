@@ -646,9 +646,12 @@ def full_run_lines(full: dict | None) -> list[str]:
     else:
         rule = (f"the plain rule, the lowest threshold whose measured validation precision reached "
                 f"{router['target_precision']:.2f}, with no margin (the full run has not been repeated since)")
+    versions = {name: value for name, value in full.get("_versions", {}).items() if name != "torch"}
+    stack = ("".join(f", {name} {value}" for name, value in versions.items()) if versions
+             else "; that run did not record its transformers and tokenizers versions")
     return [
         f"- The full run trains the same recipe on all {router['train_examples']:,} train items "
-        f"({full['_measured_on']}, {full['_machine']}). Its threshold {router['threshold']:.4f} was chosen by "
+        f"({full['_measured_on']}, {full['_machine']}{stack}). Its threshold {router['threshold']:.4f} was chosen by "
         f"{rule}.",
         f"- On test it routed {router['routed']:,} of {full[ROUTER_ROW]['split_counts']['test_total']:,} items "
         f"(coverage {router['coverage']:.4f}) at precision {router['precision']:.4f} (95% Wilson interval "

@@ -1,8 +1,8 @@
-"""The training loop's step, data-parallel with ``accelerate``: 2 processes compute the gradient of 1 (chapter 12).
+"""The training loop's step, data-parallel with ``accelerate``: 2 processes compute the update of 1 (chapter 12).
 
-Run as a script under a launcher, it computes the gradient of one step on ``GLOBAL_BATCH`` training reviews split
-between the processes, and the main process writes what happened to a JSON file and the all-reduced gradients (what
-the optimizer step would use) to a safetensors file beside it::
+Run as a script under a launcher, it takes one optimizer step on ``GLOBAL_BATCH`` training reviews split between
+the processes, and the main process writes what happened to a JSON file and the parameters after the step to a
+safetensors file beside it::
 
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
         -m behind_pipeline.distributed --output .cache/distributed/two_processes.json \\
@@ -11,9 +11,13 @@ the optimizer step would use) to a safetensors file beside it::
 On a machine without GPUs ``Accelerator(cpu=True)`` makes the processes talk over gloo. Beware the obvious
 spelling: ``accelerate launch --cpu --num_processes 2`` starts ONE process (its ``--cpu`` flag picks the
 single-process launcher whatever ``--num_processes`` says); the JSON file records ``num_processes`` so a chapter
-can print how many really ran. :func:`single_process_step` computes the same gradient in one process, for comparison.
-The gradients are compared, not the parameters after an AdamW step: AdamW's first step moves every weight by about
-``lr * sign(gradient)``, so equal parameters would mostly show equal gradient signs.
+can print how many really ran. :func:`single_process_step` computes the same step in one process, for comparison.
+
+The run also saves the all-reduced gradients of the same shares before clipping and the step
+(:func:`data_parallel_gradients`, read back with :func:`saved_gradients`): chapter 20 compares them with
+:func:`single_process_gradients`, the stricter parity (after one AdamW step equal parameters mostly show equal
+gradient signs). It also sends 7 example indices through a prepared loader (:func:`uneven_gather`) and records
+what ``gather`` and ``gather_for_metrics`` return when they do not split evenly over the processes.
 """
 
 import argparse
@@ -74,14 +78,32 @@ def tokenizer_for_step():
     return AutoTokenizer.from_pretrained(encoder_id())
 
 
+def single_process_step(examples=None) -> tuple[dict[str, torch.Tensor], float]:
+    """One step of the training loop on all ``GLOBAL_BATCH`` reviews in one process: parameters after it, and loss."""
+    texts, labels, id2label = examples or step_examples()
+    tokenizer, classifier = tokenizer_for_step(), step_classifier(id2label)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+    classifier.train()
+    batch = tokenizer(texts, padding=True, return_tensors="pt")  # (8, longest)
+    loss = classifier(**batch, labels=torch.tensor(labels)).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(classifier.parameters(), MAX_GRAD_NORM)
+    optimizer.step()
+    return {name: tensor.detach().clone() for name, tensor in classifier.state_dict().items()}, loss.item()
+
+
 def gradients(classifier) -> dict[str, torch.Tensor]:
-    """Each parameter's ``.grad`` by name (a copy), as ``backward`` left it, before clipping and the step."""
+    """Each parameter's ``.grad`` by name (a copy), as ``backward`` left it: before clipping and the step."""
     return {name: parameter.grad.detach().clone() for name, parameter in classifier.named_parameters()
             if parameter.grad is not None}
 
 
-def single_process_step(examples=None) -> tuple[dict[str, torch.Tensor], float]:
-    """The loop's backward on all ``GLOBAL_BATCH`` reviews in one process: the gradients, and the loss."""
+def single_process_gradients(examples=None) -> tuple[dict[str, torch.Tensor], float]:
+    """The loop's backward on all ``GLOBAL_BATCH`` reviews in one process: the gradients, and the loss.
+
+    The gradient is what a data-parallel run must reproduce exactly; comparing parameters after one AdamW step
+    would mostly compare gradient signs (its first step moves each weight by about ``lr * sign(gradient)``).
+    """
     texts, labels, id2label = examples or step_examples()
     tokenizer, classifier = tokenizer_for_step(), step_classifier(id2label)
     classifier.train()
@@ -91,13 +113,29 @@ def single_process_step(examples=None) -> tuple[dict[str, torch.Tensor], float]:
     return gradients(classifier), loss.item()
 
 
+def data_parallel_gradients(accelerator, texts, labels, id2label) -> dict[str, torch.Tensor]:
+    """The all-reduced gradients of :func:`data_parallel_step`'s backward (a fresh model, the same shares):
+    after ``accelerator.backward`` every process holds the average of the processes' gradients."""
+    tokenizer, classifier = tokenizer_for_step(), step_classifier(id2label)
+
+    def collate(rows):
+        encoding = tokenizer([text for text, _ in rows], padding=True, return_tensors="pt")
+        return {**encoding, "labels": torch.tensor([label for _, label in rows])}
+
+    loader = torch.utils.data.DataLoader(list(zip(texts, labels, strict=True)), collate_fn=collate,
+                                         batch_size=GLOBAL_BATCH // accelerator.num_processes)
+    classifier, loader = accelerator.prepare(classifier, loader)
+    classifier.train()
+    accelerator.backward(classifier(**next(iter(loader))).loss)
+    return gradients(accelerator.unwrap_model(classifier))
+
+
 def data_parallel_step(accelerator, texts, labels, id2label) -> tuple[dict[str, torch.Tensor], list[float], list[int]]:
     """The same step with ``accelerate``: each process gets its share of the global batch.
 
     ``accelerator.prepare`` wraps the model (DistributedDataParallel: after ``backward`` every process holds the
     *average* of the processes' gradients) and shards the data loader (process i gets batch i). Returns the
-    gradients right after ``accelerator.backward`` (all-reduced, before clipping and the optimizer step), each
-    process's loss and each process's number of reviews.
+    parameters after the step, each process's loss and each process's number of reviews.
     """
     tokenizer, classifier = tokenizer_for_step(), step_classifier(id2label)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
@@ -114,12 +152,12 @@ def data_parallel_step(accelerator, texts, labels, id2label) -> tuple[dict[str, 
     batch = next(iter(loader))  # this process's share: (4, longest of the share) with 2 processes
     loss = classifier(**batch).loss
     accelerator.backward(loss)  # also averages the gradients over the processes
-    averaged = gradients(accelerator.unwrap_model(classifier))  # what every process's optimizer will use
     accelerator.clip_grad_norm_(classifier.parameters(), MAX_GRAD_NORM)
     optimizer.step()
     losses = accelerator.gather(loss.detach().reshape(1)).tolist()
     sizes = accelerator.gather(torch.tensor([len(batch["labels"])])).tolist()
-    return averaged, losses, sizes
+    state = accelerator.unwrap_model(classifier).state_dict()
+    return {name: tensor.detach().clone() for name, tensor in state.items()}, losses, sizes
 
 
 def uneven_gather(accelerator, count: int = 7, per_process: int = 2) -> dict[str, list[int]]:
@@ -164,17 +202,18 @@ def main() -> None:
               "backend": accelerator.state.backend}
     if not args.count_only:
         examples = step_examples() if args.examples is None else read_examples(Path(args.examples))
-        averaged, losses, sizes = data_parallel_step(accelerator, *examples)
+        averaged = data_parallel_gradients(accelerator, *examples)  # chapter 20 compares these
+        state, losses, sizes = data_parallel_step(accelerator, *examples)  # the step: losses, shares, parameters
         report |= {"process_losses": losses, "process_examples": sizes, "global_batch": sum(sizes),
-                   "even_batches": accelerator.even_batches, **uneven_gather(accelerator)}
+                   "even_batches": accelerator.even_batches, **uneven_gather(accelerator)}  # chapter 12
     if accelerator.is_main_process:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         if not args.count_only:
             from safetensors.torch import save_file
 
-            save_file({name: tensor.contiguous() for name, tensor in averaged.items()},
-                      output.with_suffix(".safetensors"))
+            save_file({name: tensor.contiguous() for name, tensor in state.items()}, output.with_suffix(".safetensors"))
+            save_file({name: tensor.contiguous() for name, tensor in averaged.items()}, gradients_file(output))
         output.write_text(json.dumps(report, indent=2) + "\n")
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the process group cleanly
@@ -222,8 +261,20 @@ def launch(launcher_flags: tuple[str, ...], output: Path, count_only: bool = Fal
     return json.loads(output.read_text())
 
 
+def gradients_file(output: Path) -> Path:
+    """Where the launched run saves the all-reduced gradients, beside its JSON file and the parameters."""
+    return Path(output).with_name(Path(output).stem + "_gradients.safetensors")
+
+
 def saved_gradients(output: Path) -> dict[str, torch.Tensor]:
-    """The all-reduced gradients the launched run saved beside its JSON file."""
+    """The all-reduced gradients (before clipping and the step) the launched run saved beside its JSON file."""
+    from safetensors.torch import load_file
+
+    return load_file(gradients_file(output))
+
+
+def saved_parameters(output: Path) -> dict[str, torch.Tensor]:
+    """The parameters the launched run saved beside its JSON file."""
     from safetensors.torch import load_file
 
     return load_file(Path(output).with_suffix(".safetensors"))

@@ -96,3 +96,44 @@ def copy_from_peft(hand_classifier: nn.Module, peft_classifier) -> int:
                 getattr(hand_classifier, head).load_state_dict(trained.state_dict())
                 copied += len(trained.state_dict())
     return copied
+
+
+def seconds_per_training_example(model, tokenizer, texts, labels, batch_size: int, steps: int) -> float:
+    """Wall-clock seconds per example of ``steps`` training steps of ``batch_size`` reviews (``model`` trains).
+
+    The book's loop (:func:`behind_pipeline.training.train_classifier`) with ``max_steps``: the same batches for
+    any two models given the same texts, batch size and steps, so the time per example compares the models only.
+    """
+    import time
+
+    from behind_pipeline.training import TrainingSettings, train_classifier
+
+    settings = TrainingSettings(batch_size=batch_size, max_steps=steps)
+    texts, labels = list(texts)[: batch_size * steps], list(labels)[: batch_size * steps]
+    start = time.perf_counter()
+    train_classifier(model, tokenizer, texts, labels, settings)
+    return (time.perf_counter() - start) / (batch_size * steps)
+
+
+def qlora_classifier(lora_config, model_id: str | None = None, seed: int = 0):
+    """QLoRA as the guides write it: chapter 16's NF4 4-bit encoder, ``prepare_model_for_kbit_training``, LoRA.
+
+    The new head is left out of the quantization (``llm_int8_skip_modules``): it is trained in full, as
+    ``modules_to_save``, and a 4-bit weight cannot be. As in :func:`behind_pipeline.bnb.load_bnb_classifier`, the
+    CPU's bfloat16 repacking is turned off, so every CPU computes the same fp32 result.
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from behind_pipeline.bnb import bnb_config
+    from behind_pipeline.trainer_setup import fresh_classifier
+
+    quantization = bnb_config(4)
+    quantization.llm_int8_skip_modules = ["classifier"]
+    classifier = fresh_classifier(model_id, seed=seed, quantization_config=quantization)
+    for module in classifier.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    # the guides' call: it also turns on gradient checkpointing; non-reentrant, the variant PyTorch asks for
+    classifier = prepare_model_for_kbit_training(
+        classifier, gradient_checkpointing_kwargs={"use_reentrant": False})
+    return get_peft_model(classifier, lora_config)

@@ -10,14 +10,20 @@ $q = \\mathrm{clamp}(\\mathrm{round}(x / s + z))$, read back as $\\hat x = s\\,(
   nearest of 16 fixed levels in $[-1, 1]$ (quantiles of a normal distribution).
 
 ``dynamic_int8`` is what ``make bench`` and the service (``BTP_SERVICE_INT8=1``) use: PyTorch's dynamic
-quantization of every ``nn.Linear``: weights stored as int8 with one scale per tensor (symmetric, $z = 0$),
-activations quantized on the fly, batch by batch, to 7-bit unsigned integers; embeddings and LayerNorms stay fp32.
-:func:`int8_linear_by_hand` computes what one of its layers computes.
+quantization of every ``nn.Linear``: weights stored as int8 with one scale per tensor (symmetric, $z = 0$; one per
+output row with ``per_channel=True``), activations quantized on the fly, batch by batch, to 7-bit unsigned
+integers; embeddings and LayerNorms stay fp32. :func:`int8_linear_by_hand` computes what one of its layers computes.
+``static_int8_linears`` is static quantization of the same layers: observers record the ranges of each Linear's
+input and output on calibration texts, and those fixed scales replace the per-batch ones.
+
+Both use ``torch.ao.quantization``, deprecated in favour of torchao: its warning says it will be removed in
+2.10, and the pinned PyTorch 2.13 still has it (see ``TORCH_AO_NOTE``).
 """
 
 import copy
 import io
 import warnings
+from collections.abc import Sequence
 
 import torch
 
@@ -132,13 +138,65 @@ def dequantize_nf4(indices: torch.Tensor, absmax: torch.Tensor, levels: torch.Te
 # --- the whole classifier --------------------------------------------------------------------------------------------
 
 
-def dynamic_int8(classifier: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``classifier`` whose Linear layers run in int8 (``torch.ao.quantization.quantize_dynamic``)."""
+# Why the book keeps torch.ao.quantization although it is deprecated: its replacement, torchao, is not in the pinned
+# stack, and the book's int8 model (chapter 15, make bench, the service) must stay the one whose outputs are stored.
+TORCH_AO_NOTE = "torch.ao.quantization is deprecated"
+
+
+def torch_ao_warning() -> str:
+    """The first line of the deprecation warning ``torch.ao.quantization`` raises, as this PyTorch words it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(4, 4)), {torch.nn.Linear},
+                                               dtype=torch.qint8)
+    messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+    return next((m.strip().splitlines()[0].strip() for m in messages if TORCH_AO_NOTE in m), "")
+
+
+def dynamic_int8(classifier: torch.nn.Module, per_channel: bool = False) -> torch.nn.Module:
+    """A copy of ``classifier`` whose Linear layers run in int8 (``torch.ao.quantization.quantize_dynamic``).
+
+    ``per_channel=False`` (what the bench and the service use): one weight scale per Linear, PyTorch's default
+    qconfig. ``per_channel=True``: ``per_channel_dynamic_qconfig``, one scale per output row of each weight.
+    """
+    spec = {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig} if per_channel else {torch.nn.Linear}
     with warnings.catch_warnings():
         # torch.ao.quantization is deprecated in favour of torchao, which the pinned stack does not include.
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(classifier).eval(), {torch.nn.Linear},
-                                                      dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(classifier).eval(), spec, dtype=torch.qint8)
+
+
+def static_int8_linears(classifier: torch.nn.Module, tokenizer, calibration_texts: Sequence[str],
+                        batch_size: int = 32) -> torch.nn.Module:
+    """A copy of ``classifier`` whose ``nn.Linear`` layers are *statically* quantized (eager mode, ``torch.ao``).
+
+    Each Linear is wrapped between a ``QuantStub`` and a ``DeQuantStub`` (``QuantWrapper``), so exactly these
+    tensors become int8: the Linear's input (one scale and zero point, fixed by calibration), its weight (one scale
+    per output row) and its output (fixed scale, turned back into fp32 by the ``DeQuantStub``). Everything between
+    two Linears (embeddings, LayerNorm, GELU, attention scores and softmax, residual sums) stays fp32.
+
+    1. ``prepare`` attaches observers (the ``x86`` qconfig: a ``HistogramObserver`` for activations, a per-channel
+       min/max observer for weights);
+    2. calibration runs ``calibration_texts`` through the model, and the observers record the ranges they see;
+    3. ``convert`` replaces each observed Linear by ``quantized.Linear`` with those scales baked in.
+    """
+    from torch.ao.quantization import QuantWrapper, convert, get_default_qconfig, prepare
+
+    from behind_pipeline.predict import predict_logits
+
+    model = copy.deepcopy(classifier).eval()
+    qconfig = get_default_qconfig("x86")
+    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notice (see TORCH_AO_NOTE)
+        for name in names:
+            wrapper = QuantWrapper(model.get_submodule(name))
+            wrapper.qconfig = qconfig  # only the wrappers are observed; the rest of the model stays fp32
+            model.set_submodule(name, wrapper)
+        prepare(model, inplace=True)
+        predict_logits(model, tokenizer, calibration_texts, batch_size=batch_size)  # the observers record ranges
+        convert(model, inplace=True)
+    return model.eval()
 
 
 def saved_size_mib(model: torch.nn.Module) -> float:
@@ -149,11 +207,19 @@ def saved_size_mib(model: torch.nn.Module) -> float:
 
 
 def module_type_counts(model: torch.nn.Module) -> dict[str, int]:
-    """How many modules of each kind hold weights: ``Linear``, ``Embedding``, ``LayerNorm``, ``Linear (int8)``."""
+    """How many modules of each kind hold weights: ``Linear``, ``Embedding``, ``LayerNorm``, ``Linear (int8)``
+    (dynamic), ``Linear (static int8)``."""
+    import torch.ao.nn.quantized as quantized_nn
+
     counts: dict[str, int] = {}
     for module in model.modules():
-        quantized = ".quantized.dynamic" in type(module).__module__
-        if quantized or any(True for _ in module.parameters(recurse=False)):
-            name = type(module).__name__ + (" (int8)" if quantized else "")
-            counts[name] = counts.get(name, 0) + 1
+        if isinstance(module, quantized_nn.dynamic.Linear):
+            name = "Linear (int8)"
+        elif isinstance(module, quantized_nn.Linear):
+            name = "Linear (static int8)"
+        elif any(True for _ in module.parameters(recurse=False)):
+            name = type(module).__name__
+        else:
+            continue
+        counts[name] = counts.get(name, 0) + 1
     return counts

@@ -15,6 +15,7 @@ command does nothing while they are unchanged.
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -106,7 +107,9 @@ def train(output_dir=GENERATOR_DIR) -> dict:
     losses = []
     model.train()
     started = time.perf_counter()
-    for _ in tqdm(range(SETTINGS.steps), desc="training the tiny generator", unit="step", mininterval=2):
+    # A live bar in a terminal or a notebook; in a log (make's output, CI) one line every 30 s, as training.py does.
+    interval = 0.1 if sys.stderr.isatty() else 30
+    for _ in tqdm(range(SETTINGS.steps), desc="training the tiny generator", unit="step", mininterval=interval):
         # Random windows of the training tokens: the model learns to predict each token from those before it.
         starts = torch.randint(0, len(train_ids) - SETTINGS.window, (SETTINGS.batch_size,), generator=generator)
         batch = train_ids[starts[:, None] + offsets]  # (batch, window)

@@ -274,3 +274,25 @@ def test_count_checker_names_the_mistake(mistake, words):
                                     lambda *args: 1 / 0])
 def test_count_checker_reports_instead_of_raising(answer):
     assert not check_lora_trainable_parameters(answer).passed
+
+
+# --- QLoRA ----------------------------------------------------------------------------------------------------------
+
+
+def test_qlora_quantizes_the_encoder_keeps_the_head_in_fp32_and_trains_what_lora_trains(tmp_path):
+    from behind_pipeline.lora import qlora_classifier
+
+    tiny_bert().save_pretrained(tmp_path)
+    config = LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0)
+    qlora = qlora_classifier(copy.deepcopy(config), model_id=str(tmp_path))
+    types = {type(module).__name__ for module in qlora.modules()}
+    assert "Linear4bit" in types  # the encoder's linear layers are 4-bit
+    head = qlora.base_model.model.classifier.modules_to_save["default"]
+    assert type(head) is nn.Linear and head.weight.requires_grad  # the head is not quantized: it learns
+    plain = get_peft_model(tiny_bert(), copy.deepcopy(config))
+    assert parameter_counts(qlora)[0] == parameter_counts(plain)[0]
+    qlora.train()
+    input_ids = torch.randint(0, 60, (3, 7), generator=torch.Generator().manual_seed(1))
+    qlora(input_ids=input_ids, labels=torch.tensor([0, 1, 1])).loss.backward()
+    query = qlora.base_model.model.bert.encoder.layer[0].attention.self.query
+    assert query.lora_B["default"].weight.grad.abs().max() > 0  # the gradient crossed the 4-bit layers

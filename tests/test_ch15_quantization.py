@@ -34,7 +34,9 @@ from behind_pipeline.quantize import (
     quantize_nf4,
     quantize_symmetric,
     saved_size_mib,
+    static_int8_linears,
     symmetric_scale,
+    torch_ao_warning,
     torch_int8_weights,
 )
 
@@ -127,6 +129,84 @@ def test_dynamic_int8_converts_linears_only_and_shrinks_the_saved_model():
     assert counts["Embedding"] == 3
     assert saved_size_mib(quantized) < saved_size_mib(classifier)
     assert isinstance(classifier.classifier, nn.Linear)  # the original is left in fp32
+
+
+class TinyTokenizer:
+    """Enough of a tokenizer for ``predict_logits``: ids from the characters, padding with 0."""
+
+    def __call__(self, texts, truncation=True, max_length=None):
+        return {"input_ids": [[2] + [5 + ord(ch) % 40 for ch in text][:12] + [3] for text in texts]}
+
+    def pad(self, features, return_tensors="pt"):
+        longest = max(len(ids) for ids in features["input_ids"])
+        ids = [row + [0] * (longest - len(row)) for row in features["input_ids"]]
+        mask = [[1] * len(row) + [0] * (longest - len(row)) for row in features["input_ids"]]
+        return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=24)
+    return BertForSequenceClassification(config).eval()
+
+
+TEXTS = ["a good film", "bad", "not bad at all, really", "an awful, awful mess", "fine", "wonderful acting"]
+
+
+def test_per_channel_dynamic_int8_has_one_scale_per_output_row_and_a_smaller_error():
+    classifier = tiny_bert()
+    per_tensor, per_channel = dynamic_int8(classifier), dynamic_int8(classifier, per_channel=True)
+    layer = per_channel.bert.encoder.layer[0].intermediate.dense
+    weight = classifier.bert.encoder.layer[0].intermediate.dense.weight.detach()  # (64, 32)
+    assert layer.weight().qscheme() == torch.per_channel_affine
+    assert torch.allclose(layer.weight().q_per_channel_scales().float(), weight.abs().amax(dim=1) / 127.5)
+    assert per_tensor.bert.encoder.layer[0].intermediate.dense.weight().qscheme() == torch.per_tensor_affine
+    error = {name: (model.bert.encoder.layer[0].intermediate.dense.weight().dequantize() - weight).abs().mean()
+             for name, model in (("tensor", per_tensor), ("channel", per_channel))}
+    assert error["channel"] < error["tensor"]
+
+
+def test_dynamic_int8_depends_on_the_batch_and_static_int8_does_not():
+    from behind_pipeline.predict import predict_logits
+
+    classifier, tokenizer = tiny_bert(), TinyTokenizer()
+    dynamic = dynamic_int8(classifier)
+    static = static_int8_linears(classifier, tokenizer, TEXTS[::-1], batch_size=3)
+    counts = module_type_counts(static)
+    assert counts["Linear (static int8)"] == module_type_counts(classifier)["Linear"] and "Linear" not in counts
+    alone = {name: torch.cat([predict_logits(model, tokenizer, [text]) for text in TEXTS])
+             for name, model in (("dynamic", dynamic), ("static", static))}
+    together = {name: predict_logits(model, tokenizer, TEXTS, batch_size=6)
+                for name, model in (("dynamic", dynamic), ("static", static))}
+    moved = {name: (alone[name] - together[name]).abs().max() for name in alone}
+    assert moved["dynamic"] > 1e-4  # the batch's range sets the input scale
+    # scales fixed by calibration: only float rounding (padding) can tip a value across a rounding boundary
+    assert moved["static"] < moved["dynamic"] / 10
+
+
+def test_static_int8_fixes_each_linear_input_scale_from_the_calibration_range():
+    from behind_pipeline.predict import predict_logits
+
+    classifier, tokenizer = tiny_bert(), TinyTokenizer()
+    captured = []
+    hook = classifier.bert.encoder.layer[0].attention.self.query.register_forward_pre_hook(
+        lambda module, args: captured.append(args[0].detach()))
+    predict_logits(classifier, tokenizer, TEXTS, batch_size=6)
+    hook.remove()
+    static = static_int8_linears(classifier, tokenizer, TEXTS, batch_size=6)
+    stub = static.bert.encoder.layer[0].attention.self.query.quant  # QuantStub -> Quantize after convert
+    low, high = min(captured[0].min().item(), 0.0), max(captured[0].max().item(), 0.0)
+    span = stub.scale.item() * 127  # reduce_range: activations on [0, 127]
+    assert span <= (high - low) * 1.001 and span > (high - low) * 0.3  # the histogram may clip, never widen
+    assert isinstance(classifier.bert.encoder.layer[0].attention.self.query, nn.Linear)  # the original stays fp32
+
+
+def test_torch_ao_warning_is_quoted_from_this_torch():
+    message = torch_ao_warning()
+    assert message.startswith("torch.ao.quantization is deprecated")
 
 
 # --- Exercise 1: asymmetric int8 per row ----------------------------------------------------------------------------

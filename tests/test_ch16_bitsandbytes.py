@@ -13,17 +13,22 @@ from behind_pipeline.bnb import (
     bnb_config,
     dequantize_nf4_by_hand,
     dequantize_with_bnb,
+    int8_matmul_calls,
+    int8_matmul_kernel,
     linear_layer_types,
     load_bnb_classifier,
+    outlier_columns,
     unpack_nibbles,
 )
 from behind_pipeline.checks.ch16_bitsandbytes import (
-    check_dequantize_int8,
-    check_pack_nf4,
     check_predicted_footprint,
+    check_save_and_reload_4bit,
+    check_threshold_sweep,
     footprint_reference,
-    int8_reference,
-    pack_nf4_reference,
+    safetensors_files,
+    save_and_reload_reference,
+    state_bytes_in,
+    threshold_sweep_reference,
     tiny_classifier,
 )
 from behind_pipeline.quantize import nf4_levels, quantize_nf4
@@ -86,69 +91,100 @@ def test_4bit_layer_computes_with_its_dequantized_weight(tiny_folder):
         assert torch.allclose(layer(x), expected, atol=1e-5)
 
 
-# --- Exercise 1: pack NF4 -------------------------------------------------------------------------------------------
+# --- Exercise 1: a 4-bit checkpoint ----------------------------------------------------------------------------------
 
 
-def low_nibble_first(weight, blocksize):
-    packed, absmax = pack_nf4_reference(weight, blocksize)
-    return ((packed & 15) << 4) | (packed >> 4), absmax
+def test_checkpoint_checker_accepts_the_reference():
+    assert check_save_and_reload_4bit(save_and_reload_reference).passed
 
 
-def absmax_per_row(weight, blocksize):
-    absmax = weight.abs().amax(dim=1)
-    indices = (weight[..., None] / absmax[:, None, None] - nf4_levels()).abs().argmin(-1).reshape(-1)
-    return ((indices[0::2] << 4) | indices[1::2]).to(torch.uint8), absmax
+def saves_the_fp32_model(model_id, folder):
+    from transformers import AutoModelForSequenceClassification
+
+    AutoModelForSequenceClassification.from_pretrained(model_id).save_pretrained(folder)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(folder)
+    return reloaded, sum(p.stat().st_size for p in safetensors_files(folder)), state_bytes_in(folder)
 
 
-def blocksize_ignored(weight, blocksize):
-    return pack_nf4_reference(weight, 64)
+def saves_8bit(model_id, folder):
+    from transformers import AutoModelForSequenceClassification
+
+    load_bnb_classifier(model_id, 8).save_pretrained(folder)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(folder)
+    return reloaded, sum(p.stat().st_size for p in safetensors_files(folder)), state_bytes_in(folder)
 
 
-def max_instead_of_absmax(weight, blocksize):
-    absmax = weight.reshape(-1, blocksize).amax(dim=1)  # the largest value, not the largest magnitude
-    return pack_nf4_reference(weight, blocksize)[0], absmax
+def without_double_quantization(model_id, folder):
+    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    AutoModelForSequenceClassification.from_pretrained(model_id, quantization_config=config).save_pretrained(folder)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(folder)
+    return reloaded, sum(p.stat().st_size for p in safetensors_files(folder)), state_bytes_in(folder)
 
 
-def one_index_per_byte(weight, blocksize):
-    blocks = weight.reshape(-1, blocksize)
-    absmax = blocks.abs().amax(dim=1)
-    indices = (blocks[..., None] / absmax[:, None, None] - nf4_levels()).abs().argmin(-1).reshape(-1)
-    return indices.to(torch.uint8), absmax
+def footprint_as_file_size(model_id, folder):
+    reloaded, _, state = save_and_reload_reference(model_id, folder)
+    return reloaded, reloaded.get_memory_footprint(), state
 
 
-def levels_not_normalised(weight, blocksize):
-    blocks = weight.reshape(-1, blocksize)
-    absmax = blocks.abs().amax(dim=1)
-    raw_levels = nf4_levels() * 1.8481308  # the quantiles before dividing by the largest
-    indices = (blocks[..., None] / absmax[:, None, None] - raw_levels).abs().argmin(-1).reshape(-1)
-    return ((indices[0::2] << 4) | indices[1::2]).to(torch.uint8), absmax
+def whole_folder(model_id, folder):
+    from pathlib import Path
+
+    reloaded, _, state = save_and_reload_reference(model_id, folder)
+    return reloaded, sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()), state
 
 
-def test_pack_checker_accepts_the_reference_and_bitsandbytes_shapes():
-    import bitsandbytes.functional as bnb_functional
+def size_in_mib(model_id, folder):
+    reloaded, size, state = save_and_reload_reference(model_id, folder)
+    return reloaded, size / 2**20, state
 
-    assert check_pack_nf4(pack_nf4_reference).passed
 
-    def with_bnb(weight, blocksize):
-        packed, state = bnb_functional.quantize_4bit(weight, blocksize=blocksize, quant_type="nf4")
-        return packed, state.absmax  # packed of shape (numel / 2, 1)
+def fp32_file_size(model_id, folder):
+    reloaded, _, state = save_and_reload_reference(model_id, folder)
+    return reloaded, sum(p.stat().st_size for p in safetensors_files(model_id)), state
 
-    assert check_pack_nf4(with_bnb).passed
+
+def absmax_only(model_id, folder):
+    reloaded, size, _ = save_and_reload_reference(model_id, folder)
+    return reloaded, size, state_bytes_in(folder, ("absmax",))
+
+
+def packed_weights_counted(model_id, folder):
+    reloaded, size, _ = save_and_reload_reference(model_id, folder)
+    return reloaded, size, state_bytes_in(folder, ("absmax", "quant_map", "quant_state", ".weight"))
+
+
+def nested_forgotten(model_id, folder):
+    reloaded, size, state = save_and_reload_reference(model_id, folder)
+    return reloaded, size, state - state_bytes_in(folder, ("nested_",))
+
+
+def nothing_saved(model_id, folder):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(model_id), 0, 0
 
 
 @pytest.mark.parametrize("wrong, words", [
-    (low_nibble_first, ["swapped", "high 4 bits"]),
-    (absmax_per_row, ["not one per row"]),
-    (blocksize_ignored, ["blocks of 128"]),
-    (max_instead_of_absmax, ["largest magnitude"]),
-    (one_index_per_byte, ["two 4-bit indices"]),
-    (levels_not_normalised, ["nearest of the 16 nf4 levels"]),
-    (lambda weight, blocksize: pack_nf4_reference(weight, blocksize)[0], ["tuple"]),
-    (lambda weight, blocksize: 1 / 0, ["raised zerodivisionerror"]),
-], ids=["low_nibble_first", "absmax_per_row", "blocksize_ignored", "max_instead_of_absmax", "one_index_per_byte",
-        "levels_not_normalised", "packed_only", "raises"])
-def test_pack_checker_rejects(wrong, words):
-    assert_rejected(check_pack_nf4(wrong), *words)
+    (saves_the_fp32_model, ["fp32 model was saved"]),
+    (saves_8bit, ["8-bit", "bnb_config(4)"]),
+    (without_double_quantization, ["double quantization", "load_bnb_classifier(model_id, 4)"]),
+    (footprint_as_file_size, ["get_memory_footprint", "quantization state"]),
+    (whole_folder, ["config.json"]),
+    (size_in_mib, ["mib"]),
+    (fp32_file_size, ["fp32 checkpoint"]),
+    (absmax_only, ["only the absmax"]),
+    (packed_weights_counted, ["packed weights"]),
+    (nested_forgotten, ["nested"]),
+    (nothing_saved, ["no .safetensors"]),
+    (lambda model_id, folder: save_and_reload_reference(model_id, folder)[:2], ["tuple"]),
+    (lambda model_id, folder: (None, 1, 2), ["first item"]),
+], ids=["saves_the_fp32_model", "saves_8bit", "without_double_quantization", "footprint_as_file_size",
+        "whole_folder", "size_in_mib", "fp32_file_size", "absmax_only", "packed_weights_counted",
+        "nested_forgotten", "nothing_saved", "two_items", "no_model"])
+def test_checkpoint_checker_rejects(wrong, words):
+    assert_rejected(check_save_and_reload_4bit(wrong), *words)
 
 
 # --- Exercise 2: the footprint --------------------------------------------------------------------------------------
@@ -203,55 +239,80 @@ def test_footprint_checker_rejects(wrong, words):
     assert_rejected(check_predicted_footprint(wrong), *words)
 
 
-# --- Exercise 3: dequantize 8-bit -----------------------------------------------------------------------------------
+# --- Exercise 3: the threshold -------------------------------------------------------------------------------------
 
 
-def test_int8_checker_accepts_the_reference_as_float32_or_numpy():
-    assert check_dequantize_int8(lambda layer: int8_reference(layer).float()).passed
-    assert check_dequantize_int8(lambda layer: int8_reference(layer).numpy()).passed
+def test_threshold_checker_accepts_the_reference_and_tensor_values():
+    assert check_threshold_sweep(threshold_sweep_reference).passed
+
+    def as_tensors(model_id, encoding, thresholds):
+        return {t: torch.tensor(v) for t, v in threshold_sweep_reference(model_id, encoding, thresholds).items()}
+
+    assert check_threshold_sweep(as_tensors).passed
 
 
-def scb_over_columns(layer):
-    return layer.weight.data.float() * layer.weight.SCB[None, :] / 127
-
-
-def divided_by_128(layer):
-    return layer.weight.data.float() * layer.weight.SCB[:, None] / 128
-
-
-def scale_not_divided(layer):
-    return layer.weight.data.float() * layer.weight.SCB[:, None]
-
-
-def int8_values_only(layer):
-    return layer.weight.data
-
-
-def changes_the_layer(layer):
-    result = int8_reference(layer)
-    layer.weight.data.zero_()
-    return result
+@pytest.mark.parametrize("options, words", [
+    ({"pass_threshold": False}, ["llm_int8_threshold=threshold"]),
+    ({"compare_with": "8-bit"}, ["reference is the fp32 model"]),
+    ({"reduce": "mean"}, ["mean"]),
+    ({"bits": 4}, ["4 bits"]),
+], ids=["threshold_not_passed", "compared_with_8bit", "mean_not_max", "loaded_in_4bit"])
+def test_threshold_checker_rejects(options, words):
+    assert_rejected(check_threshold_sweep(
+        lambda model_id, encoding, thresholds: threshold_sweep_reference(model_id, encoding, thresholds, **options)),
+        *words)
 
 
 @pytest.mark.parametrize("wrong, words", [
-    (scb_over_columns, ["raised"]),
-    (divided_by_128, ["128"]),
-    (scale_not_divided, ["not divided by 127"]),
-    (int8_values_only, ["int8 values themselves"]),
-    (changes_the_layer, ["changed"]),
-    (lambda layer: int8_reference(layer).T, ["shape"]),
-], ids=["scb_over_columns", "divided_by_128", "scale_not_divided", "int8_values_only", "changes_the_layer",
-        "transposed"])
-def test_int8_checker_rejects(wrong, words):
-    assert_rejected(check_dequantize_int8(wrong), *words)
+    (lambda model_id, encoding, thresholds: list(threshold_sweep_reference(model_id, encoding, thresholds).values()),
+     ["dict"]),
+    (lambda model_id, encoding, thresholds: {str(t): 0.0 for t in thresholds} | {"x": 1}, ["keys"]),
+    (lambda model_id, encoding, thresholds: dict.fromkeys(thresholds, 0.0), ["expected"]),
+], ids=["a_list", "wrong_keys", "zeros"])
+def test_threshold_checker_rejects_odd_answers(wrong, words):
+    assert_rejected(check_threshold_sweep(wrong), *words)
 
 
-def test_int8_checker_names_a_per_column_scale_on_a_square_layer():
-    from behind_pipeline.checks import ch16_bitsandbytes
+# --- the chapter's int8 path ------------------------------------------------------------------------------------------
 
-    cases = ch16_bitsandbytes.INT8_CASES
-    try:
-        ch16_bitsandbytes.INT8_CASES = [case for case in cases if case[0] == case[1]]
-        assert_rejected(check_dequantize_int8(scb_over_columns), "per column")
-    finally:
-        ch16_bitsandbytes.INT8_CASES = cases
+
+def test_int8_product_runs_through_the_kernel_this_cpu_registers(tiny_folder):
+    classifier = load_bnb_classifier(tiny_folder, 8)
+    with torch.inference_mode():
+        calls = int8_matmul_calls(lambda: classifier(input_ids=torch.tensor([[1, 5, 7, 2]])))
+    layers = linear_layer_types(classifier)["Linear8bitLt"]
+    expected = "torch._int_mm" if int8_matmul_kernel() == "torch._int_mm" else "fp32 fallback"
+    assert calls[expected] == layers and sum(calls.values()) == layers
+
+
+def test_outlier_columns_grow_as_the_threshold_falls(tmp_path):
+    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    tiny_classifier(64, 2, 128, 2, 120).save_pretrained(tmp_path)
+    counts = {}
+    for threshold in (0.0, 1.0, 100.0):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            tmp_path, quantization_config=BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=threshold)).eval()
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([[1, 5, 7, 2, 9, 11]]))
+        counts[threshold] = sum(outlier_columns(model).values())
+    assert counts[0.0] == 0 and counts[100.0] == 0 < counts[1.0]
+
+
+# --- llm_int8_skip_modules ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits, layer_type", [(8, "Linear8bitLt"), (4, "Linear4bit")])
+def test_the_head_is_quantized_unless_skipped(tiny_folder, bits, layer_type):
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    fp32 = tiny_classifier(128, 2, 256, 2, 80)
+    assert get_keys_to_not_convert(fp32) == ["classifier.bias"]  # the rule that misses the head
+    assert type(load_bnb_classifier(tiny_folder, bits).classifier).__name__ == layer_type
+    kept = load_bnb_classifier(tiny_folder, bits, skip_modules=["classifier"])
+    assert type(kept.classifier) is nn.Linear and kept.classifier.weight.dtype == torch.float32
+    linears = linear_layer_types(fp32)["Linear"]
+    assert linear_layer_types(kept) == {layer_type: linears - 1, "Linear": 1}
+    head = fp32.classifier.weight.numel()
+    assert kept.get_memory_footprint() - load_bnb_classifier(tiny_folder, bits).get_memory_footprint() == (
+        head * 4 - head * {8: 1, 4: 0.5}[bits])

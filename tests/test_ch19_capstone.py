@@ -303,6 +303,15 @@ def test_the_model_card_reports_the_full_run_met_or_not_and_by_which_rule():
     assert "**met**" in card and "Wilson lower bound of validation precision reached 0.95" in card
 
 
+def test_the_full_run_line_names_its_library_versions_or_says_they_were_not_recorded():
+    full = _results()
+    full["_versions"] = {"torch": "9.9.9", "transformers": "1.2.3", "tokenizers": "4.5.6"}
+    line = capstone.full_run_lines(full)[0]
+    assert "transformers 1.2.3" in line and "tokenizers 4.5.6" in line
+    full["_versions"] = {}
+    assert "did not record its transformers and tokenizers versions" in capstone.full_run_lines(full)[0]
+
+
 def test_the_stored_model_card_is_what_the_results_file_gives():
     assert capstone.write_model_card(check=True) == 0, "run `python -m behind_pipeline.capstone --card`"
 

@@ -172,7 +172,7 @@ def test_the_two_machine_launch_runs_two_processes_and_equals_one_process():
     report = scale_out.launch_two_machines(output, timeout_s=240)
     assert report["num_processes"] == 2 and report["process_examples"] == [4, 4]
     assert report["machine_exit_codes"] == [0, 0]
-    one, loss = distributed.single_process_step(distributed.read_examples(distributed.examples_file(output)))
+    one, loss = distributed.single_process_gradients(distributed.read_examples(distributed.examples_file(output)))
     two = distributed.saved_gradients(output)
     assert one.keys() == two.keys()
     assert max((one[name] - two[name]).abs().max().item() for name in one) < 1e-5
@@ -242,6 +242,19 @@ def test_replicas_checker_rejects_floor_plus_one():
     assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: max(m, int(p / (r * u)) + 1)), "exact multiple")
 
 
+def test_replicas_checker_rejects_a_bare_ceil_of_float_noise():
+    assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: max(m, math.ceil(p / (r * u)))), "float noise")
+
+
+def test_replicas_checker_rejects_min_replicas_added_on_top():
+    answer = lambda p, r, u=0.7, m=1: m - 1 + max(1, math.ceil(round(p / (r * u), 9)))  # noqa: E731
+    assert_rejected(check_replicas_needed(answer), "on top")
+
+
+def test_replicas_checker_rejects_rounding_too_coarsely_before_the_ceil():
+    assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: max(m, math.ceil(round(p / (r * u), 1)))), "71.4")
+
+
 def test_replicas_checker_rejects_a_float_count():
     assert_rejected(check_replicas_needed(lambda p, r, u=0.7, m=1: float(reference_replicas(p, r, u, m))), "int")
 
@@ -297,6 +310,74 @@ def test_config_checker_rejects_a_validator_that_changes_the_config():
         return found
 
     assert_rejected(check_config_problems(pops), "changed the config")
+
+
+def _validator(no_lower_bound=False, no_max_rule=False, initial_default_one=False, indexes_keys=False,
+               float_batch_ok=False, negative_wait_ok=False, strict_wait=False, auto_ignored=False,
+               threads_default_one=False, zero_min_refused=False):
+    """A validator written the checker's way but for one typical mistake, switched on by name."""
+
+    def config_problems(config, cpus_per_node, nodes):
+        deployment = config["applications"][0]["deployments"][0]
+        if indexes_keys:  # what a learner writes who never saw a key left out
+            _ = deployment["ray_actor_options"]["num_cpus"], deployment["user_config"]["threads"]
+        found = set()
+        autoscaling = deployment.get("autoscaling_config")
+        replicas = deployment.get("num_replicas")
+        if autoscaling is not None and replicas is not None and not (auto_ignored and replicas == "auto"):
+            if isinstance(replicas, int) or auto_ignored:
+                found.add("replicas_and_autoscaling")
+        if replicas == "auto" and not auto_ignored:
+            autoscaling = {"min_replicas": 1, "max_replicas": 100, **(autoscaling or {})}
+        if autoscaling is not None:
+            low, high = autoscaling.get("min_replicas", 1), autoscaling.get("max_replicas", 1)
+            start = autoscaling.get("initial_replicas", 1 if initial_default_one else low)
+            in_order = (low <= start <= high) if no_lower_bound else (0 <= low <= start <= high)
+            if not in_order or (high < 1 and not no_max_rule) or (zero_min_refused and low == 0):
+                found.add("replica_bounds")
+            most = high
+        else:
+            most = replicas if isinstance(replicas, int) else 1
+        cpus = deployment.get("ray_actor_options", {}).get("num_cpus", 1)
+        if most > (cpus_per_node // cpus) * nodes:
+            found.add("does_not_fit")
+        user = deployment.get("user_config", {})
+        settings = config["applications"][0].get("args", {}).get("settings", {})
+        if user.get("threads", 1 if threads_default_one else settings.get("threads", 2)) > cpus:
+            found.add("oversubscribed")
+        size = user.get("max_batch_size", 1)
+        if (not float_batch_ok and (isinstance(size, bool) or not isinstance(size, int))) or size < 1:
+            found.add("batching")
+        wait = user.get("batch_wait_timeout_s", 0.5)
+        if strict_wait:
+            wrong_wait = not 0 < wait < 1
+        else:
+            wrong_wait = wait > 1 if negative_wait_ok else not 0 <= wait <= 1
+        if wrong_wait:
+            found.add("batching")
+        return found
+
+    return config_problems
+
+
+def test_config_validator_without_mistakes_is_the_reference():
+    assert check_config_problems(_validator()).passed
+
+
+@pytest.mark.parametrize(("mistake", "named"), [
+    ("no_lower_bound", "0 <= min_replicas"),
+    ("no_max_rule", "max_replicas >= 1"),
+    ("initial_default_one", "initial_replicas defaults to min_replicas"),
+    ("indexes_keys", "KeyError"),
+    ("float_batch_ok", "not 8.0"),
+    ("negative_wait_ok", "between 0 and 1 s"),
+    ("strict_wait", "both ends allowed"),
+    ("auto_ignored", '"auto"'),
+    ("threads_default_one", "ServiceSettings' 2"),
+    ("zero_min_refused", "0 <= min_replicas"),
+])
+def test_config_checker_rejects_a_typical_mistake(mistake, named):
+    assert_rejected(check_config_problems(_validator(**{mistake: True})), named)
 
 
 def test_config_checker_rejects_unknown_names():
@@ -368,6 +449,55 @@ def test_retry_checker_rejects_a_loop_that_never_stops():
     assert_rejected(check_post_with_retries(forever), "over 50 times")
 
 
+def test_retry_checker_accepts_lower_case_header_names():
+    def lower_case(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
+        for attempt in range(max_attempts):
+            response = send(body)
+            if response.status_code not in (429, 503) or attempt == max_attempts - 1:
+                return response
+            header = response.headers.get("retry-after")  # httpx's headers ignore the case of names
+            sleep(float(header) if header is not None else backoff_s * 2**attempt)
+
+    assert check_post_with_retries(lower_case).passed
+
+
+def _retry_variant(linear=False, any_5xx=False, first_response=False, own_backoff_counter=False,
+                   zero_is_missing=False):
+    def post_with_retries(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
+        responses, backoffs = [], 0
+        for attempt in range(max_attempts):
+            response = send(body)
+            responses.append(response)
+            retry = response.status_code in (429, 503) or (any_5xx and response.status_code >= 500)
+            if not retry or attempt == max_attempts - 1:
+                return responses[0] if first_response else response
+            header = response.headers.get("Retry-After")
+            if header is not None and not (zero_is_missing and float(header) == 0):
+                sleep(float(header))
+            else:
+                step = backoffs if own_backoff_counter else attempt
+                sleep(backoff_s * (step + 1) if linear else backoff_s * 2**step)
+                backoffs += 1
+        return response
+
+    return post_with_retries
+
+
+@pytest.mark.parametrize(("mistake", "named"), [
+    ("linear", "doubling, not adding"),
+    ("any_5xx", "a 500 is a bug"),
+    ("first_response", "the last"),
+    ("own_backoff_counter", "the backoff counts every attempt"),
+    ("zero_is_missing", "Retry-After: 0"),
+])
+def test_retry_checker_rejects_a_typical_mistake(mistake, named):
+    assert_rejected(check_post_with_retries(_retry_variant(**{mistake: True})), named)
+
+
+def test_retry_variant_without_mistakes_passes():
+    assert check_post_with_retries(_retry_variant()).passed
+
+
 def test_retry_checker_rejects_retrying_only_503():
     assert_rejected(check_post_with_retries(_retry(retry_statuses=(503,))), "429")
 
@@ -375,6 +505,7 @@ def test_retry_checker_rejects_retrying_only_503():
 def test_fake_responses_read_like_httpx():
     response = FakeResponse(503, "2")
     assert response.status_code == 503 and response.headers["Retry-After"] == "2"
+    assert response.headers.get("retry-after") == "2" and FakeResponse(200).headers.get("Retry-After") is None
 
 
 # ---------------------------------------------------------------------------------------------------------------

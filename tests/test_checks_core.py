@@ -255,3 +255,15 @@ def test_every_checker_reports_an_error_inside_torch_at_the_learners_line(check)
     # No line number from anywhere but the learner's code: torch's functional.py line is far beyond this file's.
     for number in re.findall(r"\(line (\d+)", text):
         assert int(number) == line, text
+
+
+def test_collection_reports_an_answer_that_is_not_iterable_or_raises_while_read():
+    def broken():
+        yield 1
+        raise KeyError("nope")  # a learner's generator that fails halfway
+
+    report = CheckReport("demo")
+    assert report.collection((x for x in [2, 1]), set, "return a set") == {1, 2}
+    assert report.collection(3, list, "return a list") is None
+    assert report.collection(broken(), list, "return a list") is None
+    assert not report.passed and repr(report).count("return a list") == 2

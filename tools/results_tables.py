@@ -23,6 +23,12 @@ RUN_TITLES = {
     "full": "Full run: all training data and epochs, `make full`",
 }
 # Column order; a column appears only when some row has it. Values are printed as recorded.
+# Two tables per run, what each model scores and what it costs, each with the model's name first: one table of ten
+# columns is wider than the page at 1280 px (`make browser` fails on a table that scrolls sideways).
+# A row over several seeds (chapter 12) adds its standard deviations and seed count beside the scores.
+GROUPS = (("model", "accuracy", "accuracy_sd", "macro_f1", "macro_f1_sd", "seeds", "train_examples", "epochs",
+           "source"),
+          ("model", "train_seconds", "trainable_parameters", "trainable_share", "size_mib"))
 COLUMNS = {
     "model": "model", "accuracy": "accuracy", "accuracy_sd": "accuracy sd", "macro_f1": "macro-F1",
     "macro_f1_sd": "macro-F1 sd", "seeds": "seeds", "train_examples": "train examples",
@@ -56,10 +62,13 @@ def table(run: str) -> list[str]:
     lines = [f"### {RUN_TITLES[run]}", ""]
     if not rows:
         return lines + [f"Not measured yet: run `make {run}`.", ""]
-    columns = [key for key in COLUMNS if any(key in row for row in rows)]
-    lines += ["| " + " | ".join(COLUMNS[key] for key in columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(cell(key, row.get(key, "")) for key in columns) + " |")
+    for group in GROUPS:
+        columns = [key for key in group if any(key in row for row in rows)]
+        lines += ["| " + " | ".join(COLUMNS[key] for key in columns) + " |", "|" + "---|" * len(columns)]
+        for row in rows:
+            lines.append("| " + " | ".join(cell(key, row.get(key, "")) for key in columns) + " |")
+        lines.append("")
+    lines.pop()
     machines = sorted({json.loads(path.read_text())["machine"] for path in (ROOT / "results" / run).glob("*.json")})
     dates = sorted({json.loads(path.read_text())["measured_on"] for path in (ROOT / "results" / run).glob("*.json")})
     lines += ["", f"Measured on {', '.join(machines)}; {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}.", ""]

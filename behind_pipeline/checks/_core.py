@@ -86,6 +86,16 @@ class CheckReport:
         tensor = self.tensor(value, name, shape=())
         return None if tensor is None else tensor.item()
 
+    def collection(self, value, kind: type, message: str):
+        """``kind(value)`` (``list``, ``set``) for a learner's answer, or None and the FIX line ``message``: a value
+        that is not iterable, or an iterable that raises while it is read (a generator), never escapes the
+        checker."""
+        try:
+            return kind(value)
+        except Exception:
+            self.fail(message)
+            return None
+
     @property
     def passed(self) -> bool:
         return self.failures == 0 and bool(self.lines)

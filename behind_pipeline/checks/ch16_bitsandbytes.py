@@ -1,112 +1,163 @@
-"""Checkers for the exercises of chapter 16 (bitsandbytes): NF4 packing, the memory footprint, an 8-bit layer.
+"""Checkers for the exercises of chapter 16 (bitsandbytes): a 4-bit checkpoint, the memory footprint, the threshold.
 
-Each compares the learner's answer with bitsandbytes itself on weights of other shapes and block sizes than the
-chapter's: ``bitsandbytes.functional.quantize_4bit`` for the packing, ``get_memory_footprint()`` of tiny models
-really loaded through ``BitsAndBytesConfig`` for the footprint, and ``Linear8bitLt`` layers for the 8-bit weights.
+Each runs the learner's answer on tiny BERT classifiers of other widths, depths and label counts than the course
+classifier, saved to a temporary folder and loaded through ``BitsAndBytesConfig`` as the chapter loads it, and
+compares with what bitsandbytes itself produces: the saved and reloaded 4-bit checkpoint, ``get_memory_footprint()``
+and the 8-bit logits for each ``llm_int8_threshold``.
 """
 
 import logging
 import tempfile
 from functools import cache
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from behind_pipeline.checks._core import CheckReport
-from behind_pipeline.quantize import nf4_levels
 
-# --- Exercise 1: pack a weight into bitsandbytes' 4-bit format ------------------------------------------------------
+# --- Exercise 1: a 4-bit checkpoint, saved and loaded back ---------------------------------------------------------
 
-# (out, in, blocksize, what the case exposes)
-PACK_CASES = [
-    (8, 128, 64, "8 x 128, blocks of 64"),
-    (6, 256, 128, "6 x 256, blocks of 128 (a block spans half a row)"),
-    (4, 32, 64, "4 x 32, blocks of 64 (a block spans two rows)"),
-]
+# (hidden, layers, intermediate, labels, vocabulary): the checkpoints the checker saves and reloads
+CHECKPOINT_CASES = [(64, 2, 128, 2, 120), (32, 1, 96, 3, 50)]
+STATE_PARTS = ("absmax", "quant_map", "quant_state")  # the names of a 4-bit layer's quantization state in the file
 
 
-def pack_weight(out_features: int, in_features: int, seed: int) -> torch.Tensor:
-    """Rows of different ranges; in row 0 the largest magnitude is negative and a few weights are exactly 0."""
-    generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(out_features, in_features, generator=generator) * torch.logspace(-2, 0, out_features)[:, None]
-    weight[0, 3] = -3 * weight[0].abs().max()
-    weight[0, :2] = 0.0
-    return weight
+def safetensors_files(folder) -> list[Path]:
+    return sorted(Path(folder).glob("*.safetensors"))
 
 
-def bnb_pack(weight: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """bitsandbytes' own packing (no double quantization): bytes (numel / 2,) and absmax (numel / blocksize,)."""
-    import bitsandbytes.functional as bnb_functional
+def state_bytes_in(folder, parts=STATE_PARTS) -> int:
+    """Bytes of the tensors of the saved files whose name contains one of ``parts`` (the 4-bit quantization state)."""
+    from safetensors import safe_open
 
-    packed, state = bnb_functional.quantize_4bit(weight, blocksize=blocksize, quant_type="nf4")
-    return packed.reshape(-1), state.absmax
+    total = 0
+    for path in safetensors_files(folder):
+        with safe_open(str(path), "pt") as tensors:
+            for key in tensors.keys():
+                if any(part in key for part in parts):
+                    tensor = tensors.get_tensor(key)
+                    total += tensor.numel() * tensor.element_size()
+    return total
 
 
-def _nibbles(packed: torch.Tensor) -> torch.Tensor:
-    values = packed.reshape(-1).to(torch.int64)
-    return torch.stack([values >> 4, values & 15], dim=1).reshape(-1)
+def save_and_reload_reference(model_id: str, folder: str):
+    """The exercise's answer (used by the tests): load in 4 bits, save, load back, measure the file and its state."""
+    from transformers import AutoModelForSequenceClassification
+
+    from behind_pipeline.bnb import load_bnb_classifier
+
+    load_bnb_classifier(model_id, 4).save_pretrained(folder)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(folder)
+    file_bytes = sum(path.stat().st_size for path in safetensors_files(folder))
+    return reloaded, file_bytes, state_bytes_in(folder)
 
 
-def check_pack_nf4(pack_nf4) -> CheckReport:
-    """``pack_nf4(weight, blocksize)`` -> (packed uint8 bytes, absmax per block), equal to bitsandbytes'."""
-    report = CheckReport("Pack a weight into 4-bit NF4")
-    for seed, (rows, cols, blocksize, description) in enumerate(PACK_CASES):
-        weight = pack_weight(rows, cols, seed)
-        before = weight.clone()
-        result = report.call(pack_nf4, weight, blocksize, name="pack_nf4")
-        if result is Ellipsis:
-            return report
-        if not isinstance(result, tuple | list) or len(result) != 2:
-            report.fail(f"{description}: return a tuple (packed, absmax), got {type(result).__name__}")
-            return report
-        if not torch.equal(weight, before):
-            report.fail(f"{description}: pack_nf4 changed the weight it was given; leave it unchanged")
-            return report
-        expected_packed, expected_absmax = bnb_pack(weight, blocksize)
-        absmax = report.tensor(result[1], "absmax")
-        packed = report.tensor(result[0], "packed", dtype=torch.int64)
-        if absmax is None or packed is None:
-            return report
-        absmax, packed = absmax.reshape(-1), packed.reshape(-1)
-        if absmax.numel() != expected_absmax.numel():
-            report.fail(f"{description}: {absmax.numel()} absmax values, expected {expected_absmax.numel()}, one per "
-                        f"block of {blocksize} consecutive weights of the flattened weight (not one per row)")
-            return report
-        if not torch.allclose(absmax, expected_absmax.double(), rtol=1e-6, atol=0):
-            hint = (" (the largest value, not the largest magnitude: take .abs() first)"
-                    if absmax[0] < expected_absmax[0] else "")
-            report.fail(f"{description}: absmax of block 0 is {absmax[0]:.5g}, expected {expected_absmax[0]:.5g}: "
-                        f"max |w| over each block of {blocksize}{hint}")
-            return report
-        if packed.numel() == weight.numel():
-            report.fail(f"{description}: {packed.numel()} bytes for {weight.numel()} weights: pack two 4-bit indices "
-                        "into each byte, (first << 4) | second")
-            return report
-        if packed.numel() != expected_packed.numel() or packed.min() < 0 or packed.max() > 255:
-            report.fail(f"{description}: packed should hold {expected_packed.numel()} bytes (values 0..255), got "
-                        f"{packed.numel()} values from {packed.min()} to {packed.max()}")
-            return report
-        expected_nibbles, nibbles = _nibbles(expected_packed), _nibbles(packed)
-        wrong = int((nibbles != expected_nibbles).sum())
-        if wrong > nibbles.numel() // 1000:  # a value at the exact midpoint of two levels may round either way
-            swapped = torch.stack([packed & 15, packed >> 4], dim=1).reshape(-1)
-            if int((swapped != expected_nibbles).sum()) <= nibbles.numel() // 1000:
-                hint = "the two indices of each byte are swapped: the first index goes in the high 4 bits"
-            else:
-                hint = ("each index is the nearest of the 16 NF4 levels (in [-1, 1]) to the weight divided by its "
-                        "block's absmax")
-            report.fail(f"{description}: {wrong} of {nibbles.numel()} indices differ from bitsandbytes': {hint}")
-            return report
-        report.ok(f"{description}: packed bytes and absmax equal bitsandbytes' quantize_4bit")
+def _same_4bit_weights(reloaded, reference) -> str | None:
+    """None when every 4-bit layer of ``reloaded`` holds the reference's packed bytes and absmax; else what differs."""
+    import bitsandbytes as bnb
+
+    from behind_pipeline.bnb import absmax_by_hand
+
+    layers = dict(reference.named_modules())
+    for name, module in reloaded.named_modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        expected = layers.get(name)
+        if expected is None or not torch.equal(module.weight.data.reshape(-1), expected.weight.data.reshape(-1)):
+            return f"the packed 4-bit weight of {name} differs from a fresh load with bnb_config(4)"
+        state, expected_state = module.weight.quant_state, expected.weight.quant_state
+        if state.nested != expected_state.nested or state.quant_type != expected_state.quant_type:
+            return (f"{name} was quantized with quant_type {state.quant_type!r}, double quantization "
+                    f"{state.nested}: use the chapter's recipe, load_bnb_classifier(model_id, 4)")
+        if not torch.equal(absmax_by_hand(state), absmax_by_hand(expected_state)):
+            return f"the absmax values of {name} differ from a fresh load with bnb_config(4)"
+    return None
+
+
+def check_save_and_reload_4bit(save_and_reload_4bit) -> CheckReport:
+    """``save_and_reload_4bit(model_id, folder)`` -> (model loaded back, bytes of the .safetensors, bytes of state)."""
+    from behind_pipeline.bnb import linear_layer_types, load_bnb_classifier
+
+    report = CheckReport("A 4-bit checkpoint, saved and loaded back")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    for case in CHECKPOINT_CASES:
+        description = f"a BERT of width {case[0]}, {case[1]} layer(s), {case[3]} labels"
+        with tempfile.TemporaryDirectory() as source, tempfile.TemporaryDirectory() as folder:
+            fp32 = tiny_classifier(*case)
+            fp32.save_pretrained(source)
+            result = report.call(save_and_reload_4bit, source, folder, name="save_and_reload_4bit")
+            if result is Ellipsis:
+                return report
+            if not isinstance(result, tuple | list) or len(result) != 3:
+                report.fail(f"{description}: return a tuple (reloaded, file_bytes, state_bytes), got "
+                            f"{type(result).__name__}")
+                return report
+            reloaded, file_bytes, state_bytes = result
+            if not isinstance(reloaded, nn.Module):
+                report.fail(f"{description}: the first item should be the model loaded back from the folder, got "
+                            f"{type(reloaded).__name__}")
+                return report
+            files = safetensors_files(folder)
+            if not files:
+                report.fail(f"{description}: no .safetensors file in the folder: save the 4-bit model there with "
+                            "save_pretrained(folder)")
+                return report
+            types = linear_layer_types(reloaded)
+            expected_types = {"Linear4bit": linear_layer_types(fp32)["Linear"]}
+            if types != expected_types:
+                hint = ("the fp32 model was saved (or returned): save the one loaded with bnb_config(4)"
+                        if "Linear" in types else
+                        "8-bit layers: load with 4 bits (bnb_config(4))" if "Linear8bitLt" in types else
+                        "every nn.Linear should come back as Linear4bit")
+                report.fail(f"{description}: the model loaded back has {types}: {hint}")
+                return report
+            reference = load_bnb_classifier(source, 4)
+            wrong = _same_4bit_weights(reloaded, reference)
+            if wrong:
+                report.fail(f"{description}: {wrong}")
+                return report
+            actual_file = sum(path.stat().st_size for path in files)
+            value = report.scalar(file_bytes, "file_bytes")
+            if value is None:
+                return report
+            if value != actual_file:
+                everything = sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
+                mistakes = {
+                    "that is get_memory_footprint(), the bytes in memory: the file also holds the quantization "
+                    "state (absmax, quant maps) and a header": float(reference.get_memory_footprint()),
+                    "config.json was counted too: only the .safetensors file(s) hold the weights": float(everything),
+                    "that is MiB: return a number of bytes": actual_file / 2**20,
+                    "that is the fp32 checkpoint's size: measure the 4-bit file you saved": float(
+                        sum(path.stat().st_size for path in safetensors_files(source))),
+                }
+                named = [text for text, wrong_value in mistakes.items() if abs(value - wrong_value) < 1e-6]
+                report.fail(f"{description}: file_bytes is {value:,.0f}, the .safetensors file(s) hold "
+                            f"{actual_file:,} bytes: " + (named[0] if named else "sum path.stat().st_size of the "
+                                                          "*.safetensors files in the folder"))
+                return report
+            actual_state = state_bytes_in(folder)
+            value = report.scalar(state_bytes, "state_bytes")
+            if value is None:
+                return report
+            if value != actual_state:
+                mistakes = {
+                    "only the absmax tensors: the quant maps and each layer's quant_state entry are state too":
+                        state_bytes_in(folder, ("absmax",)),
+                    "the packed weights were counted as state: only tensors named absmax, quant_map or quant_state":
+                        state_bytes_in(folder, (*STATE_PARTS, ".weight")),
+                    "the nested (double-quantization) tensors are missing: nested_absmax and nested_quant_map count "
+                    "too": actual_state - state_bytes_in(folder, ("nested_",)),
+                }
+                named = [text for text, wrong_value in mistakes.items() if abs(value - wrong_value) < 1e-6]
+                report.fail(f"{description}: state_bytes is {value:,.0f}, the file holds {actual_state:,} bytes of "
+                            "tensors named absmax, quant_map or quant_state: " + (
+                                named[0] if named else "open the file with safetensors.safe_open and add up "
+                                "numel() * element_size() of those tensors"))
+                return report
+            report.ok(f"{description}: loads back as Linear4bit with the same packed weights; file "
+                      f"{actual_file:,} bytes, quantization state {actual_state:,}")
     return report
-
-
-def pack_nf4_reference(weight: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The packing by hand (used by the tests): nearest level per block, two indices per byte, high first."""
-    blocks = weight.float().reshape(-1, blocksize)
-    absmax = blocks.abs().amax(dim=1)
-    indices = (blocks[..., None] / absmax[:, None, None] - nf4_levels()).abs().argmin(dim=-1).reshape(-1)
-    return ((indices[0::2] << 4) | indices[1::2]).to(torch.uint8), absmax
 
 
 # --- Exercise 2: predict get_memory_footprint() -----------------------------------------------------------------------
@@ -202,67 +253,107 @@ def check_predicted_footprint(predicted_footprint) -> CheckReport:
     return report
 
 
-# --- Exercise 3: an 8-bit layer dequantized by hand -----------------------------------------------------------------
+# --- Exercise 3: llm_int8_threshold, chosen by measurement ---------------------------------------------------------
 
-# (in, out, what the case exposes)
-INT8_CASES = [(24, 10, "10 outputs x 24 inputs"), (7, 30, "30 outputs x 7 inputs"), (12, 12, "a square 12 x 12")]
+# (case of tiny_classifier, thresholds): 1.5 moves many columns out of the int8 product, 6.0 almost none
+THRESHOLD_CASES = [((64, 2, 128, 2, 120), (0.0, 1.5, 6.0)), ((32, 1, 96, 3, 50), (0.0, 1.0, 3.0))]
 
 
-def int8_layer(in_features: int, out_features: int, seed: int):
-    """(a bitsandbytes ``Linear8bitLt`` quantized on the CPU, the fp32 weight it was made from)."""
-    import bitsandbytes as bnb
-
+def threshold_encoding(vocabulary: int, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
-    linear = nn.Linear(in_features, out_features)
-    with torch.no_grad():
-        linear.weight.copy_(torch.randn(out_features, in_features, generator=generator)
-                            * torch.logspace(-2, 0.5, out_features)[:, None])  # rows of different ranges
-    layer = bnb.nn.Linear8bitLt(in_features, out_features, has_fp16_weights=False)
-    layer.load_state_dict(linear.state_dict())
-    return layer.to("cpu"), linear.weight.detach().clone()  # .to(device) quantizes the weight
+    input_ids = torch.randint(3, vocabulary, (4, 12), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 8:] = 0  # one padded row
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def int8_reference(layer) -> torch.Tensor:
-    """LLM.int8's storage: ``CB`` int8 (out, in) and ``SCB`` the absmax of each row; w = CB * SCB / 127."""
-    return layer.weight.data.double() * layer.weight.SCB.double()[:, None] / 127
+def _logits(model, encoding) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(**encoding).logits.float()
 
 
-def check_dequantize_int8(dequantize_int8) -> CheckReport:
-    """``dequantize_int8(layer)`` -> the fp32 weight (out, in) of a ``Linear8bitLt``, from its int8 values and SCB."""
-    report = CheckReport("Dequantize an 8-bit layer by hand")
-    for seed, (d_in, d_out, description) in enumerate(INT8_CASES):
-        layer, original = int8_layer(d_in, d_out, seed)
-        stored = layer.weight.data.clone()
-        result = report.call(dequantize_int8, layer, name="dequantize_int8")
+def threshold_sweep_reference(model_id: str, encoding: dict, thresholds, compare_with: str = "fp32",
+                              bits: int = 8, pass_threshold: bool = True, reduce: str = "max") -> dict:
+    """For each threshold, max |logits of the 8-bit model - logits of fp32| on ``encoding`` (mistakes as options)."""
+    from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if compare_with == "fp32":
+        reference = _logits(AutoModelForSequenceClassification.from_pretrained(model_id).eval(), encoding)
+    else:  # the 8-bit model at the default threshold
+        reference = _logits(AutoModelForSequenceClassification.from_pretrained(
+            model_id, quantization_config=BitsAndBytesConfig(load_in_8bit=True)).eval(), encoding)
+    sweep = {}
+    for threshold in thresholds:
+        if bits == 4:
+            config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32,
+                                        llm_int8_threshold=threshold)
+        else:
+            config = (BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=threshold) if pass_threshold
+                      else BitsAndBytesConfig(load_in_8bit=True))
+        model = AutoModelForSequenceClassification.from_pretrained(model_id, quantization_config=config).eval()
+        for module in model.modules():  # the same fp32 path on every CPU (chapter 16)
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+        difference = (_logits(model, encoding) - reference).abs()
+        sweep[threshold] = float(difference.max() if reduce == "max" else difference.mean())
+    return sweep
+
+
+# What each typical mistake returns, as options of the reference: {message: keyword arguments}
+THRESHOLD_MISTAKES = {
+    "every threshold gives the same difference: pass llm_int8_threshold=threshold to BitsAndBytesConfig":
+        {"pass_threshold": False},
+    "compared with the 8-bit model at the default threshold: the reference is the fp32 model":
+        {"compare_with": "8-bit"},
+    "that is the mean difference: take the largest, .abs().max()": {"reduce": "mean"},
+    "the model was loaded in 4 bits, where llm_int8_threshold does nothing: use load_in_8bit=True": {"bits": 4},
+}
+
+
+@cache
+def _sweep(case: tuple, thresholds: tuple, seed: int, mistake: str | None = None) -> dict:
+    """The reference sweep on the tiny classifier of ``case`` (or what ``mistake`` of THRESHOLD_MISTAKES gives)."""
+    with tempfile.TemporaryDirectory() as folder:
+        tiny_classifier(*case).save_pretrained(folder)
+        options = THRESHOLD_MISTAKES[mistake] if mistake else {}
+        return threshold_sweep_reference(folder, threshold_encoding(case[4], seed), thresholds, **options)
+
+
+def _close(values: dict, sweep: dict) -> bool:
+    return all(abs(values[t] - sweep[t]) <= 1e-5 + 1e-4 * abs(sweep[t]) for t in sweep)
+
+
+def check_threshold_sweep(threshold_sweep) -> CheckReport:
+    """``threshold_sweep(model_id, encoding, thresholds)`` -> {threshold: max abs logit difference from fp32}."""
+    report = CheckReport("llm_int8_threshold, chosen by measurement")
+    for seed, (case, thresholds) in enumerate(THRESHOLD_CASES):
+        description = f"a BERT of width {case[0]}, {case[1]} layer(s), thresholds {', '.join(map(str, thresholds))}"
+        expected = _sweep(case, thresholds, seed)
+        with tempfile.TemporaryDirectory() as folder:
+            tiny_classifier(*case).save_pretrained(folder)
+            result = report.call(threshold_sweep, folder, threshold_encoding(case[4], seed), list(thresholds),
+                                 name="threshold_sweep")
         if result is Ellipsis:
             return report
-        if not torch.equal(layer.weight.data, stored):
-            report.fail(f"{description}: dequantize_int8 changed the layer's int8 weight; leave it unchanged")
+        if not isinstance(result, dict):
+            report.fail(f"{description}: return a dict {{threshold: max abs logit difference}}, got "
+                        f"{type(result).__name__}")
             return report
-        weight = report.tensor(result, "the weight", shape=(d_out, d_in))
-        if weight is None:
+        keys = [key for key in result if isinstance(key, int | float) and not isinstance(key, bool)]
+        if len(keys) != len(result) or sorted(map(float, keys)) != sorted(thresholds):
+            report.fail(f"{description}: the keys should be the thresholds {list(thresholds)}, got {list(result)}")
             return report
-        expected = int8_reference(layer)
-        if torch.allclose(weight, expected, rtol=1e-5, atol=1e-7):
-            step = layer.weight.SCB.double()[:, None] / 127
-            # bitsandbytes quantizes from a float16 copy of the weight: allow its rounding (2^-11 relative) too
-            slack = step / 2 + original.double().abs() * 2**-10 + 1e-6
-            within = bool(((weight - original.double()).abs() <= slack).all())
-            report.expect(within, f"{description}: equals CB * SCB / 127, within half a step of the fp32 weight",
-                          f"{description}: not within half a step of the fp32 weight")
+        values = {float(key): report.scalar(value, f"the value for threshold {key}") for key, value in result.items()}
+        if any(value is None for value in values.values()):
+            return report
+        if _close(values, expected):
+            report.ok(f"{description}: " + ", ".join(f"{t}: {expected[t]:.2e}" for t in thresholds))
             continue
-        codes, scb = layer.weight.data.double(), layer.weight.SCB.double()
-        mistakes = {
-            "this is the int8 values themselves: multiply by each row's scale SCB / 127": codes,
-            "divided by 128: int8 weights use [-127, 127], so a row's absmax SCB maps to 127":
-                codes * scb[:, None] / 128,
-            "SCB was not divided by 127: the scale of a row is SCB / 127": codes * scb[:, None],
-        }
-        if d_in == d_out:
-            mistakes["SCB is applied per column: it holds one absmax per output row, SCB[:, None]"] = (
-                codes * scb[None, :] / 127)
-        named = [text for text, wrong in mistakes.items() if torch.allclose(weight, wrong, rtol=1e-5, atol=1e-7)]
-        report.fail(f"{description}: max abs diff {(weight - expected).abs().max():.3g} from CB * SCB / 127: "
-                    + (named[0] if named else "each row i is layer.weight[i] (int8) times layer.weight.SCB[i] / 127"))
+        named = [text for text in THRESHOLD_MISTAKES if _close(values, _sweep(case, thresholds, seed, text))]
+        report.fail(f"{description}: got " + ", ".join(f"{t}: {values[t]:.2e}" for t in thresholds)
+                    + ", expected " + ", ".join(f"{t}: {expected[t]:.2e}" for t in thresholds) + ": "
+                    + (named[0] if named else "for each threshold load the model with BitsAndBytesConfig("
+                       "load_in_8bit=True, llm_int8_threshold=threshold) and take max |logits - fp32 logits|"))
         return report
     return report

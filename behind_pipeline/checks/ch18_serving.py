@@ -180,10 +180,9 @@ def check_serve_requests(serve_requests) -> CheckReport:
                               name="serve_requests")
         if answers is Ellipsis:
             return report
-        try:
-            answers = list(answers)
-        except TypeError:
-            report.fail(f"{case}: return a list with one tensor per request, got {type(answers).__name__}")
+        answers = report.collection(answers, list, f"{case}: return a list with one tensor per request, got "
+                                                   f"{type(answers).__name__}")
+        if answers is None:
             return report
         if len(answers) != len(requests):
             report.fail(f"{case}: {len(answers)} answers for {len(requests)} requests: one answer per request")
@@ -270,10 +269,9 @@ def check_run_isolated(run_isolated) -> CheckReport:
         got = _call_bounded(report, run_isolated, model, [list(texts) for texts in requests], name="run_isolated")
         if got is Ellipsis:
             return report
-        try:
-            answers = list(got)
-        except TypeError:
-            report.fail(f"{case}: return a list with one entry per request, got {type(got).__name__}")
+        answers = report.collection(got, list, f"{case}: return a list with one entry per request, got "
+                                               f"{type(got).__name__}")
+        if answers is None:
             return report
         if len(answers) != len(requests):
             report.fail(f"{case}: {len(answers)} answers for {len(requests)} requests: one entry per request")

@@ -129,11 +129,14 @@ def load_routing(settings: ServiceSettings) -> Routing | None:
     """The triage settings saved beside a router's weights (chapter 19's ``triage.json``); None for a classifier."""
     from pathlib import Path
 
-    from behind_pipeline.capstone import read_triage
     from behind_pipeline.models import classifier_id
 
     folder = Path(settings.model or classifier_id())
-    saved = read_triage(folder) if folder.is_dir() else None
+    if not (folder / "triage.json").is_file():  # capstone.TRIAGE_FILE: a classifier's start-up skips the import
+        return None
+    from behind_pipeline.capstone import read_triage
+
+    saved = read_triage(folder)
     return None if saved is None else Routing(**{name: saved[name] for name in Routing.model_fields})
 
 

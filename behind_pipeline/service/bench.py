@@ -311,6 +311,83 @@ def write_section(section: dict, path: Path = RESULTS_FILE) -> None:
     write_bench_section(path, section, key=SECTION)
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table: the header, its rule, one line per row."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cells) + " |" for cells in rows)]
+
+
+def spread(figures: dict, key: str, digits: int = 1) -> str:
+    """``mean ± sd`` of a repeated measurement (``repeated`` in the service bench), or the single value."""
+    value = figures.get(key, float("nan"))
+    sd = figures.get(f"{key}_sd")
+    return f"{value:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{value:.{digits}f}"
+
+
+SERVICE_TARGETS = {  # chapter 18's targets for the int8 model over HTTP on loopback
+    "p95": ("p95 at batch 8 at most 40 ms", lambda f: f["latency_batch_8"]["p95_ms"] <= 40),
+    "ratio": ("micro-batching at least 1.5x one-by-one", lambda f: f["micro_batching_vs_one_by_one"] >= 1.5),
+    "share": ("at least 80% of the in-process batch-32 throughput (httpx clients; wrk in brackets)",
+              lambda f: f["micro_batching_vs_in_process"] >= 0.8),
+}
+
+
+def table_lines(service: dict) -> list[str]:
+    """The service's figures (chapter 18): latency over HTTP, throughput with and without micro-batching (httpx
+    clients and wrk, mean ± sd over the repeats), the server's busy share, head-of-line blocking, the targets."""
+    models = service.get("models", {})
+    if not models:
+        return ["Not measured yet: run `make bench-service`."]
+    first = next(iter(models.values()))
+    latency_key = next((key for key in first if key.startswith("latency_batch_")), None)
+    ceiling_key = next((key for key in first if key.startswith("in_process_batch_")), None)
+    batch = latency_key.removeprefix("latency_batch_") if latency_key else "?"
+    http, ceiling = [], []
+    for name, figures in models.items():
+        latency = figures.get(latency_key, {})
+        batched, alone = figures["throughput_micro_batching"], figures["throughput_one_by_one"]
+        wrk_batched, wrk_alone = figures.get("wrk_micro_batching"), figures.get("wrk_one_by_one")
+        http.append([name, f"{spread(latency, 'p50_ms')} / {spread(latency, 'p95_ms')}",
+                     spread(batched, "texts_per_second"),
+                     f"{batched['busy_share']:.0%}" if "busy_share" in batched else "",
+                     spread(alone, "texts_per_second"),
+                     f"{figures.get('micro_batching_vs_one_by_one', float('nan')):.2f}x"])
+        cells = [name, spread(wrk_batched, "texts_per_second") if wrk_batched else "not run",
+                 spread(wrk_alone, "texts_per_second") if wrk_alone else "not run"]
+        if ceiling_key:
+            cells += [f"{figures[ceiling_key]:.1f}", f"{figures.get('micro_batching_vs_in_process', float('nan')):.2f}"
+                      + (f" ({figures['wrk_micro_batching_vs_in_process']:.2f})"
+                         if "wrk_micro_batching_vs_in_process" in figures else "")]
+        ceiling.append(cells)
+    lines = markdown_table(["model", f"batch {batch} over HTTP: p50 / p95 (ms)", "micro-batching (reviews/s)", "busy",
+                   "one by one (reviews/s)", "ratio"], http)
+    lines += ["", *markdown_table(["model", "wrk micro-batching (reviews/s)", "wrk one by one (reviews/s)"]
+                         + (["in-process (reviews/s)", "micro-batching / in-process"] if ceiling_key else []),
+                         ceiling)]
+    hol = [f"- {name}: a one-review request behind a request of the 64 longest reviews waited "
+           f"{spread(figures['head_of_line']['no_token_budget'], 'short_request_p50_ms', 0)} ms (median) without "
+           f"the token budget, {spread(figures['head_of_line']['token_budget'], 'short_request_p50_ms', 0)} ms "
+           "with it." for name, figures in models.items() if "head_of_line" in figures]
+    targets = []
+    if "int8" in models and latency_key == "latency_batch_8":
+        for goal, met in SERVICE_TARGETS.values():
+            try:
+                targets.append(f"- {'met' if met(models['int8']) else '**not met**'}: {goal}")
+            except KeyError:
+                pass
+    settings = service.get("settings", {})
+    clients = settings.get("clients", "several")
+    repeats = settings.get("repeats", 1)
+    return [f"Requests over HTTP on loopback to `make serve`'s app; throughput with {clients} concurrent clients "
+            f"sending one review per request, from Python (httpx) and from `wrk` "
+            f"({service.get('wrk') or ('not installed: skipped' if 'wrk' in service else 'not run')})"
+            + (f"; mean ± sd over {repeats} runs" if "texts_per_second_sd" in first["throughput_micro_batching"]
+               else "; one run each") + ". Busy: the share "
+            f"of the time the server's worker spent in forward passes. Measured {service.get('date', '')} "
+            f"({service.get('run', '')} run).", "", *lines, "", *hol, *([""] if hol else []),
+            *(["Targets (int8):", "", *targets, ""] if targets else [])]
+
+
 def summary_lines(section: dict) -> list[str]:
     """The figures as a few printable lines, one per model."""
     lines = []

@@ -31,10 +31,12 @@ from behind_pipeline.service.bench import (
     BATCH,
     CLIENTS,
     RESULTS_FILE,
+    markdown_table,
     percentiles_ms,
     repeated,
     request_latencies,
     run_async,
+    spread,
 )
 
 SECTION = "ray"
@@ -157,11 +159,6 @@ def measure(tiny: bool = False) -> dict:
     }
 
 
-def _spread(figures: dict, key: str, digits: int = 1) -> str:
-    value, sd = figures.get(key, float("nan")), figures.get(f"{key}_sd")
-    return f"{value:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{value:.{digits}f}"
-
-
 def table_lines(section: dict) -> list[str]:
     """The comparison as a Markdown table (mean ± sd over the repeats), with a line saying how it was measured."""
     systems = section.get("systems", {})
@@ -173,18 +170,18 @@ def table_lines(section: dict) -> list[str]:
               f"batch {batch}: p50 / p95 (ms)", f"{clients} clients (reviews/s)"]
     lines = [f"Measured {section['date']} ({section['run']} run, ray {section['versions']['ray']}): mean ± sd over "
              f"{settings['repeats']} runs; each system alone on the machine; Ray batches with max_batch_size "
-             f"{settings['max_batch_size']} and batch_wait_timeout_s {settings['batch_wait_timeout_s']}.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             f"{settings['max_batch_size']} and batch_wait_timeout_s {settings['batch_wait_timeout_s']}.", ""]
+    rows = []
     for figures in systems.values():
         latency = figures[f"latency_batch_{batch}"]
         start, memory = figures["start_seconds"], figures["memory_mib"]
         failed = figures["throughput"]["runs"] and sum(run["failed"] for run in figures["throughput"]["runs"])
-        lines.append("| " + " | ".join([
+        rows.append([
             figures["label"], f"{figures['replicas']} x {figures['threads_per_replica']}",
             f"{start['mean']:.1f} ± {start['sd']:.1f}", f"{memory['mean']:.0f} ± {memory['sd']:.0f}",
-            f"{_spread(latency, 'p50_ms')} / {_spread(latency, 'p95_ms')}",
-            _spread(figures["throughput"], "texts_per_second") + (f" ({failed} failed)" if failed else "")]) + " |")
-    return lines
+            f"{spread(latency, 'p50_ms')} / {spread(latency, 'p95_ms')}",
+            spread(figures["throughput"], "texts_per_second") + (f" ({failed} failed)" if failed else "")])
+    return lines + markdown_table(header, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
