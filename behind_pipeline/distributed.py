@@ -16,7 +16,8 @@ can print how many really ran. :func:`single_process_step` computes the same ste
 The run also saves the all-reduced gradients of the same shares before clipping and the step
 (:func:`data_parallel_gradients`, read back with :func:`saved_gradients`): chapter 20 compares them with
 :func:`single_process_gradients`, the stricter parity (after one AdamW step equal parameters mostly show equal
-gradient signs).
+gradient signs). It also sends 7 example indices through a prepared loader (:func:`uneven_gather`) and records
+what ``gather`` and ``gather_for_metrics`` return when they do not split evenly over the processes.
 """
 
 import argparse
@@ -159,6 +160,21 @@ def data_parallel_step(accelerator, texts, labels, id2label) -> tuple[dict[str, 
     return {name: tensor.detach().clone() for name, tensor in state.items()}, losses, sizes
 
 
+def uneven_gather(accelerator, count: int = 7, per_process: int = 2) -> dict[str, list[int]]:
+    """Example indices 0 .. count-1 through a prepared loader: what ``gather`` and ``gather_for_metrics`` return.
+
+    With ``even_batches=True`` (accelerate's default) a last batch that does not split evenly over the processes is
+    filled up with examples from the start of the data, so every process gets a full batch; ``gather`` returns those
+    repeats too, ``gather_for_metrics`` drops them (accelerator.py: it truncates the last gather to the remainder).
+    """
+    loader = accelerator.prepare(torch.utils.data.DataLoader(list(range(count)), batch_size=per_process))
+    gathered, for_metrics = [], []
+    for batch in loader:
+        gathered += accelerator.gather(batch).tolist()
+        for_metrics += accelerator.gather_for_metrics(batch).tolist()
+    return {"gather": gathered, "gather_for_metrics": for_metrics}
+
+
 def write_examples(path: Path) -> None:
     """Save the step's reviews for the launched processes: each then starts without loading the corpus."""
     texts, labels, id2label = step_examples()
@@ -187,8 +203,9 @@ def main() -> None:
     if not args.count_only:
         examples = step_examples() if args.examples is None else read_examples(Path(args.examples))
         averaged = data_parallel_gradients(accelerator, *examples)  # chapter 20 compares these
-        state, losses, sizes = data_parallel_step(accelerator, *examples)  # chapter 12 the parameters after it
-        report |= {"process_losses": losses, "process_examples": sizes, "global_batch": sum(sizes)}
+        state, losses, sizes = data_parallel_step(accelerator, *examples)  # the step: losses, shares, parameters
+        report |= {"process_losses": losses, "process_examples": sizes, "global_batch": sum(sizes),
+                   "even_batches": accelerator.even_batches, **uneven_gather(accelerator)}  # chapter 12
     if accelerator.is_main_process:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)

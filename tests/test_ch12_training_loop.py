@@ -105,6 +105,35 @@ def test_data_parallel_step_in_one_process_equals_the_plain_step(one_process_acc
     assert max((plain[name] - before[name]).abs().max().item() for name in plain) > 1e-5  # the step moved
 
 
+def test_data_parallel_gradients_in_one_process_equal_the_plain_gradients(one_process_accelerator):
+    examples = distributed.step_examples()
+    averaged = distributed.data_parallel_gradients(one_process_accelerator, *examples)
+    plain, _ = distributed.single_process_gradients(examples)
+    assert averaged.keys() == plain.keys() and len(plain) > 100  # every parameter has a gradient
+    assert max((averaged[name] - plain[name]).abs().max().item() for name in plain) < 1e-6
+    # the gradients are taken before clipping: a clipped copy would differ (their norm is above MAX_GRAD_NORM)
+    norm = torch.linalg.vector_norm(torch.cat([gradient.flatten() for gradient in plain.values()]))
+    assert norm > distributed.MAX_GRAD_NORM
+
+
+def test_gradients_of_four_and_four_reviews_average_to_the_gradient_of_eight():
+    """What the all-reduce relies on, in one process: equal shares, mean of the means = mean of all."""
+    texts, labels, id2label = distributed.step_examples()
+    whole, _ = distributed.single_process_gradients((texts, labels, id2label))
+    first, _ = distributed.single_process_gradients((texts[:4], labels[:4], id2label))
+    second, _ = distributed.single_process_gradients((texts[4:], labels[4:], id2label))
+    assert max(((first[name] + second[name]) / 2 - whole[name]).abs().max().item() for name in whole) < 1e-6
+    # and a different split of unequal size does not: the plain mean weighs the smaller share more
+    small, _ = distributed.single_process_gradients((texts[:2], labels[:2], id2label))
+    large, _ = distributed.single_process_gradients((texts[2:], labels[2:], id2label))
+    assert max(((small[name] + large[name]) / 2 - whole[name]).abs().max().item() for name in whole) > 1e-4
+
+
+def test_gather_for_metrics_drops_nothing_in_one_process(one_process_accelerator):
+    result = distributed.uneven_gather(one_process_accelerator)
+    assert result["gather"] == result["gather_for_metrics"] == list(range(7))
+
+
 def test_the_cpu_flag_starts_one_process_whatever_num_processes_says():
     output = distributed.OUTPUT_DIR / "test_cpu_flag.json"
     result = distributed.launch(distributed.CPU_FLAG, output, count_only=True)

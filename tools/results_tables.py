@@ -25,10 +25,13 @@ RUN_TITLES = {
 # Column order; a column appears only when some row has it. Values are printed as recorded.
 # Two tables per run, what each model scores and what it costs, each with the model's name first: one table of ten
 # columns is wider than the page at 1280 px (`make browser` fails on a table that scrolls sideways).
-GROUPS = (("model", "accuracy", "macro_f1", "train_examples", "epochs", "source"),
+# A row over several seeds (chapter 12) adds its standard deviations and seed count beside the scores.
+GROUPS = (("model", "accuracy", "accuracy_sd", "macro_f1", "macro_f1_sd", "seeds", "train_examples", "epochs",
+           "source"),
           ("model", "train_seconds", "trainable_parameters", "trainable_share", "size_mib"))
 COLUMNS = {
-    "model": "model", "accuracy": "accuracy", "macro_f1": "macro-F1", "train_examples": "train examples",
+    "model": "model", "accuracy": "accuracy", "accuracy_sd": "accuracy sd", "macro_f1": "macro-F1",
+    "macro_f1_sd": "macro-F1 sd", "seeds": "seeds", "train_examples": "train examples",
     "epochs": "epochs", "train_seconds": "train time (s)", "trainable_parameters": "trainable parameters",
     "trainable_share": "trainable share", "size_mib": "size on disk (MiB)", "source": "notebook",
 }
@@ -36,7 +39,8 @@ COLUMNS = {
 
 # How each column prints; any other value prints as recorded (ints with thousands separators).
 FORMATS = {
-    "accuracy": "{:.4f}", "macro_f1": "{:.4f}", "epochs": "{:g}", "train_seconds": "{:,.1f}",
+    "accuracy": "{:.4f}", "accuracy_sd": "{:.4f}", "macro_f1": "{:.4f}", "macro_f1_sd": "{:.4f}", "epochs": "{:g}",
+    "train_seconds": "{:,.1f}",
     "trainable_share": "{:.2%}", "size_mib": "{:.2f}",
 }
 
