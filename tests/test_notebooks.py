@@ -153,3 +153,14 @@ def test_sanitizer_hides_float_noise_but_not_real_differences():
     assert sanitized("max abs diff: 0.0e+00") == "max abs diff: <1e-4"
     for compared in ("without the mask: 1.6e+00", "tanh GELU: 4.5e-03", "0.9804", "max abs diff: 1.2e-04"):
         assert sanitized(compared) == compared
+
+
+def test_a_score_over_seeds_prints_its_spread_in_the_same_column():
+    from results_tables import score_cell, spread_note
+
+    over_seeds = {"accuracy": 0.71234, "accuracy_sd": 0.0123, "seeds": 5, "source": "12_training_loop"}
+    assert score_cell("accuracy", over_seeds) == "0.7123 ± 0.0123"
+    assert "12_training_loop: 5 seeds" in spread_note([{"accuracy": 0.7}, over_seeds])[-1]
+    assert spread_note([{"accuracy": 0.7}]) == []  # no row over seeds: no note
+    assert score_cell("accuracy", {"accuracy": 0.71234}) == "0.7123"  # one run: no spread to show
+    assert score_cell("macro_f1", over_seeds) == ""  # not recorded: an empty cell, no "±"

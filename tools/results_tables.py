@@ -25,13 +25,13 @@ RUN_TITLES = {
 # Column order; a column appears only when some row has it. Values are printed as recorded.
 # Two tables per run, what each model scores and what it costs, each with the model's name first: one table of ten
 # columns is wider than the page at 1280 px (`make browser` fails on a table that scrolls sideways).
-# A row over several seeds (chapter 12) adds its standard deviations and seed count beside the scores.
-GROUPS = (("model", "accuracy", "accuracy_sd", "macro_f1", "macro_f1_sd", "seeds", "train_examples", "epochs",
-           "source"),
+# A row over several seeds (chapter 12) records each score's standard deviation (`accuracy_sd`, `macro_f1_sd`) and
+# the number of seeds: its score cells read "mean ± sd", in the same columns, and a line under the table says over
+# how many seeds (a wider cell would make the table scroll sideways at 1280 px).
+GROUPS = (("model", "accuracy", "macro_f1", "train_examples", "epochs", "source"),
           ("model", "train_seconds", "trainable_parameters", "trainable_share", "size_mib"))
 COLUMNS = {
-    "model": "model", "accuracy": "accuracy", "accuracy_sd": "accuracy sd", "macro_f1": "macro-F1",
-    "macro_f1_sd": "macro-F1 sd", "seeds": "seeds", "train_examples": "train examples",
+    "model": "model", "accuracy": "accuracy", "macro_f1": "macro-F1", "train_examples": "train examples",
     "epochs": "epochs", "train_seconds": "train time (s)", "trainable_parameters": "trainable parameters",
     "trainable_share": "trainable share", "size_mib": "size on disk (MiB)", "source": "notebook",
 }
@@ -39,8 +39,7 @@ COLUMNS = {
 
 # How each column prints; any other value prints as recorded (ints with thousands separators).
 FORMATS = {
-    "accuracy": "{:.4f}", "accuracy_sd": "{:.4f}", "macro_f1": "{:.4f}", "macro_f1_sd": "{:.4f}", "epochs": "{:g}",
-    "train_seconds": "{:,.1f}",
+    "accuracy": "{:.4f}", "macro_f1": "{:.4f}", "epochs": "{:g}", "train_seconds": "{:,.1f}",
     "trainable_share": "{:.2%}", "size_mib": "{:.2f}",
 }
 
@@ -57,6 +56,23 @@ def cell(key: str, value) -> str:
     return str(value)
 
 
+def score_cell(key: str, row: dict) -> str:
+    """A score, with its spread over seeds when the row recorded one: "0.7012 ± 0.0123"."""
+    text = cell(key, row.get(key, ""))
+    if row.get(f"{key}_sd") is None or not text:
+        return text
+    return f"{text} ± {cell(key, row[f'{key}_sd'])}"
+
+
+def spread_note(rows: list[dict]) -> list[str]:
+    """The line under a table whose rows include scores over seeds: what the ± means, and over how many seeds."""
+    seeded = {row["source"]: row["seeds"] for row in rows if row.get("seeds")}
+    if not seeded:
+        return []
+    which = "; ".join(f"{source}: {seeds} seeds" for source, seeds in seeded.items())
+    return ["", f"± : the mean and standard deviation over seeds ({which})."]
+
+
 def table(run: str) -> list[str]:
     rows = load_rows(ROOT / "results" / run)
     lines = [f"### {RUN_TITLES[run]}", ""]
@@ -66,7 +82,9 @@ def table(run: str) -> list[str]:
         columns = [key for key in group if any(key in row for row in rows)]
         lines += ["| " + " | ".join(COLUMNS[key] for key in columns) + " |", "|" + "---|" * len(columns)]
         for row in rows:
-            lines.append("| " + " | ".join(cell(key, row.get(key, "")) for key in columns) + " |")
+            lines.append("| " + " | ".join(score_cell(key, row) for key in columns) + " |")
+        if "accuracy" in group:
+            lines += spread_note(rows)
         lines.append("")
     lines.pop()
     machines = sorted({json.loads(path.read_text())["machine"] for path in (ROOT / "results" / run).glob("*.json")})
