@@ -341,3 +341,172 @@ def test_qlora_quantizes_the_encoder_keeps_the_head_in_fp32_and_trains_what_lora
     qlora(input_ids=input_ids, labels=torch.tensor([0, 1, 1])).loss.backward()
     query = qlora.base_model.model.bert.encoder.layer[0].attention.self.query
     assert query.lora_B["default"].weight.grad.abs().max() > 0  # the gradient crossed the 4-bit layers
+
+
+# --- found by trying the checkers as a skeptical instructor ---------------------------------------------------------
+
+
+def test_merge_checker_names_integer_division_of_alpha_by_r():
+    assert_rejected(check_merge_lora(merge_with(
+        lambda layer: layer.base.weight + (layer.alpha // layer.r) * (layer.lora_B @ layer.lora_A))),
+        "alpha // r", "integer division")
+
+
+def test_merge_checker_names_a_merge_that_forgets_the_update():
+    assert_rejected(check_merge_lora(lambda layer: copy.deepcopy(layer.base)), "update is missing")
+
+
+def _weight_in_float64(layer):
+    merged = copy.deepcopy(layer.base)  # the bias stays float32
+    merged.weight = nn.Parameter(layer.base.weight.double() + layer.scaling * (layer.lora_B @ layer.lora_A).double())
+    return merged
+
+
+@pytest.mark.parametrize("answer", [lambda layer: merge_lora(layer).double(), _weight_in_float64],
+                         ids=["whole_layer_float64", "weight_float64"])
+def test_merge_checker_names_a_float64_merge_instead_of_raising(answer):
+    assert_rejected(check_merge_lora(answer), "float64")
+
+
+def test_merge_checker_reports_a_merged_layer_whose_forward_raises():
+    class Broken(nn.Linear):
+        def forward(self, x):
+            raise ValueError("a learner's bug")
+
+    def merge(layer):
+        merged = Broken(layer.base.in_features, layer.base.out_features, bias=layer.base.bias is not None)
+        merged.load_state_dict(merge_lora(layer).state_dict())
+        return merged
+    assert_rejected(check_merge_lora(merge), "ValueError")
+
+
+def test_merge_checker_rejects_in_and_out_features_swapped():
+    def swapped(layer):
+        right = merge_lora(layer)
+        merged = nn.Linear(layer.base.out_features, layer.base.in_features, bias=layer.base.bias is not None)
+        merged.weight, merged.bias = right.weight, right.bias  # computes the right thing, says the wrong sizes
+        return merged
+    assert_rejected(check_merge_lora(swapped), "in_features")
+
+
+def test_merge_checker_rejects_a_merge_that_freezes_the_given_layer():
+    def freezes(layer):
+        layer.requires_grad_(False)  # "the adapter is merged, nothing learns any more": but layer is not ours
+        return merge_lora(layer)
+    assert_rejected(check_merge_lora(freezes), "changed the lora layer", "lora_B")
+
+
+class TrainableCopyOfW(DoRALinear):
+    """Freezes the base, then keeps its own copy of W as an nn.Parameter: trainable, so the full W learns."""
+
+    def __init__(self, base, r, alpha):
+        super().__init__(base, r, alpha)
+        self.weight = nn.Parameter(base.weight.detach().clone())
+
+    def forward(self, x):
+        adapted = self.weight + self.scaling * self.lora_B @ self.lora_A
+        bias = 0 if self.base.bias is None else self.base.bias
+        return self.magnitude / adapted.norm(dim=1).detach() * (x @ adapted.T) + bias
+
+
+class TrainableCopyOfBias(DoRALinear):
+    """Adds the bias from its own nn.Parameter copy: trainable."""
+
+    def __init__(self, base, r, alpha):
+        super().__init__(base, r, alpha)
+        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach().clone())
+
+    def forward(self, x):
+        adapted = self.base.weight + self.scaling * self.lora_B @ self.lora_A
+        out = self.magnitude / adapted.norm(dim=1).detach() * (x @ adapted.T)
+        return out if self.bias is None else out + self.bias
+
+
+@pytest.mark.parametrize("answer", [TrainableCopyOfW, TrainableCopyOfBias])
+def test_dora_checker_rejects_trainable_parameters_beyond_a_b_and_the_magnitude(answer):
+    assert_rejected(check_dora_linear(answer), "also require gradients", "only lora_a, lora_b and magnitude")
+
+
+def test_dora_checker_accepts_a_frozen_copy_of_the_base_layer():
+    class FrozenCopy(DoRALinear):  # leaves the caller's layer as it was: a valid answer
+        def __init__(self, base, r, alpha):
+            super().__init__(copy.deepcopy(base), r, alpha)
+    assert check_dora_linear(FrozenCopy).passed
+
+
+def test_dora_checker_names_a_float64_magnitude_instead_of_raising():
+    def build(base, r, alpha):
+        return DoRALinear(base, r, alpha, magnitude_start=lambda base: base.weight.detach().double().norm(dim=1))
+    assert_rejected(check_dora_linear(build), "magnitude", "float64")
+
+
+class DoRAWithoutBias(DoRALinear):
+    def forward(self, x):
+        adapted = self.base.weight + self.scaling * self.lora_B @ self.lora_A
+        return self.magnitude / adapted.norm(dim=1).detach() * (x @ adapted.T)
+
+
+class DoRAWithOneNorm(DoRALinear):
+    def forward(self, x):
+        adapted = self.base.weight + self.scaling * self.lora_B @ self.lora_A
+        bias = 0 if self.base.bias is None else self.base.bias
+        return self.magnitude / adapted.norm().detach() * (x @ adapted.T) + bias
+
+
+class DoRAUnscaledNorm(DoRALinear):
+    def forward(self, x):
+        adapted = self.base.weight + self.scaling * self.lora_B @ self.lora_A
+        norm = (self.base.weight + self.lora_B @ self.lora_A).norm(dim=1).detach()  # alpha / r left out here only
+        bias = 0 if self.base.bias is None else self.base.bias
+        return self.magnitude / norm * (x @ adapted.T) + bias
+
+
+@pytest.mark.parametrize("answer, words", [
+    (DoRAWithoutBias, ["bias is missing"]),
+    (DoRAWithOneNorm, ["whole matrix", "norm(dim=1)"]),
+    (DoRAUnscaledNorm, ["missing inside the norm"]),
+])
+def test_dora_checker_names_more_mistakes(answer, words):
+    assert_rejected(check_dora_linear(answer), *words)
+
+
+def test_dora_checker_rejects_a_start_that_is_nan():
+    class NaNUntilTrained(DoRALinear):  # right once B is not zero, NaN at the start
+        def forward(self, x):
+            out = super().forward(x)
+            return out if bool((self.lora_B != 0).any()) else out * float("nan")
+    assert_rejected(check_dora_linear(NaNUntilTrained), "at the start")
+
+
+def test_count_checker_rejects_an_answer_that_builds_the_model():
+    def builds(config, r, targets):
+        model = BertForSequenceClassification(config)
+        add_lora(model, r, 2 * r, targets)
+        return parameter_counts(model)[0]
+    assert_rejected(check_lora_trainable_parameters(builds), "without building")
+
+
+def test_count_checker_says_a_fractional_count_is_not_whole():
+    assert_rejected(check_lora_trainable_parameters(lambda *args: count(*args) + 0.4), "not a whole number")
+
+
+def _dense_once(config, r, targets):
+    h, layers = config.hidden_size, config.num_hidden_layers
+    without = count(config, r, [t for t in targets if t != "dense"])
+    return without + (layers * r * 2 * h + r * 2 * h if "dense" in targets else 0)
+
+
+def _pooler_always(config, r, targets):
+    return count(config, r, targets) + (0 if "dense" in targets else r * 2 * config.hidden_size)
+
+
+@pytest.mark.parametrize("answer, words", [
+    (_dense_once, ["attention.output.dense", "intermediate.dense"]),
+    (_pooler_always, ["pooler", "only when 'dense'"]),
+])
+def test_count_checker_names_more_mistakes(answer, words):
+    assert_rejected(check_lora_trainable_parameters(answer), *words)
+
+
+def test_count_checker_reports_an_int_too_large_for_a_float():
+    assert not check_lora_trainable_parameters(lambda *args: 10 ** 400).passed

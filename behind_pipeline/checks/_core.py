@@ -246,7 +246,7 @@ def as_tensor(value, dtype=torch.float64) -> torch.Tensor | None:
         return None
     try:
         return torch.as_tensor(value, dtype=dtype).detach()
-    except (TypeError, ValueError, RuntimeError):
+    except (TypeError, ValueError, RuntimeError, OverflowError):  # OverflowError: an int too large, e.g. 10 ** 400
         return None
 
 

@@ -7,6 +7,8 @@ wrong scale shows), and with factors that are not zero (so the update counts). D
 ``use_dora=True`` layer, outputs and gradients.
 """
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -17,7 +19,7 @@ from behind_pipeline.lora import LoRALinear, add_lora
 
 # (in_features, out_features, r, alpha, bias, what the case exposes)
 MERGE_CASES = [
-    (12, 20, 4, 8, True, "a wide layer, alpha / r = 2"),
+    (12, 20, 4, 10, True, "a wide layer, alpha / r = 2.5 (not a whole number)"),
     (20, 6, 2, 10, True, "a narrow layer, alpha / r = 5"),
     (9, 9, 3, 1, False, "a square layer without bias, alpha / r = 1/3"),
     (16, 5, 1, 4, True, "rank 1"),
@@ -42,6 +44,9 @@ def trained_lora_linear(in_features: int, out_features: int, r: int, alpha: floa
 def _merged_weights_with_mistakes(layer: LoRALinear) -> dict[str, torch.Tensor]:
     W, A, B = layer.base.weight.detach(), layer.lora_A.detach(), layer.lora_B.detach()
     mistakes = {
+        f"the scale is alpha // r, integer division ({layer.alpha} // {layer.r} = {layer.alpha // layer.r}): use "
+        "alpha / r": W + (layer.alpha // layer.r) * (B @ A),
+        "the update is missing: the merged weight is W alone; add (alpha / r) * B @ A": W,
         "the update is added without its scale: W + B @ A, but LoRA adds (alpha / r) * B @ A": W + B @ A,
         "the update is scaled by alpha; the scale is alpha / r": W + layer.alpha * (B @ A),
         "the update is scaled by r / alpha; the scale is alpha / r": W + (layer.r / layer.alpha) * (B @ A),
@@ -63,6 +68,7 @@ def check_merge_lora(merge_lora) -> CheckReport:
         with torch.no_grad():
             expected = layer(x)
         before = {name: value.clone() for name, value in layer.state_dict().items()}
+        trainable_before = {name: p.requires_grad for name, p in layer.named_parameters()}
         merged = report.call(merge_lora, layer, name="merge_lora")
         if merged is Ellipsis:
             return report
@@ -71,9 +77,24 @@ def check_merge_lora(merge_lora) -> CheckReport:
                         f"{type(merged).__name__}")
             return report
         changed = [name for name, value in layer.state_dict().items() if not torch.equal(value, before[name])]
+        changed += [f"{name}.requires_grad" for name, p in layer.named_parameters()
+                    if p.requires_grad != trainable_before[name]]
         if changed:
             report.fail(f"{description}: merge_lora changed the LoRA layer it was given ({', '.join(changed)}): "
                         "build a new nn.Linear, leave the original as it was")
+            return report
+        wrong_dtype = [name for name, p in merged.named_parameters() if p.dtype != layer.base.weight.dtype]
+        if wrong_dtype:
+            verb = "are" if len(wrong_dtype) > 1 else "is"
+            report.fail(f"{description}: the merged layer's {' and '.join(wrong_dtype)} {verb} "
+                        f"{merged.get_parameter(wrong_dtype[0]).dtype}, the LoRA layer's {verb} "
+                        f"{layer.base.weight.dtype} (a float64 layer cannot take float32 inputs): cast back with "
+                        ".to(layer.base.weight.dtype)")
+            return report
+        if (merged.in_features, merged.out_features) != (d_in, d_out):
+            report.fail(f"{description}: the merged nn.Linear says in_features={merged.in_features}, "
+                        f"out_features={merged.out_features}; the layer maps {d_in} -> {d_out}: build it as "
+                        "nn.Linear(base.in_features, base.out_features)")
             return report
         if tuple(merged.weight.shape) != (d_out, d_in):
             report.fail(f"{description}: the merged weight has shape {tuple(merged.weight.shape)}, expected "
@@ -92,8 +113,12 @@ def check_merge_lora(merge_lora) -> CheckReport:
                     atol=1e-5):
                 report.fail(f"{description}: {message}")
                 return report
-        with torch.no_grad():
-            got = merged(x)
+        try:
+            with torch.no_grad():
+                got = merged(x)
+        except Exception as error:  # a learner's layer must become a message, not a crashed notebook
+            report.fail(f"{description}: calling the merged layer on x raised {describe_error(error)}")
+            return report
         diff = (got.double() - expected.double()).abs().max().item()
         if not report.expect(diff < 1e-4, f"{description} ({d_in} -> {d_out}, r={r}, alpha={alpha}): merged layer "
                              "equals the LoRA layer", f"{description}: the merged layer's output differs from the "
@@ -155,10 +180,10 @@ def _dora_outputs_with_mistakes(x, base, A, B, magnitude, alpha, r) -> dict[str,
     x, W, A, B, m = (t.detach().double() for t in (x, base.weight, A, B, magnitude))
     b = torch.zeros(W.shape[0], dtype=torch.float64) if base.bias is None else base.bias.detach().double()
 
-    def dora(scale, norm_of=None, rescale_bias=False, norm_dim=1):
+    def dora(scale, norm_of=None, rescale_bias=False, norm_dim=1, with_bias=True):
         adapted = W + scale * B @ A  # (out, in)
         norm = (adapted if norm_of is None else norm_of).norm(dim=norm_dim)
-        return m / norm * (x @ adapted.T) + (m / norm if rescale_bias else 1) * b
+        return m / norm * (x @ adapted.T) + (m / norm if rescale_bias else 1) * b * with_bias
 
     mistakes = {
         "the scale is alpha // r, integer division (10 // 4 = 2): use alpha / r": dora(alpha // r),
@@ -170,6 +195,12 @@ def _dora_outputs_with_mistakes(x, base, A, B, magnitude, alpha, r) -> dict[str,
             dora(alpha / r, rescale_bias=True),
         "the magnitude is never applied: this is plain LoRA, W x + (alpha / r) B A x + b":
             x @ (W + alpha / r * B @ A).T + b,
+        "the bias is missing: add the base layer's bias b (as it is) after rescaling x W'^T":
+            dora(alpha / r, with_bias=False),
+        "the norm is that of the whole matrix (one number); DoRA takes one norm per output row, norm(dim=1)":
+            m / (W + alpha / r * B @ A).norm() * (x @ (W + alpha / r * B @ A).T) + b,
+        "the scale alpha / r is missing inside the norm: divide by the norm of W + (alpha / r) B A, the same "
+        "matrix as the numerator": dora(alpha / r, norm_of=W + B @ A),
     }
     if W.shape[0] == W.shape[1]:
         mistakes["the norm is taken over dim 0 (one per input column); nn.Linear's weight is (out, in), so the "
@@ -203,10 +234,24 @@ def _dora_parts(report, module, base, d_in, d_out, r, description):
                     if name == "magnitude" and tuple(parts[name].shape) == (d_in,) else "")
             report.fail(f"{description}: {name} has shape {tuple(parts[name].shape)}, expected {shape}{hint}")
             return None
-    still_trained = [name for name, p in base.named_parameters() if p.requires_grad]
+    wrong_dtype = [name for name, value in parts.items() if value.dtype != base.weight.dtype]
+    if wrong_dtype:
+        report.fail(f"{description}: {' and '.join(wrong_dtype)} is {parts[wrong_dtype[0]].dtype}, the base "
+                    f"weight {base.weight.dtype}: keep the parameters in the weight's dtype (a float64 tensor would "
+                    "meet the model's float32 ones)")
+        return None
+    own = {id(p) for p in parts.values()}
+    base_ids = {id(p): name for name, p in base.named_parameters()}
+    extra = [(name, p) for name, p in module.named_parameters() if p.requires_grad and id(p) not in own]
+    still_trained = [base_ids[id(p)] for _, p in extra if id(p) in base_ids]
     if still_trained:
         report.fail(f"{description}: the base layer's {' and '.join(still_trained)} still require gradients: "
                     "freeze W (and b); only A, B and the magnitude learn")
+        return None
+    if extra:
+        report.fail(f"{description}: {', '.join(name for name, _ in extra)} also require gradients: only lora_A, "
+                    "lora_B and magnitude learn (a copy made with nn.Parameter(...) is trainable unless "
+                    "requires_grad=False)")
         return None
     frozen = [name for name, value in parts.items() if not value.requires_grad]
     if frozen:
@@ -271,7 +316,7 @@ def check_dora_linear(DoRALinear) -> CheckReport:  # noqa: N803 (the learner's c
             return report
         with torch.no_grad():
             diff = (start - base(x).double()).abs().max().item()
-        if diff > 1e-5:
+        if not diff <= 1e-5:  # NaN too
             if not _named_mistake(report, description, start, base(x).detach().double(), x, base, A, B, magnitude,
                                   alpha, r):
                 report.fail(f"{description}: at the start the output differs from the base layer's by {diff:.2e}")
@@ -375,7 +420,30 @@ def _count_mistakes(hidden, layers, intermediate, labels, r, targets) -> dict[st
         "intermediate -> hidden": sum(r * 2 * hidden for _ in pairs) + head,
         "the pooler's dense layer is missing: its name ends in 'dense' too":
             lora - (r * 2 * hidden if "dense" in targets else 0) + head,
+        "'dense' counted once per layer: it names three layers in each (attention.output.dense, "
+        "intermediate.dense, output.dense)":
+            lora - (layers * r * 2 * (hidden + intermediate) if "dense" in targets else 0) + head,
+        "the pooler counted without 'dense' among the targets: add_lora wraps pooler.dense only when 'dense' is "
+        "a target": lora + (r * 2 * hidden if "dense" not in targets else 0) + head,
     }
+
+
+@contextmanager
+def _models_built():
+    """The class names of the transformers models built inside the ``with`` block (the list fills as they are)."""
+    from transformers import PreTrainedModel
+
+    built, original_init = [], PreTrainedModel.__init__
+
+    def recording_init(self, *args, **kwargs):
+        built.append(type(self).__name__)
+        original_init(self, *args, **kwargs)
+
+    PreTrainedModel.__init__ = recording_init
+    try:
+        yield built
+    finally:
+        PreTrainedModel.__init__ = original_init
 
 
 def check_lora_trainable_parameters(lora_trainable_parameters) -> CheckReport:
@@ -384,7 +452,12 @@ def check_lora_trainable_parameters(lora_trainable_parameters) -> CheckReport:
     for hidden, layers, intermediate, labels, r, targets, description in COUNT_CASES:
         config = _bert_config(hidden, layers, intermediate, labels)
         expected = actual_trainable(config, r, targets)
-        got = report.call(lora_trainable_parameters, config, r, targets, name="lora_trainable_parameters")
+        with _models_built() as built:
+            got = report.call(lora_trainable_parameters, config, r, targets, name="lora_trainable_parameters")
+        if built:
+            report.fail(f"lora_trainable_parameters built a model ({built[0]}): the exercise asks for the count "
+                        "from the config alone, without building one")
+            return report
         if got is Ellipsis:
             return report
         value = report.tensor(got, "the count", shape=())
@@ -393,6 +466,10 @@ def check_lora_trainable_parameters(lora_trainable_parameters) -> CheckReport:
         if value.item() == expected:
             report.ok(f"{description} (r={r}, {', '.join(targets)}): {expected:,} trainable parameters")
             continue
+        if not float(value.item()).is_integer():
+            report.fail(f"{description}: predicted {value.item():,}, not a whole number: a count of parameters is "
+                        "an int (use // or int(...) where a / crept in)")
+            return report
         for message, wrong in _count_mistakes(hidden, layers, intermediate, labels, r, targets).items():
             if wrong != expected and value.item() == wrong:
                 report.fail(f"{description}: {message}")
