@@ -109,13 +109,16 @@ def quick_trainer(model, tokenizer, train_ds, output_dir: str | Path, **argument
     return trainer
 
 
-def trainer_like_loop(classifier, tokenizer, train_ds, settings: TrainingSettings, output_dir: str | Path):
+def trainer_like_loop(classifier, tokenizer, train_ds, settings: TrainingSettings, output_dir: str | Path,
+                      sampling: str = "group_by_length"):
     """A ``Trainer`` with the settings of :func:`behind_pipeline.training.train_classifier`.
 
     Same optimizer (``torch.optim.AdamW``), learning rate, linear schedule with the same number of warmup steps,
-    weight decay, gradient clipping, batch size, epochs and step limit, length-grouped batches; a loss logged at
-    every step. ``train_ds`` is a tokenized split (:func:`tokenize_split`). No evaluation and no checkpoints during
-    training: like the loop, it only trains.
+    gradient clipping, batch size, epochs and step limit; the same weight decay only at 0 (Trainer exempts biases
+    and LayerNorm weights, the loop does not); length-grouped batches, which Trainer's sampler groups and orders its
+    own way (``sampling``: ``"sequential"`` reads the split in its order); a loss logged at every step. ``train_ds``
+    is a tokenized split (:func:`tokenize_split`). No evaluation and no checkpoints during training: like the loop,
+    it only trains.
     """
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
@@ -133,7 +136,7 @@ def trainer_like_loop(classifier, tokenizer, train_ds, settings: TrainingSetting
         weight_decay=settings.weight_decay,
         max_grad_norm=settings.max_grad_norm,
         optim="adamw_torch",  # torch.optim.AdamW, as the loop (Trainer's default is its fused variant)
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy=sampling,
         seed=settings.seed,
         logging_strategy="steps",
         logging_steps=1,
@@ -147,6 +150,28 @@ def trainer_like_loop(classifier, tokenizer, train_ds, settings: TrainingSetting
                       data_collator=DataCollatorWithPadding(tokenizer))
     trainer.remove_callback(PrinterCallback)  # with the progress bar off, it would print every log entry
     return trainer
+
+
+def trainer_on_loop_batches(classifier, tokenizer, train_ds, settings: TrainingSettings, output_dir: str | Path):
+    """:func:`trainer_like_loop`'s Trainer fed the loop's own batches in the loop's order.
+
+    ``train_ds`` (with ``text`` and ``label``) is reordered as :func:`behind_pipeline.training.train_classifier`
+    orders it (:func:`~behind_pipeline.batching.length_grouped_batches`, same seed) and read sequentially, cut
+    into batches of the same size: the same batches only for one epoch over a split that divides into whole
+    batches (a shorter batch at the end of a group would shift the cuts), so both are required. With dropout off,
+    the two then take the same steps.
+    """
+    from behind_pipeline.batching import length_grouped_batches
+
+    if settings.epochs != 1 or len(train_ds) % settings.batch_size:
+        raise ValueError(f"the same batches need 1 epoch and whole batches: {settings.epochs} epochs, "
+                         f"{len(train_ds)} reviews in batches of {settings.batch_size}")
+    lengths = [len(ids) for ids in tokenizer(list(train_ds["text"]), truncation=True,
+                                             max_length=settings.max_length)["input_ids"]]
+    batches = length_grouped_batches(lengths, settings.batch_size, torch.Generator().manual_seed(settings.seed))
+    in_loop_order = train_ds.select([index for batch in batches for index in batch])
+    return trainer_like_loop(classifier, tokenizer, tokenize_split(in_loop_order, tokenizer, settings.max_length),
+                             settings, output_dir, sampling="sequential")
 
 
 def training_losses(log_history: list[dict]) -> list[float]:

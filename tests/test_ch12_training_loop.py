@@ -32,6 +32,7 @@ from behind_pipeline.trainer_setup import (
     logged_learning_rates,
     tokenize_split,
     trainer_like_loop,
+    trainer_on_loop_batches,
     training_losses,
 )
 from behind_pipeline.training import TrainingSettings, train_classifier
@@ -63,6 +64,40 @@ def test_trainer_like_loop_follows_the_loops_schedule(splits, tokenizer, tmp_pat
     assert rates == pytest.approx(history.learning_rates, abs=1e-15)
     assert rates[1] == pytest.approx(1e-3)  # one warmup step: the peak at step 1
     assert len(training_losses(trainer.state.log_history)) == 6
+
+
+def test_trainer_on_the_loops_batches_takes_the_loops_steps_with_dropout_off(splits, tokenizer, tmp_path):
+    sample = splits["train"].select(range(24))
+    settings = TrainingSettings(batch_size=4, learning_rate=1e-3, max_steps=3, seed=1)
+
+    def no_dropout():
+        model = tiny_bert(tokenizer)
+        model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        return model
+
+    loop = no_dropout()
+    train_classifier(loop, tokenizer, sample["text"], sample["label"], settings)
+    trainer = trainer_on_loop_batches(no_dropout(), tokenizer, sample, settings, tmp_path)
+    assert trainer.args.train_sampling_strategy == "sequential"
+    trainer.train()
+    start, trained = dict(no_dropout().named_parameters()), dict(trainer.model.named_parameters())
+    for name, weight in loop.named_parameters():
+        assert torch.allclose(weight, trained[name], atol=1e-6), name
+    assert any(not torch.equal(weight, start[name]) for name, weight in loop.named_parameters())
+    # Trainer's own length grouping (or another seed's order) gives other batches: other weights.
+    grouped = trainer_like_loop(no_dropout(), tokenizer, tokenize_split(sample, tokenizer), settings, tmp_path)
+    grouped.train()
+    other = dict(grouped.model.named_parameters())
+    assert any(not torch.allclose(weight, other[name], atol=1e-6) for name, weight in loop.named_parameters())
+
+
+def test_trainer_on_loop_batches_refuses_what_would_cut_other_batches(splits, tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="whole batches"):
+        trainer_on_loop_batches(tiny_bert(tokenizer), tokenizer, splits["train"].select(range(10)),
+                                TrainingSettings(batch_size=4), tmp_path)
 
 
 def test_trainer_like_loop_stops_at_max_steps(splits, tokenizer, tmp_path):
