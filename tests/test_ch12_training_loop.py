@@ -7,6 +7,7 @@ path of the same function and the launcher trap are tested.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,8 @@ from behind_pipeline.trainer_setup import (
     training_losses,
 )
 from behind_pipeline.training import TrainingSettings, train_classifier
+
+from checker_asserts import ODD_ANSWERS, assert_rejected, assert_reported, failures
 
 
 def tiny_bert(tokenizer, seed=0):
@@ -425,3 +428,192 @@ def test_bf16_autocast_runs_on_the_cpu_with_trainer(tokenizer, tmp_path):
     with torch.inference_mode(), trainer.accelerator.autocast():
         logits = model(**batch).logits
     assert logits.dtype == torch.bfloat16 and model.classifier.weight.dtype == torch.float32
+
+
+# --- found by trying the checkers as a skeptical instructor ------------------------------------------------------
+
+
+# --- exercise 1 ---------------------------------------------------------------------------------------------------
+
+
+def cosine_in_float32(step, peak, warmup_steps, total_steps):
+    """The schedule written with torch: float32 tensors, within 1.3e-7 x peak of the library at every step."""
+    if step < warmup_steps:
+        return torch.tensor(peak * step / max(1, warmup_steps))
+    progress = torch.tensor((step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return peak * 0.5 * (1 + torch.cos(math.pi * progress))
+
+
+@pytest.mark.parametrize("answer", [cosine_in_float32, lambda *args: torch.tensor(cosine_warmup_lr(*args)),
+                                    lambda *args: np.float32(cosine_warmup_lr(*args))],
+                         ids=["torch float32", "float32 tensor of the solution", "numpy float32"])
+def test_check_cosine_warmup_lr_accepts_float32_rates(answer):
+    report = check_cosine_warmup_lr(answer)
+    assert report.passed, report
+
+
+def test_check_cosine_warmup_lr_names_no_warmup_mistake_where_the_run_is_all_warmup():
+    """Returning 0 at step total_steps is wrong only where warmup == total (the library runs that step at the
+    peak); the report must say that, not "the cosine runs over the whole run", which this answer does not do."""
+    def zero_at_the_end(step, peak, warmup_steps, total_steps):
+        return 0.0 if step >= total_steps else cosine_warmup_lr(step, peak, warmup_steps, total_steps)
+
+    report = check_cosine_warmup_lr(zero_at_the_end)
+    assert_rejected(report, "peak")
+    assert "whole run" not in repr(report), report
+
+
+def test_check_cosine_warmup_lr_shows_a_difference_the_learner_can_see():
+    """The cosine reaching 0 a step early: the FIX line must not print the same number twice."""
+    def early_zero(step, peak, warmup_steps, total_steps):
+        if step < warmup_steps:
+            return peak * step / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps - 1))
+        return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+    report = check_cosine_warmup_lr(early_zero)
+    assert not report.passed
+    for line in failures(report):
+        if " got " in line and "the library gives" in line:
+            got = line.split(" got ")[1].split(",")[0]
+            library = line.split("the library gives ")[1].split(" ")[0]
+            assert got != library, line
+
+
+# --- exercise 2 ---------------------------------------------------------------------------------------------------
+
+
+def clip_trainable_only(parameters, max_norm):
+    """Skips frozen parameters by requires_grad: breaks on a trainable parameter the loss did not reach."""
+    gradients = [parameter.grad for parameter in parameters if parameter.requires_grad]
+    norm = torch.sqrt(sum((gradient ** 2).sum() for gradient in gradients))
+    for gradient in gradients:
+        gradient.mul_(min(1.0, max_norm / (norm.item() + 1e-6)))
+    return norm
+
+
+def clip_without_epsilon(parameters, max_norm):
+    """max_norm / norm in Python floats: ZeroDivisionError when every gradient is 0."""
+    gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    norm = math.sqrt(sum((gradient ** 2).sum().item() for gradient in gradients))
+    for gradient in gradients:
+        gradient.mul_(min(1.0, max_norm / norm))
+    return norm
+
+
+def clipping_variant_2(kind):
+    def clip(parameters, max_norm):
+        gradients = [parameter.grad for parameter in parameters if parameter.grad is not None]
+        squares = sum((gradient ** 2).sum() for gradient in gradients)
+        norm = {"sum_of_norms": sum(gradient.norm() for gradient in gradients), "no_sqrt": squares,
+                "rms": (squares / sum(gradient.numel() for gradient in gradients)).sqrt()}.get(kind, squares.sqrt())
+        for gradient in gradients:
+            if kind == "by_value":
+                gradient.clamp_(-max_norm, max_norm)
+            else:
+                gradient.mul_(min(1.0, max_norm / (norm.item() + 1e-6)))
+        return norm
+
+    return clip
+
+
+@pytest.mark.parametrize(("answer", "says"), [
+    (clip_trainable_only, "requires_grad"), (clip_without_epsilon, "1e-6"),
+    (clipping_variant_2("sum_of_norms"), "sum of each tensor's norm"), (clipping_variant_2("no_sqrt"), "square root"),
+    (clipping_variant_2("rms"), "root mean square"), (clipping_variant_2("by_value"), "clip_grad_value_"),
+], ids=["requires_grad", "no_epsilon", "sum_of_norms", "no_sqrt", "rms", "by_value"])
+def test_check_clip_gradients_rejects_and_names_the_mistake_2(answer, says):
+    assert_rejected(check_clip_gradients(answer), says)
+
+
+def test_check_clip_gradients_still_accepts_the_solution_and_the_library_on_zero_gradients():
+    assert check_clip_gradients(clip_gradients).passed
+    assert check_clip_gradients(torch.nn.utils.clip_grad_norm_).passed
+
+
+@pytest.mark.parametrize("kind", ["always_scale", "inf_norm"])
+def test_check_clip_gradients_never_raises_on_zero_gradients(kind):
+    """The mistake classifier divides by the gradient norm and by the largest entry: both are 0 in a zero case."""
+    def clip(parameters, max_norm):
+        parameters = [p for p in parameters if p.grad is not None]
+        norm = torch.sqrt(sum((p.grad ** 2).sum() for p in parameters))
+        for p in parameters:
+            if kind == "always_scale":
+                p.grad.mul_(max_norm / (norm + 1e-6))
+            else:
+                p.grad.mul_(min(1.0, max_norm / (p.grad.abs().max().item() + 1e-6)))
+        return norm
+
+    assert_reported(check_clip_gradients(clip))
+
+
+# --- exercise 3 ---------------------------------------------------------------------------------------------------
+
+
+def accumulation_variant_2(kind):
+    def step(model, optimizer, micro_batches):
+        total = sum(len(labels) for _, labels in micro_batches)
+        if kind == "concatenated":  # one forward on the whole batch: no accumulation, no memory saved
+            inputs = torch.cat([inputs for inputs, _ in micro_batches])
+            labels = torch.cat([labels for _, labels in micro_batches])
+            F.cross_entropy(model(inputs), labels).backward()
+        elif kind == "one_backward":  # every micro-batch's graph kept until one backward at the end
+            sum(F.cross_entropy(model(inputs), labels) * len(labels) / total
+                for inputs, labels in micro_batches).backward()
+        else:
+            if kind == "eval_mode":
+                model.eval()
+            for inputs, labels in micro_batches:
+                scale = {"divided_twice": len(labels) / total / len(micro_batches),
+                         "integer_division": len(labels) // total}.get(kind, len(labels) / total)
+                (F.cross_entropy(model(inputs), labels) * scale).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return step
+
+
+@pytest.mark.parametrize(("kind", "says"), [
+    ("concatenated", "each micro-batch"), ("one_backward", "backward"), ("eval_mode", "train"),
+    ("divided_twice", "times"), ("integer_division", "did not move"),
+])
+def test_check_accumulated_step_rejects_and_names_the_mistake_2(kind, says):
+    assert_rejected(check_accumulated_step(accumulation_variant_2(kind)), says)
+
+
+def test_check_accumulated_step_does_not_blame_zero_grad_for_a_backward_outside_the_loop():
+    def last_only(model, optimizer, micro_batches):
+        total = sum(len(labels) for _, labels in micro_batches)
+        for inputs, labels in micro_batches:
+            loss = F.cross_entropy(model(inputs), labels) * len(labels) / total
+        loss.backward()  # indented one level too little: only the last micro-batch
+        optimizer.step()
+        optimizer.zero_grad()
+
+    report = check_accumulated_step(last_only)
+    assert_rejected(report, "last micro-batch")
+
+
+def test_check_accumulated_step_accepts_summed_losses_divided_by_the_total():
+    def summed(model, optimizer, micro_batches):
+        total = sum(len(labels) for _, labels in micro_batches)
+        for inputs, labels in micro_batches:
+            (F.cross_entropy(model(inputs), labels, reduction="sum") / total).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    assert check_accumulated_step(summed).passed
+    assert check_accumulated_step(accumulated_step).passed
+
+
+@pytest.mark.parametrize("name", ["a float64 tensor", "a list", "a dict", "nan"])
+def test_check_accumulated_step_does_not_say_none_for_a_value(name):
+    report = check_accumulated_step(ODD_ANSWERS[name])
+    assert_reported(report)
+    assert "returned None" not in repr(report), report
+
+
+@pytest.mark.parametrize("check", [check_cosine_warmup_lr, check_clip_gradients, check_accumulated_step])
+@pytest.mark.parametrize("name", list(ODD_ANSWERS))
+def test_odd_answers_are_reported_not_raised(check, name):
+    assert_reported(check(ODD_ANSWERS[name]))

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.checks._core import CheckReport, is_stub
 
 # --- Exercise 1: a cosine schedule with warmup by hand ------------------------------------------------------------
 
@@ -65,7 +65,12 @@ def _schedule_mistakes(peak, warmup_steps, total_steps, steps) -> dict[str, list
             return peak * max(0.0, 1 - progress)
         return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return {
+    mistakes = {}
+    if warmup_steps >= total_steps:  # the cosine part is the single step total_steps, at progress 0 / max(1, 0)
+        mistakes["the run is all warmup: at step total_steps the warmup has just ended and the library runs it at "
+                  "the peak (progress = (step - warmup) / max(1, total - warmup) = 0), not at 0"] = [
+            rate(step) if step < warmup_steps else 0.0 for step in steps]
+    return mistakes | {
         "warmup is one step ahead: step 0 runs at 0, step i of the warmup at i / warmup_steps of the peak": [
             rate(step, "ahead") for step in steps],
         "the cosine runs over the whole run: it starts at the end of the warmup, progress = (step - warmup) / "
@@ -76,6 +81,11 @@ def _schedule_mistakes(peak, warmup_steps, total_steps, steps) -> dict[str, list
             [rate(step, "unshifted") for step in steps],
         "that is the linear decay of the chapter, not a cosine": [rate(step, "linear") for step in steps],
     }
+
+
+def _same_rate(a: float, b: float, peak: float) -> bool:
+    """Equal to a float32 rounding of the rate (1e-6 of the peak); every mistake above differs by over 1e-3."""
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=max(1e-12, 1e-6 * abs(peak)))
 
 
 def check_cosine_warmup_lr(cosine_warmup_lr) -> CheckReport:
@@ -96,19 +106,19 @@ def check_cosine_warmup_lr(cosine_warmup_lr) -> CheckReport:
             if number is None:
                 return report
             got.append(number.item())
-        wrong = [step for step in steps if not math.isclose(got[step], expected[step], rel_tol=1e-9, abs_tol=1e-12)]
+        wrong = [step for step in steps if not _same_rate(got[step], expected[step], peak)]
         if not wrong:
             report.ok(f"{description} (peak {peak:g}, warmup {warmup_steps}, {total_steps} steps): "
                       f"equal at steps 0..{steps[-1]}")
             continue
         first = wrong[0]
         for message, rates in _schedule_mistakes(peak, warmup_steps, total_steps, steps).items():
-            if all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(got, rates, strict=True)):
+            if all(_same_rate(a, b, peak) for a, b in zip(got, rates, strict=True)):
                 report.fail(f"{description}: {message}")
                 break
         else:
-            report.fail(f"{description}: at step {first} got {got[first]:.6g}, the library gives "
-                        f"{expected[first]:.6g} ({len(wrong)} of {len(steps)} steps differ)")
+            report.fail(f"{description}: at step {first} got {got[first]:.9g}, the library gives "
+                        f"{expected[first]:.9g} ({len(wrong)} of {len(steps)} steps differ)")
     return report
 
 
@@ -128,7 +138,9 @@ def _parameters_with_gradients(gradient_norm: float, seed: int) -> list[torch.nn
     for parameter, gradient in zip(parameters, gradients, strict=True):
         parameter.grad = gradient.mul_(gradient_norm / norm)
     frozen = torch.nn.Parameter(torch.randn(5, generator=generator), requires_grad=False)  # no gradient, skipped
-    return [parameters[0], frozen, parameters[1], parameters[2]]
+    # trainable but not reached by the loss (an unused head, a pooler): requires_grad True and grad None, skipped too
+    unused = torch.nn.Parameter(torch.randn(2, generator=generator))
+    return [parameters[0], frozen, parameters[1], parameters[2], unused]
 
 
 def _copy(parameters):
@@ -146,7 +158,20 @@ CLIPPING_CASES = [
     (0.3, 1.0, False, "gradients below the limit are left alone"),
     (2.0, 2.0, False, "a norm exactly at the limit"),
     (12.5, 0.5, True, "parameters given as a generator (model.parameters()), as the loop passes them"),
+    (0.0, 1.0, False, "all gradients 0: the norm is 0, and the 1e-6 keeps max_norm / (norm + 1e-6) finite"),
 ]
+
+
+def _norm_mistakes(gradients: list[torch.Tensor]) -> dict[str, float]:
+    """Norms a learner computes instead of the 2-norm of all gradients together, by the mistake that gives each."""
+    flat = torch.cat([gradient.double().reshape(-1) for gradient in gradients])
+    return {
+        "the squared norm: take the square root of the sum of squares": flat.pow(2).sum().item(),
+        "the sum of each tensor's norm: the norm of all gradients together is sqrt of the sum of every tensor's "
+        "squared norm": sum(torch.linalg.vector_norm(gradient.double()).item() for gradient in gradients),
+        "the root mean square: add the squares up, do not average them": flat.pow(2).mean().sqrt().item(),
+        "the largest absolute entry (the max norm): use the 2-norm": flat.abs().max().item(),
+    }
 
 
 def check_clip_gradients(clip_gradients) -> CheckReport:
@@ -161,12 +186,16 @@ def check_clip_gradients(clip_gradients) -> CheckReport:
         returned = report.call(clip_gradients, given, max_norm, name="clip_gradients")
         if returned is Ellipsis:
             if any("NoneType" in line for line in report.lines):
-                report.fail("a frozen parameter has no gradient (grad is None): skip it, as clip_grad_norm_ does")
+                report.fail("a parameter has no gradient (grad is None): a frozen one, or a trainable one "
+                            "(requires_grad=True) the loss did not reach: skip it by `p.grad is None`, not by "
+                            "`p.requires_grad`, as clip_grad_norm_ does")
+            elif gradient_norm == 0 and any("ZeroDivisionError" in line for line in report.lines):
+                report.fail(f"{description}: divide by norm + 1e-6, as the statement says, not by the norm")
             return report
         norm = report.tensor(returned, "the returned norm", shape=())
         if norm is None:
             return report
-        if mine[1].grad is not None:
+        if mine[1].grad is not None or mine[4].grad is not None:
             report.fail(f"{description}: a parameter without a gradient (frozen) got one: skip grad None")
             return report
         trained = [index for index, parameter in enumerate(mine) if parameter.grad is not None]
@@ -174,6 +203,12 @@ def check_clip_gradients(clip_gradients) -> CheckReport:
         unchanged = all(torch.equal(mine[i].grad, before[i].grad) for i in trained)
         if close and math.isclose(norm.item(), expected_norm, rel_tol=1e-5):
             report.ok(f"{description}: norm {expected_norm:.4f}, gradients equal clip_grad_norm_'s")
+            continue
+        wrong_norm = next((message for message, value in _norm_mistakes([before[i].grad for i in trained]).items()
+                           if math.isclose(norm.item(), value, rel_tol=1e-4) and not math.isclose(
+                               value, expected_norm, rel_tol=1e-4)), None)
+        if wrong_norm:
+            report.fail(f"{description}: the returned norm, {norm.item():.4f}, is {wrong_norm}")
             continue
         if close:
             clipped_norm = min(expected_norm, max_norm)
@@ -185,12 +220,17 @@ def check_clip_gradients(clip_gradients) -> CheckReport:
         own_norms = [torch.linalg.vector_norm(before[i].grad).item() for i in trained]
         per_tensor = all(torch.allclose(mine[i].grad, before[i].grad * min(1.0, max_norm / (own + 1e-6)), rtol=1e-5,
                                         atol=1e-7) for i, own in zip(trained, own_norms, strict=True))
-        always = all(torch.allclose(mine[i].grad, before[i].grad * max_norm / gradient_norm, rtol=1e-5, atol=1e-7)
-                     for i in trained)
+        always = gradient_norm > 0 and all(torch.allclose(
+            mine[i].grad, before[i].grad * max_norm / gradient_norm, rtol=1e-5, atol=1e-7) for i in trained)
         largest = max(before[i].grad.abs().max().item() for i in trained)
-        by_largest = all(torch.allclose(mine[i].grad, before[i].grad * min(1.0, max_norm / largest), rtol=1e-5,
-                                        atol=1e-7) for i in trained)
-        if unchanged and gradient_norm > max_norm:
+        by_largest = largest > 0 and all(torch.allclose(
+            mine[i].grad, before[i].grad * min(1.0, max_norm / largest), rtol=1e-5, atol=1e-7) for i in trained)
+        by_value = all(torch.allclose(mine[i].grad, before[i].grad.clamp(-max_norm, max_norm), rtol=1e-5, atol=1e-7)
+                       for i in trained)
+        if by_value and not unchanged:
+            report.fail(f"{description}: each entry was clamped to [-max_norm, max_norm] (clip_grad_value_): "
+                        "multiply all gradients by one factor, min(1, max_norm / (norm + 1e-6))")
+        elif unchanged and gradient_norm > max_norm:
             report.fail(f"{description}: the gradients did not change: scale each parameter's .grad in place"
                         + (" (a generator can be read only once: make a list first)" if as_generator else ""))
         elif per_tensor and not by_largest:
@@ -279,9 +319,20 @@ def _accumulation_mistakes(sizes, seed, lr=0.5) -> dict[str, dict[str, torch.Ten
         "by its share of the examples, len(micro-batch) / total": run(lambda size: 1.0 / len(sizes)),
         "the optimizer stepped after each micro-batch: accumulate all, then step once": run(
             lambda size: size / sum(sizes), step_each=True),
-        "zero_grad() before each micro-batch throws away the gradients of the earlier ones: clear them once, "
-        "after the step": run(lambda size: size / sum(sizes), zero_each=True),
+        "only the last micro-batch's gradient reached the step: zero_grad() before each micro-batch throws away "
+        "the gradients of the earlier ones (or backward() ran once, after the loop, on the last loss): call "
+        "backward() inside the loop and clear the gradients once, after the step": run(
+            lambda size: size / sum(sizes), zero_each=True),
     }
+
+
+def _watch(model: torch.nn.Module) -> tuple[list, list]:
+    """The batch size of every forward of ``model`` and one entry per backward that reaches its first parameter."""
+    seen_sizes, backward_passes = [], []
+    model.register_forward_pre_hook(lambda module, args: seen_sizes.append(
+        args[0].shape[0] if args and hasattr(args[0], "shape") and args[0].dim() else None))
+    next(model.parameters()).register_post_accumulate_grad_hook(lambda parameter: backward_passes.append(1))
+    return seen_sizes, backward_passes
 
 
 def _returns_true(function, *args) -> bool:
@@ -297,7 +348,9 @@ def check_accumulated_step(accumulated_step) -> CheckReport:
         inputs, labels, micro = _batch(sizes, seed)
         expected = one_big_batch_step(small_model(seed), inputs, labels)
         model = small_model(seed)
+        initial = {name: value.detach().clone() for name, value in model.state_dict().items()}
         optimizer = CountingSGD(model.parameters(), lr=0.5)
+        seen_sizes, backward_passes = _watch(model)
         if not report.answered(accumulated_step, "accumulated_step"):
             return report
         if report.call(_returns_true, accumulated_step, model, optimizer, list(micro),
@@ -307,7 +360,9 @@ def check_accumulated_step(accumulated_step) -> CheckReport:
         diff = max((got[name] - expected[name]).abs().max().item() for name in expected)
         if optimizer.steps == 0 and all(parameter.grad is None for parameter in model.parameters()):
             report.fail("accumulated_step(...) returned None without computing anything: replace the `...` in its "
-                        "body with your code")
+                        "body with your code" if is_stub(accumulated_step) else
+                        "accumulated_step(...) neither computed a gradient nor called optimizer.step(): run forward "
+                        "and backward on each micro-batch, then step")
             return report
         if optimizer.steps != 1 and diff >= 1e-6:
             mistakes = _accumulation_mistakes(sizes, seed)
@@ -326,6 +381,20 @@ def check_accumulated_step(accumulated_step) -> CheckReport:
             report.fail(f"{description}: right step, but the gradients are still there: zero_grad() after the step, "
                         "or the next step adds to them")
             continue
+        if diff < 1e-6 and seen_sizes != list(sizes):
+            report.fail(f"{description}: the model ran on batches of {seen_sizes} examples, not on each micro-batch "
+                        f"{list(sizes)}: run forward and backward on each micro-batch (one forward on all of them is "
+                        "the large batch accumulation is there to avoid)")
+            continue
+        if diff < 1e-6 and len(backward_passes) != len(sizes):
+            report.fail(f"{description}: {len(backward_passes)} backward() for {len(sizes)} micro-batches: one "
+                        "backward on the summed losses keeps every micro-batch's activations until the end; call "
+                        "backward() on each micro-batch's scaled loss inside the loop")
+            continue
+        if diff < 1e-6 and not model.training:
+            report.fail(f"{description}: the model was left in eval mode: training goes on after this step, leave it "
+                        "in train mode (model.train(); eval mode turns dropout off)")
+            continue
         if diff < 1e-6:
             report.ok(f"{description}: parameters equal one step on all {sum(sizes)} examples "
                       f"(max abs diff {diff:.1e}), one optimizer step")
@@ -335,5 +404,17 @@ def check_accumulated_step(accumulated_step) -> CheckReport:
                 report.fail(f"{description}: {message}")
                 break
         else:
-            report.fail(f"{description}: parameters differ from one step on the whole batch by up to {diff:.2e}")
+            moved = {name: got[name] - initial[name] for name in got}
+            right = {name: expected[name] - initial[name] for name in got}
+            ratio = (sum((moved[n] * right[n]).sum() for n in got) / sum((right[n] ** 2).sum() for n in got)).item()
+            off_line = max((moved[n] - ratio * right[n]).abs().max().item() for n in got)
+            if max(value.abs().max().item() for value in moved.values()) < 1e-9:
+                report.fail(f"{description}: the step did not move the parameters: the gradients were 0 or cleared "
+                            "at optimizer.step() (a loss scale of 0, as len(labels) // total gives, or zero_grad() "
+                            "between backward() and step())")
+            elif off_line < 1e-6:
+                report.fail(f"{description}: the step is {ratio:.3g} times the step on the whole batch: scale each "
+                            "micro-batch's mean loss by len(labels) / total, once")
+            else:
+                report.fail(f"{description}: parameters differ from one step on the whole batch by up to {diff:.2e}")
     return report
