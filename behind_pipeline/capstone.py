@@ -4,9 +4,9 @@ The queues are the 3-class Rotten Tomatoes corpus (:func:`behind_pipeline.data.l
 *rotten* and *fresh* reviews and *plot* summaries. The router starts from the course classifier (its body already
 learned fresh against rotten on the same train movies) with a 3-row head whose *rotten* and *fresh* rows are the
 course head's, and is fine-tuned with the book's one training loop. ``python -m behind_pipeline.capstone``
-trains it once and saves it with ``save_pretrained`` under ``.cache/models/minilm-ticket-router``; the command
-does nothing while the recipe, the training items, the course classifier and the library versions are unchanged
-(:mod:`behind_pipeline.trained_once`).
+trains it once and saves it with ``save_pretrained`` under ``.cache/models/minilm-ticket-router``, and beside it
+its class-weighted twin, which the chapter compares with it; the command does nothing while the recipe, the
+training items, the course classifier and the library versions are unchanged (:mod:`behind_pipeline.trained_once`).
 ``BTP_SERVICE_MODEL=.cache/models/minilm-ticket-router make serve`` serves it with chapter 18's app.
 
 Triage: an item goes to its predicted queue when the router's (calibrated) confidence is at least a threshold,
@@ -251,16 +251,21 @@ def train_class_weighted_router(recipe: RouterRecipe, start_id: str, output_dir:
     return trained_once.save(output_dir, write_files, summary)
 
 
+def class_weighted_router_dir(recipe: RouterRecipe = PREPARED, start_id: str | None = None) -> Path:
+    """Where the class-weighted twin of ``router_dir(recipe, start_id)``'s router lives: beside it."""
+    plain = router_dir(recipe, start_id)
+    return plain.with_name(plain.name + "-class-weighted")
+
+
 def ensure_class_weighted_router(recipe: RouterRecipe = PREPARED, start_id: str | None = None) -> Path:
     """The class-weighted twin of ``ensure_router(recipe)``'s router, trained once and cached beside it."""
     from behind_pipeline.models import classifier_id
 
     start_id = start_id or classifier_id()
-    folder = router_dir(recipe, start_id).with_name(router_dir(recipe, start_id).name + "-class-weighted")
+    folder = class_weighted_router_dir(recipe, start_id)
     trained_once.ensure(folder, class_weighted_fingerprint(recipe, start_id),
                         lambda: train_class_weighted_router(recipe, start_id, folder))
     return folder
-
 
 
 def router_summary(folder: Path) -> dict:
@@ -801,6 +806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if is_current(folder, PREPARED, classifier_id()):
         print(f"ticket router in {folder.relative_to(paths.PROJECT_ROOT)} is current")
     ensure_router(PREPARED)  # trains when it is not current; the triage settings beside the weights
+    # The chapter compares the router with its class-weighted twin: trained here, so no test ever trains it.
+    ensure_class_weighted_router(PREPARED)
     (folder / SUMMARY_FILE).touch()  # newer than the sources again, so make stops asking
     return 0
 

@@ -207,6 +207,18 @@ def test_the_class_weighted_loss_is_plain_cross_entropy_with_equal_weights():
     assert torch.isclose(mixed, (losses[0] + 3 * losses[1]) / 4)
 
 
+def test_prepare_leaves_the_router_and_its_class_weighted_twin_current():
+    # The chapter loads both; `make prepare` (this main) must train both, or nbval would train one inside a test.
+    from behind_pipeline import trained_once
+    from behind_pipeline.models import classifier_id
+
+    assert capstone.main([]) == 0
+    start_id = classifier_id()
+    assert capstone.is_current(capstone.router_dir(capstone.PREPARED, start_id), capstone.PREPARED, start_id)
+    assert trained_once.is_current(capstone.class_weighted_router_dir(capstone.PREPARED, start_id),
+                                   capstone.class_weighted_fingerprint(capstone.PREPARED, start_id))
+
+
 def test_the_served_router_carries_its_triage_settings():
     from transformers import AutoTokenizer
 
