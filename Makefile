@@ -35,7 +35,9 @@ GENERATOR := $(CACHE)/models/tiny-gpt-hamlet/training_summary.json
 # Chapter 19's ticket router, fine-tuned from the course classifier on the 3-class corpus (about a minute), its
 # triage settings (triage.json).
 ROUTER := $(CACHE)/models/minilm-ticket-router/training_summary.json
-MODELS := $(CLASSIFIER) $(GENERATOR) $(ROUTER)
+# Its class-weighted twin (chapter 19 compares the two), trained by the same command right after it.
+ROUTER_WEIGHTED := $(CACHE)/models/minilm-ticket-router-class-weighted/training_summary.json
+MODELS := $(CLASSIFIER) $(GENERATOR) $(ROUTER) $(ROUTER_WEIGHTED)
 NBVAL := --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 # One process, on purpose: every kernel and test uses 2 torch threads (the stored outputs depend on it), and two
 # pytest-xdist workers on 2 cores then fight for them. Measured on 2 cores: nbval over 4 chapters took 148 s with
@@ -75,7 +77,7 @@ $(GENERATOR): behind_pipeline/tiny_gpt.py | $(ASSETS)
 
 # The router: capstone.py compares a fingerprint (its recipe, its training items, the course classifier's
 # fingerprint, versions) and trains again only when it changed.
-$(ROUTER): $(CLASSIFIER) behind_pipeline/capstone.py $(PREPARE_SOURCES)
+$(ROUTER) $(ROUTER_WEIGHTED) &: $(CLASSIFIER) behind_pipeline/capstone.py $(PREPARE_SOURCES)
 	$(BIN)/python -m behind_pipeline.capstone
 
 test: $(MODELS)
