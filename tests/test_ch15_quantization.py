@@ -462,3 +462,315 @@ def test_nf4_levels_checker_rejects(wrong, words):
 def test_nf4_levels_checker_accepts_the_derivation_and_a_list():
     assert check_nf4_levels(nf4_levels_reference).passed
     assert check_nf4_levels(lambda offset: nf4_levels_reference(offset).tolist()).passed
+
+
+# --- After a skeptical instructor's trial: boundaries, wrapped integers, named mistakes -----------------------------
+
+
+def _row_range(weight):
+    low = weight.amin(dim=1, keepdim=True).clamp(max=0.0)
+    high = weight.amax(dim=1, keepdim=True).clamp(min=0.0)
+    scale = (high - low) / 255
+    return low, high, torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def q_never_clamped(weight):
+    """Right but for the clamp: a zero point that rounds up (127.5 -> 128) puts the row's max at 256."""
+    low, _, scale = _row_range(weight)
+    zero_point = torch.round(-low / scale)
+    return torch.round(weight / scale) + zero_point, scale, zero_point
+
+
+def q_never_clamped_in_uint8(weight):
+    """The same, cast to uint8: 256 wraps around to 0, the row's max becomes its min."""
+    q, scale, zero_point = q_never_clamped(weight)
+    return q.to(torch.uint8), scale, zero_point
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (q_never_clamped, ["clamp", "256"]),
+    (q_never_clamped_in_uint8, ["clamp", "wrapped"]),
+], ids=["float_q", "uint8_q"])
+def test_asymmetric_rows_checker_rejects_a_q_never_clamped(wrong, words):
+    assert_rejected(check_quantize_asymmetric_rows(wrong), *words)
+
+
+def test_the_asymmetric_cases_put_a_zero_point_half_way_between_two_integers():
+    found = False
+    for seed, (rows, cols, zero, _) in enumerate(ASYMMETRIC_CASES):
+        weight = weight_for_case(rows, cols, seed, zero)
+        low, high = weight.amin(dim=1).clamp(max=0).double(), weight.amax(dim=1).clamp(min=0).double()
+        exact = -low * 255 / (high - low).clamp(min=1e-30)
+        found |= bool(((exact - exact.floor()) == 0.5).any())
+    assert found
+
+
+def rows_in_float64(weight):
+    low, _, scale = _row_range(weight.double())
+    zero_point = torch.round(-low / scale)
+    q = torch.clamp(torch.round(weight.double() / scale) + zero_point, 0, 255)
+    return q.to(torch.uint8), scale, zero_point.long()
+
+
+def rows_rounding_half_up(weight):
+    """floor(v + 0.5): the other integer at a tie (q = 1 for row 4's min), as near as the even one."""
+    low, _, scale = _row_range(weight)
+    zero_point = torch.floor(-low / scale + 0.5)
+    return torch.clamp(torch.floor(weight / scale + 0.5) + zero_point, 0, 255), scale, zero_point
+
+
+def rows_zero_point_from_the_max(weight):
+    """z = 255 - round(max / scale): equal to round(-min / scale) except at a tie, where it rounds the other way."""
+    low, high, scale = _row_range(weight)
+    zero_point = torch.where(high - low > 0, 255 - torch.round(high / scale), 0.0)
+    return torch.clamp(torch.round(weight / scale) + zero_point, 0, 255), scale, zero_point
+
+
+def rows_times_inverse(weight):
+    low, _, scale = _row_range(weight)
+    inverse = 1 / scale
+    zero_point = torch.round(-low * inverse)
+    return torch.clamp(torch.round(weight * inverse) + zero_point, 0, 255), scale, zero_point
+
+
+def rows_in_numpy(weight):
+    w = weight.numpy()
+    low, high = np.minimum(w.min(axis=1, keepdims=True), 0), np.maximum(w.max(axis=1, keepdims=True), 0)
+    scale = np.where(high - low > 0, (high - low) / 255, 1.0)
+    zero_point = np.round(-low / scale)
+    return np.clip(np.round(w / scale) + zero_point, 0, 255).astype(np.uint8), scale, zero_point.astype(np.int64)
+
+
+@pytest.mark.parametrize("right", [rows_in_float64, rows_rounding_half_up, rows_zero_point_from_the_max,
+                                   rows_times_inverse, rows_in_numpy])
+def test_asymmetric_rows_checker_accepts_either_rounding_of_a_tie(right):
+    assert check_quantize_asymmetric_rows(right).passed, check_quantize_asymmetric_rows(right)
+
+
+def one_scale_for_the_tensor(weight):
+    low, high = weight.min().clamp(max=0), weight.max().clamp(min=0)
+    scale = (high - low) / 255
+    zero_point = torch.round(-low / scale)
+    return torch.clamp(torch.round(weight / scale) + zero_point, 0, 255), scale, zero_point  # scale of shape ()
+
+
+def test_asymmetric_rows_checker_names_one_scale_for_the_whole_tensor_not_one_per_column():
+    report = check_quantize_asymmetric_rows(one_scale_for_the_tensor)
+    assert_rejected(report, "whole tensor", "dim=1")
+    assert "input column" not in str(report), report
+
+
+def zero_row_with_zero_point_255(weight):
+    """Scale 1 for the row of zeros, as asked, but its zero point from 255 - round(max / scale) = 255."""
+    low, high, scale = _row_range(weight)
+    zero_point = torch.clamp(255 - torch.round(high / scale), 0, 255)
+    return torch.clamp(torch.round(weight / scale) + zero_point, 0, 255), scale, zero_point
+
+
+def test_asymmetric_rows_checker_names_the_zero_point_of_a_row_of_zeros_not_its_scale():
+    report = check_quantize_asymmetric_rows(zero_row_with_zero_point_255)
+    assert_rejected(report, "row 3", "zero point must be 0", "got zero point 255")
+    assert "give such a row scale 1" not in str(report), report
+
+
+def _rows_with(weight, divisor=255, symmetric=False, whole=False, zero_rounding=torch.round, q_rounding=torch.round,
+               signed=False):
+    if symmetric:
+        absmax = weight.abs().amax(dim=1, keepdim=True)
+        low, high = -absmax, absmax
+    elif whole:
+        low = weight.min().clamp(max=0).expand(weight.shape[0], 1)
+        high = weight.max().clamp(min=0).expand(weight.shape[0], 1)
+    else:
+        low = weight.amin(dim=1, keepdim=True).clamp(max=0.0)
+        high = weight.amax(dim=1, keepdim=True).clamp(min=0.0)
+    scale = torch.where(high - low > 0, (high - low) / divisor, 1.0)
+    qmin = -128 if signed else 0
+    zero_point = torch.clamp(zero_rounding(qmin - low / scale), qmin, qmin + 255)
+    q = torch.clamp(q_rounding(weight / scale + zero_point), qmin, qmin + 255)
+    return q.to(torch.int8) if signed else q, scale, zero_point
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (lambda weight: _rows_with(weight, symmetric=True), ["2 max|w| / 255", "min"]),
+    (lambda weight: _rows_with(weight, divisor=256), ["256", "divide by 255"]),
+    (lambda weight: _rows_with(weight, whole=True), ["whole tensor"]),
+    (lambda weight: _rows_with(weight, zero_rounding=torch.floor), ["zero point", "truncates"]),
+    (lambda weight: _rows_with(weight, q_rounding=torch.floor), ["truncated", "round"]),
+    (lambda weight: _rows_with(weight, signed=True), ["unsigned", "[0, 255]"]),
+    (lambda weight: (lambda q, s, z: (q.to(torch.int8), s, z))(*asymmetric_rows_reference(weight)),
+     ["uint8", "wrapped"]),
+], ids=["symmetric_absmax_range", "divided_by_256", "scale_of_the_whole_tensor", "zero_point_floored", "q_floored",
+        "signed_int8", "q_stored_as_int8"])
+def test_asymmetric_rows_checker_names_the_mistake(wrong, words):
+    assert_rejected(check_quantize_asymmetric_rows(wrong), *words)
+
+
+def _quantize_rows_as(t, dtype=torch.int32, rounding=torch.round, per_row=True, divisor=127, low=-127):
+    absmax = t.abs().amax(dim=1, keepdim=True) if per_row else t.abs().amax().reshape(1, 1)
+    scale = torch.where(absmax > 0, absmax / divisor, torch.ones_like(absmax))
+    return torch.clamp(rounding(t / scale), low, 127).to(dtype), scale
+
+
+def accumulate_in_int16(x, weight):
+    """int16 holds every q and every product (127 * 127 = 16,129), not the sum of 256 of them."""
+    (x_int, x_scale), (w_int, w_scale) = _quantize_rows_as(x, torch.int16), _quantize_rows_as(weight, torch.int16)
+    return (x_int @ w_int.T).float() * (x_scale * w_scale.T)
+
+
+def int8_tensors_multiplied(x, weight):
+    """q fits int8, so the learner keeps int8 for the product too: torch multiplies int8 in int8."""
+    (x_int, x_scale), (w_int, w_scale) = _quantize_rows_as(x, torch.int8), _quantize_rows_as(weight, torch.int8)
+    return (x_int @ w_int.T).float() * (x_scale * w_scale.T)
+
+
+def dequantized_then_fp32_product(x, weight):
+    """Fake quantization: the same numbers as the int8 product, with no integer product at all."""
+    (x_int, x_scale), (w_int, w_scale) = _quantize_rows_as(x), _quantize_rows_as(weight)
+    return (x_int * x_scale) @ (w_int * w_scale).T
+
+
+def zero_row_unguarded_in_numpy(x, weight):
+    """No guard, in NumPy: the NaN of 0 / 0 becomes an integer in astype, which the torch watch cannot see."""
+    def quantize_rows(t):
+        scale = np.abs(t).max(axis=1, keepdims=True) / 127
+        return np.clip(np.round(t / scale), -127, 127).astype(np.int32), scale
+
+    (x_int, x_scale), (w_int, w_scale) = quantize_rows(x.numpy()), quantize_rows(weight.numpy())
+    return (x_int.astype(np.int64) @ w_int.T.astype(np.int64)).astype(np.float32) * (x_scale * w_scale.T)
+
+
+def test_the_matmul_cases_have_integer_sums_past_int16():
+    from behind_pipeline.checks.ch15_quantization import MATMUL_CASES
+
+    largest = 0
+    for seed, (tokens, d_in, d_out, _) in enumerate(MATMUL_CASES):
+        x, weight = matmul_inputs(tokens, d_in, d_out, seed)
+        largest = max(largest, int((_quantize_rows_as(x)[0] @ _quantize_rows_as(weight)[0].T).abs().max()))
+    assert largest > 32767
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (accumulate_in_int16, ["int16", "wrapped", "int32"]),
+    (int8_tensors_multiplied, ["wrapped", "int32"]),
+    (dequantized_then_fp32_product, ["dequantized", "int32"]),
+    (zero_row_unguarded_in_numpy, ["a row of zeros", "NaN", "scale 1"]),
+], ids=["int16_sums", "int8_sums", "fake_quantization", "numpy_unguarded"])
+def test_int8_matmul_checker_rejects_answers_whose_numbers_looked_right(wrong, words):
+    assert_rejected(check_int8_matmul(wrong), *words)
+
+
+def scales_from_max_without_abs(x, weight):
+    def quantize_rows(t):
+        largest = t.amax(dim=1, keepdim=True)  # the largest value, not the largest |value|
+        scale = torch.where(largest != 0, largest / 127, torch.ones_like(largest))
+        return torch.clamp(torch.round(t / scale), -127, 127).to(torch.int32), scale
+
+    (x_int, x_scale), (w_int, w_scale) = quantize_rows(x), quantize_rows(weight)
+    return (x_int @ w_int.T).float() * (x_scale * w_scale.T)
+
+
+def _matmul_with(x_kind=None, w_kind=None, result_dtype=torch.float32):
+    def int8_matmul(x, weight):
+        (x_int, x_scale), (w_int, w_scale) = _quantize_rows_as(x, **(x_kind or {})), _quantize_rows_as(
+            weight, **(w_kind or {}))
+        return ((x_int @ w_int.T).float() * (x_scale * w_scale.T)).to(result_dtype)
+
+    return int8_matmul
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (_matmul_with({"rounding": torch.trunc}, {"rounding": torch.trunc}), ["truncated"]),
+    (_matmul_with({"per_row": False}), ["one scale for all of x"]),
+    (_matmul_with(w_kind={"per_row": False}), ["one scale for all of w"]),
+    (_matmul_with({"divisor": 128, "low": -128}, {"divisor": 128, "low": -128}), ["/ 128", "[-127, 127]"]),
+    (_matmul_with(result_dtype=torch.float16), ["float16", "float32"]),
+    (_matmul_with(result_dtype=torch.bfloat16), ["bfloat16", "float32"]),
+    (scales_from_max_without_abs, ["instead of max(|row|)"]),
+], ids=["truncated", "x_per_tensor", "w_per_tensor", "divided_by_128", "float16_result", "bfloat16_result",
+        "w_scale_from_max_without_abs"])
+def test_int8_matmul_checker_names_the_mistake(wrong, words):
+    assert_rejected(check_int8_matmul(wrong), *words)
+
+
+def integers_multiplied_as_floats(x, weight):
+    """Whole numbers in float32: exact while the sums stay under 2**24, as here."""
+    (x_int, x_scale), (w_int, w_scale) = _quantize_rows_as(x), _quantize_rows_as(weight)
+    return (x_int.float() @ w_int.float().T) * (x_scale * w_scale.T)
+
+
+def integers_multiplied_and_summed(x, weight):
+    (x_int, x_scale), (w_int, w_scale) = _quantize_rows_as(x), _quantize_rows_as(weight)
+    return (x_int[:, None, :] * w_int[None, :, :]).sum(dim=-1).float() * (x_scale * w_scale.T)
+
+
+def integers_in_einsum(x, weight):
+    (x_int, x_scale), (w_int, w_scale) = _quantize_rows_as(x, torch.int64), _quantize_rows_as(weight, torch.int64)
+    return torch.einsum("ik,jk->ij", x_int, w_int).double() * (x_scale * w_scale.T)
+
+
+def int8_matmul_in_numpy(x, weight):
+    def quantize_rows(t):
+        absmax = np.abs(t).max(axis=1, keepdims=True)
+        scale = np.where(absmax > 0, absmax / 127, 1.0)
+        return np.clip(np.round(t / scale), -127, 127).astype(np.int32), scale
+
+    (x_int, x_scale), (w_int, w_scale) = quantize_rows(x.numpy()), quantize_rows(weight.numpy())
+    return (x_int @ w_int.T).astype(np.float32) * (x_scale * w_scale.T)
+
+
+def int8_matmul_times_inverse(x, weight):
+    def quantize_rows(t):
+        absmax = t.abs().amax(dim=1, keepdim=True)
+        inverse = torch.where(absmax > 0, 127 / absmax, torch.ones_like(absmax))
+        return torch.clamp(torch.round(t * inverse), -127, 127).to(torch.int32), 1 / inverse
+
+    (x_int, x_scale), (w_int, w_scale) = quantize_rows(x), quantize_rows(weight)
+    return (x_int @ w_int.T).float() * (x_scale * w_scale.T)
+
+
+def zero_row_nan_cleaned_before_the_cast(x, weight):
+    def quantize_rows(t):
+        scale = t.abs().amax(dim=1, keepdim=True) / 127
+        q = torch.nan_to_num(torch.round(t / scale), nan=0.0)  # 0 / 0 computed, cleaned before any cast
+        return torch.clamp(q, -127, 127).to(torch.int32), torch.where(scale > 0, scale, 1.0)
+
+    (x_int, x_scale), (w_int, w_scale) = quantize_rows(x), quantize_rows(weight)
+    return (x_int @ w_int.T).float() * (x_scale * w_scale.T)
+
+
+@pytest.mark.parametrize("right", [
+    integers_multiplied_as_floats, integers_multiplied_and_summed, integers_in_einsum, int8_matmul_in_numpy,
+    int8_matmul_times_inverse, zero_row_nan_cleaned_before_the_cast,
+    lambda x, weight: (lambda xi, xs, wi, ws: (xi @ wi.T).double() * (xs * ws.T))(
+        *_quantize_rows_as(x.double(), torch.int64), *_quantize_rows_as(weight.double(), torch.int64)),
+    lambda x, weight: (lambda xi, xs, wi, ws: (xi @ wi.T).float() * (xs * ws.T))(
+        *_quantize_rows_as(x, low=-128), *_quantize_rows_as(weight, low=-128)),
+], ids=["floats_of_integers", "mul_and_sum", "einsum", "numpy", "times_inverse", "nan_to_num", "float64",
+        "clamp_at_-128"])
+def test_int8_matmul_checker_accepts_other_right_answers(right):
+    assert check_int8_matmul(right).passed, check_int8_matmul(right)
+
+
+def nf4_levels_at_the_default_offset(offset=0.9677083):
+    return nf4_levels_reference(0.9677083)  # the argument ignored
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (nf4_levels_at_the_default_offset, ["another offset", "`offset` argument"]),
+    (lambda offset: nf4_levels_reference(offset).half(), ["float16"]),
+], ids=["offset_ignored", "float16"])
+def test_nf4_levels_checker_names_the_mistake(wrong, words):
+    assert_rejected(check_nf4_levels(wrong), *words)
+
+
+def nf4_levels_in_float32_from_erfinv(offset):
+    """sqrt(2) erfinv(2p - 1) without the sqrt(2), in float32: the normalisation cancels the factor."""
+    positive = torch.erfinv(2 * torch.linspace(offset, 0.5, 9)[:-1] - 1)
+    negative = -torch.erfinv(2 * torch.linspace(offset, 0.5, 8)[:-1] - 1)
+    raw = torch.cat([negative, torch.zeros(1), positive]).sort().values
+    return raw / raw.max()
+
+
+def test_nf4_levels_checker_accepts_float32_and_an_unscaled_quantile():
+    assert check_nf4_levels(nf4_levels_in_float32_from_erfinv).passed
