@@ -349,7 +349,8 @@ def threshold_for_precision_bound(curve: dict[str, np.ndarray], target: float = 
     """The lowest threshold of ``curve`` whose Wilson lower bound of precision is at least ``target``.
 
     :func:`threshold_for_precision` asks the *measured* precision to reach the target, so on a new sample the
-    precision falls below it about half the time; asking the one-sided lower bound to reach it leaves a margin
+    precision can fall below it with no margin to absorb the difference between samples (how often is not
+    measured here); asking the one-sided lower bound to reach it leaves a margin
     that shrinks as more items are routed. The bound holds for one threshold fixed in advance: scanning every
     threshold and keeping the lowest that passes is a selection, so the guarantee over the scan is weaker.
     ``inf`` when no threshold's bound reaches the target (everything goes to a human).
@@ -673,8 +674,8 @@ def interval_lines(router: dict) -> list[str]:
              "independent draws, which reviews of one movie are not."]
     if router.get("threshold_rule") != BOUND_RULE:
         lines.append("- This threshold was chosen with no margin: the measured validation precision only had to "
-                     "reach the target, so on new items the precision falls below the target about as often as "
-                     "above (the full run below did).")
+                     "reach the target, so nothing absorbs the difference between validation and new items (the "
+                     "full run below fell below the target).")
     return lines
 
 
