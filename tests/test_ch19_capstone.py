@@ -23,17 +23,17 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from behind_pipeline import capstone
 from behind_pipeline.checks.ch19_capstone import (
-    GOLDEN_CASES,
+    ALARM_CASES,
+    alarm_reference,
     cheapest_reference,
     check_cheapest_threshold,
-    check_drift_monitor,
-    check_golden_mismatches,
     check_per_queue_thresholds,
-    golden_reference,
+    check_queue_mix_alarm,
     per_queue_reference,
 )
 
@@ -563,107 +563,7 @@ def test_cost_checker_never_raises():
     assert_rejected(check_cheapest_threshold(lambda p, y, e, h: 1 / 0), "ZeroDivisionError")
 
 
-# --- Exercise 3: the drift monitor -------------------------------------------------------------------------------
-
-
-def monitor(probs, threshold, window, bins, mistake=None):
-    """A learner's drift monitor, written apart from the package's, with one mistake switched on at a time."""
-    probs = np.asarray(probs, dtype=np.float64)
-    divide_by = (lambda chunk: window) if mistake == "divided_by_window" else len
-    step = 1 if mistake == "sliding" else window
-    starts = range(0, len(probs) - window + 1, 1) if mistake == "sliding" else range(0, len(probs), step)
-    out = []
-    for start in starts:
-        chunk = probs[start:start + window]
-        if mistake == "drop_last" and len(chunk) < window:
-            break
-        confidence, predicted = chunk.max(axis=1), chunk.argmax(axis=1)
-        routed = confidence > threshold if mistake == "strict" else confidence >= threshold
-        if mistake == "routed_mix":
-            mix = [float(np.mean(predicted[routed] == q)) if routed.any() else 0.0 for q in range(chunk.shape[1])]
-        elif mistake == "mix_counts":
-            mix = [int(np.sum(predicted == q)) for q in range(chunk.shape[1])]
-        elif mistake == "mix_of_present_queues":
-            mix = (np.unique(predicted, return_counts=True)[1] / len(chunk)).tolist()
-        else:
-            mix = [float(np.sum(predicted == q) / divide_by(chunk)) for q in range(chunk.shape[1])]
-        if mistake == "histogram_without_range":
-            histogram = np.histogram(confidence, bins=bins)[0].tolist()
-        elif mistake == "bin_rounded":
-            histogram = np.bincount(np.minimum(np.round(confidence * bins).astype(int), bins - 1),
-                                    minlength=bins).tolist()
-        elif mistake == "histogram_extra_bin":
-            histogram = np.bincount((confidence * bins).astype(int), minlength=bins + 1).tolist()
-        elif mistake == "index_out_of_range":
-            histogram = [0] * bins
-            for value in confidence:
-                histogram[int(value * bins)] += 1
-        else:
-            histogram = np.histogram(confidence, bins=bins, range=(0, 1))[0].tolist()
-        if mistake == "histogram_shares":
-            histogram = [count / len(chunk) for count in histogram]
-        out.append({"size": window if mistake == "size_is_window" else len(chunk),
-                    "coverage": float(routed.sum() / divide_by(chunk)), "mix": mix, "histogram": histogram})
-    return out
-
-
-def test_drift_checker_accepts_the_reference_and_np_histogram():
-    assert check_drift_monitor(capstone.drift_monitor).passed
-    assert check_drift_monitor(monitor).passed  # np.histogram's bins (its last one closed) are the same bins
-    assert check_drift_monitor(lambda *args: [{**entry, "mix": np.asarray(entry["mix"]),
-                                               "histogram": np.asarray(entry["histogram"])}
-                                              for entry in capstone.drift_monitor(*args)]).passed
-
-
-@pytest.mark.parametrize("mistake, words", [
-    ("strict", ["> threshold"]),
-    ("drop_last", ["last, shorter window"]),
-    ("routed_mix", ["routed items only"]),
-    ("mix_counts", ["mix holds counts"]),
-    ("histogram_shares", ["histogram holds shares"]),
-    ("histogram_extra_bin", ["bin of its own"]),
-    ("index_out_of_range", ["IndexError"]),
-    ("sliding", ["overlap"]),
-    ("size_is_window", ["size is `window`"]),
-    ("divided_by_window", ["divided by `window`"]),
-    ("mix_of_present_queues", ["one share per queue that occurs", "minlength"]),
-    ("histogram_without_range", ["without range=(0, 1)"]),
-    ("bin_rounded", ["rounding", "floor"]),
-])
-def test_drift_checker_names_each_mistake(mistake, words):
-    assert_rejected(check_drift_monitor(lambda *args: monitor(*args, mistake=mistake)), *words)
-
-
-def test_drift_checker_accepts_a_monitor_computed_in_float32_tensors():
-    """Shares of a float32 mean (1/3 is 0.33333334) are the same answer."""
-    def in_float32(probs, threshold, window, bins):
-        probs = torch.as_tensor(np.asarray(probs), dtype=torch.float32)
-        out = []
-        for start in range(0, len(probs), window):
-            chunk = probs[start:start + window]
-            confidence, predicted = chunk.max(dim=1).values, chunk.argmax(dim=1)
-            out.append({"size": len(chunk), "coverage": (confidence >= threshold).float().mean(),
-                        "mix": torch.bincount(predicted, minlength=chunk.shape[1]).float() / len(chunk),
-                        "histogram": torch.histc(confidence, bins=bins, min=0, max=1)})
-        return out
-
-    assert check_drift_monitor(in_float32).passed
-
-
-def test_a_drift_report_no_mistake_explains_shows_got_and_expected():
-    def off_by_a_little(*args):
-        return [{**entry, "coverage": entry["coverage"] + 0.01} for entry in capstone.drift_monitor(*args)]
-
-    assert_rejected(check_drift_monitor(off_by_a_little), "got 2 window(s)", "expected 2", "DRIFT_CASES[0]")
-
-
-def test_drift_checker_never_raises():
-    assert_rejected(check_drift_monitor(None), "none")
-    assert_rejected(check_drift_monitor(lambda *args: 3), "list with one dict per window")
-    assert_rejected(check_drift_monitor(lambda *args: [[0.5]]), "make it a dict")
-    assert_rejected(check_drift_monitor(lambda *args: [{"size": 2}]), "'coverage'")
-    assert_rejected(check_drift_monitor(lambda *args: [{"size": 2, "coverage": "high", "mix": [], "histogram": []}]),
-                    "must be numbers")
+# --- the chapter's drift monitor ----------------------------------------------------------------------------------
 
 
 def test_the_package_drift_monitor_on_a_hand_made_stream():
@@ -673,95 +573,128 @@ def test_the_package_drift_monitor_on_a_hand_made_stream():
         {"size": 1, "coverage": 0.0, "mix": [1.0, 0.0, 0.0], "histogram": [0, 0, 1, 0]}]
 
 
-# --- Exercise 3: golden mismatches --------------------------------------------------------------------------------
+# --- Exercise 3: a drift alarm on the queue mix ------------------------------------------------------------------
 
 
-def mismatches(expected, actual, tolerance, mistake=None):
-    out = []
-    for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
-        gaps = [abs(a - b) for a, b in zip(want["probs"], got["probs"], strict=True)]
-        label_changed = want["label"] != got["label"]
-        if mistake == "labels_only":
-            moved = False
-        elif mistake == "probs_only":
-            moved, label_changed = max(gaps) > tolerance, False
-        elif mistake == "at_tolerance":
-            moved = max(gaps) >= tolerance
-        elif mistake == "exact":
-            moved = want["probs"] != got["probs"]
-        elif mistake == "rounded":
-            moved = [round(p, 1) for p in want["probs"]] != [round(p, 1) for p in got["probs"]]
-        elif mistake == "relative":
-            moved = any(abs(a - b) > tolerance * abs(a) for a, b in zip(want["probs"], got["probs"], strict=True))
-        elif mistake == "top_only":
-            moved = abs(max(want["probs"]) - max(got["probs"])) > tolerance
-        elif mistake == "sorted":
-            pairs = zip(sorted(want["probs"]), sorted(got["probs"]), strict=True)
-            moved = max(abs(a - b) for a, b in pairs) > tolerance
-        else:
-            moved = max(gaps) > tolerance
-        if mistake == "twice":
-            out += [index] * (int(label_changed) + int(max(gaps) > tolerance))
-        elif label_changed or moved:
-            out.append(index)
-            if mistake == "first_only":
-                break
-    return sorted(out)
+def alarm(reference_counts, window_counts, alpha=0.01, mistake=None):
+    """A learner's alarm, written apart from the checker's (plain Python, no scipy.stats.chisquare), with one mistake
+    switched on at a time."""
+    reference = [float(count) for count in np.asarray(reference_counts).reshape(-1)]
+    window = [float(count) for count in np.asarray(window_counts).reshape(-1)]
+    size, total = sum(window), sum(reference)
+    if mistake == "swapped":
+        reference, window, size, total = window, reference, total, size
+    observed, expected = [], []
+    for ref, win in zip(reference, window, strict=True):
+        if ref == 0 and mistake not in ("nan_empty_queue", "df_counts_empty_queue"):
+            if win > 0 and mistake != "unseen_left_out":
+                return True
+            continue
+        if ref == 0 and win == 0 and mistake == "df_counts_empty_queue":
+            continue
+        share = ref / total
+        observed.append(win / size if mistake == "shares" else win)
+        expected.append({"counts_vs_shares": share, "shares": share, "from_window": win,
+                         "uniform": size / len(reference)}.get(mistake, size * share))
+    if mistake == "nan_empty_queue":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            statistic = float(np.sum((np.array(observed) - expected) ** 2 / np.array(expected)))
+    else:  # "from_window": a window's empty queue expects 0 and observes 0, a term of 0
+        statistic = sum((o - e) ** 2 / e if e else 0.0 for o, e in zip(observed, expected, strict=True))
+    degrees = {"df_queues": len(observed), "df_counts_empty_queue": len(reference) - 1}.get(mistake,
+                                                                                         len(observed) - 1)
+    p_value = scipy.stats.chi2.sf(statistic, degrees)
+    if mistake == "statistic":
+        return statistic
+    if mistake == "p_value":
+        return p_value
+    if mistake == "inverted":
+        return bool(p_value > alpha)
+    return bool(p_value < {"alpha_005": 0.05, "alpha_001": 0.01}.get(mistake, alpha))
 
 
-def test_golden_checker_accepts_the_reference_and_numpy_indices():
-    assert check_golden_mismatches(mismatches).passed
-    assert check_golden_mismatches(lambda e, a, t: np.asarray(golden_reference(e, a, t), dtype=int)).passed
-    assert any(golden_reference(e, a, t) for e, a, t, _ in GOLDEN_CASES)  # the cases are not all "no change"
+def test_alarm_checker_accepts_the_reference_a_hand_computed_test_and_numpy_or_tensor_answers():
+    assert check_queue_mix_alarm(alarm_reference).passed
+    assert check_queue_mix_alarm(alarm).passed  # the statistic by hand, chi2.sf for the p-value
+    assert check_queue_mix_alarm(lambda *args: np.bool_(alarm(*args))).passed
+    assert check_queue_mix_alarm(lambda *args: torch.tensor(alarm(*args))).passed
+
+
+def test_the_alarm_reference_agrees_with_scipy_chisquare_where_every_queue_is_seen():
+    for reference, window, alpha, _ in ALARM_CASES:
+        if 0 not in reference:
+            expected = np.sum(window) * np.asarray(reference) / np.sum(reference)
+            assert alarm_reference(reference, window, alpha) == (scipy.stats.chisquare(window, expected).pvalue < alpha)
+    assert {alarm_reference(r, w, a) for r, w, a, _ in ALARM_CASES} == {True, False}
 
 
 @pytest.mark.parametrize("mistake, words", [
-    ("labels_only", ["only labels"]),
-    ("probs_only", ["only probabilities"]),
-    ("at_tolerance", ["exactly the tolerance"]),
-    ("relative", ["relative"]),
-    ("top_only", ["top probability"]),
-    ("twice", ["twice"]),
-    ("exact", ["tolerance was not used", "=="]),
-    ("rounded", ["tolerance was not used", "rounding"]),
-    ("sorted", ["after sorting"]),
-    ("first_only", ["first changed record"]),
+    ("inverted", ["above alpha"]),
+    ("counts_vs_shares", ["reference's shares", "scale them"]),
+    ("shares", ["window's shares were compared"]),
+    ("df_queues", ["degrees of freedom were the number of queues"]),
+    ("swapped", ["roles were swapped"]),
+    ("from_window", ["from the window itself"]),
+    ("uniform", ["split evenly"]),
+    ("alpha_005", ["alpha was not used", "0.05"]),
+    ("alpha_001", ["alpha was not used", "0.01"]),
+    ("nan_empty_queue", ["nan"]),
+    ("df_counts_empty_queue", ["still counted in the degrees of freedom"]),
+    ("unseen_left_out", ["never saw", "raise the alarm"]),
+    ("statistic", ["chi-square statistic", "true"]),
+    ("p_value", ["that is the p-value"]),
 ])
-def test_golden_checker_names_each_mistake(mistake, words):
-    assert_rejected(check_golden_mismatches(lambda e, a, t: mismatches(e, a, t, mistake)), *words)
+def test_alarm_checker_names_each_mistake(mistake, words):
+    assert_rejected(check_queue_mix_alarm(lambda *args: alarm(*args, mistake=mistake)), *words)
 
 
-@pytest.mark.parametrize("mistake", ["exact", "rounded"])
-def test_an_exact_or_rounded_comparison_is_not_told_the_tolerance_was_relative(mistake):
-    report = check_golden_mismatches(lambda e, a, t: mismatches(e, a, t, mistake))
-    assert "relative" not in repr(report), report
+def test_scipy_chisquare_given_the_shares_is_told_to_scale_them():
+    def with_shares(reference_counts, window_counts, alpha=0.01):
+        reference = np.asarray(reference_counts, dtype=np.float64)
+        return scipy.stats.chisquare(np.asarray(window_counts), reference / reference.sum()).pvalue < alpha
+
+    assert_rejected(check_queue_mix_alarm(with_shares), "ValueError", "window's size x each queue's reference share")
 
 
-def test_a_golden_answer_no_mistake_explains_shows_the_records_got_and_expected():
-    report = check_golden_mismatches(lambda e, a, t: [0, 1, 2, 3])
-    assert_rejected(report, "got [0, 1, 2, 3], expected []", "tolerance 0.0625", "no record changed")
+def test_a_division_by_a_zero_expected_count_is_told_what_to_do_with_that_queue():
+    def divides(reference_counts, window_counts, alpha=0.01):
+        reference = [float(c) for c in np.asarray(reference_counts).reshape(-1)]
+        window = [float(c) for c in np.asarray(window_counts).reshape(-1)]
+        expected = [sum(window) * r / sum(reference) for r in reference]
+        statistic = sum((o - e) ** 2 / e for o, e in zip(window, expected, strict=True))
+        return bool(scipy.stats.chi2.sf(statistic, len(window) - 1) < alpha)
+
+    assert_rejected(check_queue_mix_alarm(divides), "ZeroDivisionError", "never saw", "raise the alarm")
 
 
-def test_golden_checker_never_raises():
-    assert_rejected(check_golden_mismatches(None), "none")
-    assert_rejected(check_golden_mismatches(lambda e, a, t: 3), "list of record indices")
-    assert_rejected(check_golden_mismatches(lambda e, a, t: ["a"]), "indices as integers", "str")
+def test_an_alarm_no_mistake_explains_shows_the_counts_and_the_p_value():
+    *_, (last_reference, last_window, last_alpha, _) = ALARM_CASES
+
+    def wrong_on_the_last_case(reference_counts, window_counts, alpha=0.01):
+        last = list(np.asarray(reference_counts)) == last_reference and list(np.asarray(window_counts)) == last_window
+        return not alarm_reference(reference_counts, window_counts, alpha) if last else alarm_reference(
+            reference_counts, window_counts, alpha)
+
+    assert last_alpha == 0.05
+    assert_rejected(check_queue_mix_alarm(wrong_on_the_last_case), "got True, expected False",
+                    "reference counts [300, 300, 300, 100]", "p-value 0.08332")
 
 
-@pytest.mark.parametrize("convert", [str, lambda i: i + 0.4, float], ids=["strings", "floats", "whole floats"])
-def test_golden_checker_refuses_indices_converted_away_from_integers(convert):
-    report = check_golden_mismatches(lambda e, a, t: [convert(i) for i in golden_reference(e, a, t)])
-    assert_rejected(report, "indices as integers")
+def test_an_alarm_on_the_first_window_is_named_as_the_inverted_comparison():
+    assert_rejected(check_queue_mix_alarm(lambda *args: True), "above alpha")
 
 
-def test_golden_checker_refuses_a_float_tensor_of_indices():
-    report = check_golden_mismatches(lambda e, a, t: torch.tensor(golden_reference(e, a, t), dtype=torch.float32))
-    assert_rejected(report, "indices as integers")
-
-
-def test_golden_checker_accepts_an_integer_tensor_of_indices():
-    assert check_golden_mismatches(lambda e, a, t: torch.tensor(golden_reference(e, a, t), dtype=torch.long)).passed
-    assert_rejected(check_golden_mismatches(lambda e, a, t: e[9]), "IndexError")
+@pytest.mark.parametrize("answer, words", [
+    (None, ["none"]),
+    (lambda *args: None, ["returned None"]),
+    (lambda *args: "alarm", ["True or False", "str"]),
+    (lambda *args: float("nan"), ["True or False", "nan"]),
+    (lambda *args: [True, False], ["True or False", "list"]),
+    (lambda *args: {"alarm": True}, ["True or False", "dict"]),
+    (lambda *args: 1 / 0, ["ZeroDivisionError"]),
+])
+def test_alarm_checker_never_raises(answer, words):
+    assert_rejected(check_queue_mix_alarm(answer), *words)
 
 
 # --- served over HTTP by chapter 18's app -------------------------------------------------------------------------

@@ -1,26 +1,26 @@
 """Checkers for the exercises of chapter 19 (the ticket router): per-queue thresholds, a cost-weighted operating
-point, and a drift monitor over a stream of routed items.
+point, and a drift alarm on the queue mix of a window of routed items.
 
 Each compares the learner's function with a reference computed here, on small hand-made cases chosen to expose one
 mistake each: precision that dips below the target and recovers (a scan cannot stop at the first drop), precision
 exactly at the target (a threshold must be kept there), tied confidences (a threshold routes a whole tie or none of
 it), four queues as well as three, a queue nobody is predicted into, costs that make "route nothing" the cheapest,
-and, for the drift monitor, a confidence exactly at the threshold or at 1.0, a last window shorter than the
-others, and items predicted into a queue but not routed.
+and, for the drift alarm (a chi-square goodness-of-fit test, checked against :func:`scipy.stats.chisquare`), a
+p-value between 0.01 and 0.05, a queue empty in the reference and the window, and a queue the reference never saw.
 
 A wrong answer is named only by a mistake that gives the same answer on the failing case *and* on every case the
 learner passed before it; where no mistake, or more than one, fits, the report shows the case's inputs, the answer
-and the expected value instead of guessing a reason.
-"""
+and the expected value instead of guessing a reason."""
 
 import functools
 import math
 
 import numpy as np
+import scipy.stats
 import torch
 
-from behind_pipeline.capstone import drift_monitor, threshold_for_precision, threshold_for_precision_bound, triage_curve
-from behind_pipeline.checks._core import CheckReport, is_stub
+from behind_pipeline.capstone import threshold_for_precision, threshold_for_precision_bound, triage_curve
+from behind_pipeline.checks._core import CheckReport, as_tensor, is_stub
 
 # --- shared -----------------------------------------------------------------------------------------------------
 
@@ -355,293 +355,174 @@ def check_cheapest_threshold(cheapest_threshold) -> CheckReport:
     return report
 
 
-# --- Exercise 3: a drift monitor ---------------------------------------------------------------------------------
+# --- Exercise 3: a drift alarm on the queue mix ------------------------------------------------------------------
 
 
-def drift_reference(probs, threshold: float, window: int, bins: int) -> list[dict]:
-    """The package's monitor: consecutive windows (the last may be shorter), coverage, queue mix, histogram."""
-    return drift_monitor(probs, threshold, window, bins)
+def alarm_p_value(reference_counts, window_counts) -> float:
+    """The chi-square goodness-of-fit p-value of the window's queue counts against the reference's shares
+    (:func:`scipy.stats.chisquare`, degrees of freedom = queues - 1), over the queues the reference saw: 0.0 when
+    the window holds a queue the reference never saw, 1.0 when fewer than two queues are left to compare."""
+    reference = np.asarray(reference_counts, dtype=np.float64).reshape(-1)
+    window = np.asarray(window_counts, dtype=np.float64).reshape(-1)
+    if np.any((reference == 0) & (window > 0)):
+        return 0.0
+    seen = reference > 0
+    if seen.sum() < 2:
+        return 1.0
+    expected = window.sum() * reference[seen] / reference.sum()
+    return float(scipy.stats.chisquare(window[seen], expected).pvalue)
 
 
-def _stream(rows: list[tuple[float, int]], queues: int = 3) -> np.ndarray:
-    return _probs([_row(confidence, predicted, queues) for confidence, predicted in rows])
+def alarm_reference(reference_counts, window_counts, alpha: float = 0.01) -> bool:
+    """Whether the window's queue mix differs from the reference's: the p-value below ``alpha``."""
+    return alarm_p_value(reference_counts, window_counts) < alpha
 
 
-def _random_stream(seed: int, size: int, queues: int) -> np.ndarray:
-    """Random items whose confidences stay clear of every bin edge of 10 bins (a value on an edge is a float
-    question, not a monitoring one)."""
-    rng = np.random.default_rng(seed)
-    confidence = np.floor(rng.uniform(1 / queues + 0.05, 1.0, size) * 100) / 100 + 0.005
-    return _stream(list(zip(confidence.tolist(), rng.integers(0, queues, size).tolist(), strict=True)), queues)
+def alarm_statistic(reference_counts, window_counts) -> float:
+    """The chi-square statistic of :func:`alarm_p_value` (inf for a queue the reference never saw)."""
+    reference = np.asarray(reference_counts, dtype=np.float64).reshape(-1)
+    window = np.asarray(window_counts, dtype=np.float64).reshape(-1)
+    if np.any((reference == 0) & (window > 0)):
+        return math.inf
+    seen = reference > 0
+    expected = window.sum() * reference[seen] / reference.sum()
+    return float((((window[seen] - expected) ** 2) / expected).sum())
 
 
-# (probs, threshold, window, bins, what the case exposes); confidences 0.25, 0.5, 0.75 and 1 are exact binary
-# fractions, so with 4 bins they sit exactly on an edge: the lower bin edge belongs to the bin, 1.0 to the last.
-DRIFT_CASES = [
-    (_stream([(0.9, 0), (0.6, 1), (0.8, 1), (0.4, 2)]), 0.7, 2, 4,
-     "two windows of two items, each half routed"),
-    (_stream([(0.75, 0), (0.8, 1), (0.7, 1), (0.9, 0)]), 0.75, 4, 4,
-     "a confidence exactly at the threshold is routed (>=), and 0.75 falls in the bin [0.75, 1]"),
-    (_stream([(1.0, 0), (0.6, 1), (0.55, 1), (0.9, 2)]), 0.95, 2, 4,
-     "a confidence of exactly 1.0 is counted in the last bin"),
-    (_stream([(0.9, 0), (0.6, 1), (0.55, 1), (0.85, 2), (0.65, 0)]), 0.8, 2, 4,
-     "five items in windows of two: the last window holds one item and is reported"),
-    (_stream([(0.9, 0), (0.4, 1), (0.45, 1), (0.5, 2), (0.95, 2), (0.6, 1)]), 0.85, 3, 4,
-     "the queue mix counts every item of the window by its predicted queue, routed or not"),
-    (_stream([(0.3, 0), (0.6, 3), (0.65, 3), (0.9, 2), (0.55, 1), (0.35, 3)], queues=4), 0.5, 6, 4,
-     "four queues, one window"),
-    (_stream([(0.9, 0), (0.6, 1), (0.8, 1)]), 0.7, 10, 4, "a window longer than the stream: one window of three"),
-    (_random_stream(0, 500, 3), 0.8, 64, 10, "500 items, windows of 64, ten bins"),
-    (_random_stream(1, 300, 4), 0.6, 100, 10, "four queues, 300 items, windows of 100"),
+# (reference counts, window counts, alpha, what the case exposes); each case is the first on which one typical
+# mistake answers wrong (tests/test_ch19_capstone.py proves it for each), so the mistake can be named.
+ALARM_CASES = [
+    ([60, 40], [1, 1], 0.01, "a window of two items, one per queue: no alarm (too few items to tell)"),
+    ([800, 150, 50], [0, 0, 40], 0.01, "40 items all in the third queue, which holds 5% of the reference: alarm"),
+    ([500, 400, 100], [20, 70, 10], 0.01, "a window of 100 whose mix moved from the first queue to the second: alarm"),
+    ([340, 330, 330], [34, 33, 33], 0.01, "a window of 100 with exactly the reference's mix: no alarm"),
+    ([500, 400, 100], [52, 38, 10], 0.01, "queues of unequal size, a window close to their mix: no alarm"),
+    ([5000, 4000, 1000], [55, 35, 10], 0.01, "a large reference, a window of 100 near its mix: no alarm"),
+    ([500, 400, 100], [56, 42, 2], 0.01, "a window that lost most of its third-queue items, p between 0.01 and 0.05, "
+     "alpha 0.01: no alarm"),
+    ([300, 300, 300, 100], [45, 20, 25, 10], 0.01, "four queues, p = 0.0086 with 3 degrees of freedom: alarm"),
+    ([500, 400, 100], [56, 42, 2], 0.05, "the window that lost its third-queue items, at alpha 0.05: alarm"),
+    ([500, 400, 0, 100], [20, 70, 0, 10], 0.01,
+     "a queue neither the reference nor the window holds, and a large shift elsewhere: alarm"),
+    ([500, 400, 0, 100], [60, 39, 0, 1], 0.01,
+     "a queue neither holds is left out of the degrees of freedom too (2, not 3): alarm"),
+    ([500, 400, 100, 0], [45, 45, 8, 2], 0.01, "two items in a queue the reference never saw: alarm"),
+    ([100, 900], [20, 80], 0.01,
+     "two queues, a window of 100 with twice the reference's share of the first queue: alarm"),
+    ([300, 300, 300, 100], [40, 20, 30, 10], 0.05, "four queues, a moderate shift, alpha 0.05: no alarm"),
 ]
 
 
-def _drift_mistakes(probs, threshold, window, bins) -> dict[str, list[dict]]:
-    probs = np.asarray(probs, dtype=np.float64)
-    reference = drift_reference(probs, threshold, window, bins)
+def _alarm_mistakes(reference_counts, window_counts, alpha) -> dict[str, bool]:
+    reference = np.asarray(reference_counts, dtype=np.float64)
+    window = np.asarray(window_counts, dtype=np.float64)
+    queues, size = len(reference), window.sum()
+    shares = reference / reference.sum()
 
-    def varied(change):
-        return [{**entry, **change(entry, probs[start:start + window])}
-                for entry, start in zip(reference, range(0, len(probs), window), strict=True)]
+    def p_value(observed, expected, df):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            statistic = float((((observed - expected) ** 2) / expected).sum())
+        return float(scipy.stats.chi2.sf(statistic, df))  # nan stays nan: nan < alpha is False
 
-    def routed_mix(entry, chunk):
-        routed = chunk[chunk.max(axis=1) >= threshold]
-        counts = np.bincount(routed.argmax(axis=1), minlength=chunk.shape[1])
-        return {"mix": (counts / max(len(routed), 1)).tolist()}
-
-    whole = np.bincount(np.minimum((probs.max(axis=1) * bins).astype(int), bins - 1), minlength=bins).tolist()
-    sliding = drift_reference(probs[:window], threshold, window, bins) if len(probs) >= window else reference
-    for start in range(1, len(probs) - window + 1):
-        sliding = sliding + drift_reference(probs[start:start + window], threshold, window, bins)
-    last_short = len(probs) % window != 0 and len(reference) > 1
+    seen = reference > 0
+    unseen_left_out = float(scipy.stats.chi2.sf(alarm_statistic(reference[seen], window[seen]), seen.sum() - 1))
+    right = alarm_p_value(reference, window)
     return {
-        "coverage used > threshold: an item exactly at the threshold is routed (confidence >= threshold)":
-            varied(lambda entry, chunk: {"coverage": float((chunk.max(axis=1) > threshold).mean())}),
-        "the last, shorter window was dropped: the stream's latest items must be reported too":
-            reference[:-1] if last_short else reference,
-        "the queue mix was taken among the routed items only: it is the share of all the window's items "
-        "predicted into each queue": varied(routed_mix),
-        "the queue mix holds counts: divide by the window's size to get shares": varied(
-            lambda entry, chunk: {"mix": np.bincount(chunk.argmax(axis=1), minlength=chunk.shape[1]).tolist()}),
-        "the histogram holds shares: it should count the window's items in each bin": varied(
-            lambda entry, chunk: {"histogram": (np.asarray(entry["histogram"]) / len(chunk)).tolist()}),
-        "a confidence of 1.0 got a bin of its own (bins + 1 counts): the last bin is closed, [1 - 1/bins, 1]":
-            varied(lambda entry, chunk: {"histogram": np.bincount((chunk.max(axis=1) * bins).astype(int),
-                                                                  minlength=bins + 1).tolist()}),
-        "the histogram counts the whole stream so far: each window gets its own": varied(
-            lambda entry, chunk: {"histogram": whole}),
-        "the windows overlap (a window starting at every item): cut the stream into consecutive windows":
-            sliding,
-        "the last window's size is `window`, but it holds fewer items: size is the number of items in it":
-            varied(lambda entry, chunk: {"size": window}),
-        "the last window's shares were divided by `window`, but it holds fewer items: divide its coverage and mix by "
-        "its own size": varied(lambda entry, chunk: {
-            "coverage": float((chunk.max(axis=1) >= threshold).sum() / window),
-            "mix": (np.bincount(chunk.argmax(axis=1), minlength=chunk.shape[1]) / window).tolist()}),
-        "the mix has one share per queue that occurs in the window (np.unique): give one per column of probs, 0 for "
-        "a queue nobody is predicted into (np.bincount(predicted, minlength=queues))": varied(
-            lambda entry, chunk: {"mix": (np.unique(chunk.argmax(axis=1), return_counts=True)[1] / len(chunk))
-                                  .tolist()}),
-        "np.histogram without range=(0, 1) spreads the bins over the window's own lowest to highest confidence: "
-        "the bins are fixed, [b/bins, (b+1)/bins)": varied(
-            lambda entry, chunk: {"histogram": np.histogram(chunk.max(axis=1), bins=bins)[0].tolist()}),
-        "the bin was found by rounding confidence x bins: bin b holds [b/bins, (b+1)/bins), so take the floor "
-        "(int(confidence * bins))": varied(lambda entry, chunk: {"histogram": np.bincount(
-            np.minimum(np.round(chunk.max(axis=1) * bins).astype(int), bins - 1), minlength=bins).tolist()}),
+        "the alarm rang when the p-value was above alpha: a small p-value (below alpha) is the evidence of a change":
+            not right < alpha,
+        "the expected counts were the reference's shares: scale them to the window (expected = the window's size x "
+        "each queue's reference share), so that counts are compared with counts": p_value(window, shares,
+                                                                                           queues - 1) < alpha,
+        "the window's shares were compared with the reference's shares: the test needs counts (the statistic of "
+        "shares is the window's size times too small)": p_value(window / size, shares, queues - 1) < alpha,
+        "the degrees of freedom were the number of queues: the counts add up to the window's size, which takes one "
+        "away (queues - 1)": p_value(window, size * shares, queues) < alpha,
+        "the roles were swapped: the window's counts are the observed ones, and the expected counts come from the "
+        "reference's shares (times the window's size)": p_value(reference, reference.sum() * window / size,
+                                                                queues - 1) < alpha,
+        "the expected counts came from the window itself, so they equal the observed ones and the alarm never "
+        "rings: take them from the reference's shares": False,
+        "the expected counts were the window's size split evenly across the queues: take the reference's shares "
+        "(the queues are not equally common)": p_value(window, np.full(queues, size / queues), queues - 1) < alpha,
+        "alpha was not used (the answer is the one for alpha 0.05): compare the p-value with the alpha you are "
+        "given": right < 0.05,
+        "alpha was not used (the answer is the one for alpha 0.01): compare the p-value with the alpha you are "
+        "given": right < 0.01,
+        "a queue empty in both the reference and the window gave 0/0 = nan, and nan < alpha is False: leave such a "
+        "queue out of the statistic and of the degrees of freedom": p_value(window, size * shares, queues - 1) < alpha,
+        "a queue empty in both was left out of the statistic but still counted in the degrees of freedom: use the "
+        "queues that are left, minus one": right < alpha if np.any(~seen & (window > 0)) else float(
+            scipy.stats.chi2.sf(alarm_statistic(reference, window), queues - 1)) < alpha,
+        "a queue the reference never saw was left out: items predicted into a queue the reference never had are a "
+        "change, so raise the alarm": unseen_left_out < alpha,
     }
 
 
-# A share computed in float32 (a learner working on tensors) is within 1e-7 of the float64 one; shares of
-# different counts differ by at least 1 / window, far more.
-SHARE_TOLERANCE = 1e-6
-
-
-def _same_report(got, expected: list[dict]) -> bool:
-    if len(got) != len(expected):
-        return False
-    for mine, want in zip(got, expected, strict=True):
-        if int(mine["size"]) != want["size"] or not math.isclose(float(mine["coverage"]), want["coverage"],
-                                                                abs_tol=SHARE_TOLERANCE):
-            return False
-        for key in ("mix", "histogram"):
-            values = np.asarray(mine[key], dtype=np.float64).reshape(-1)
-            if values.shape != (len(want[key]),) or not np.allclose(values, want[key], rtol=0,
-                                                                    atol=SHARE_TOLERANCE):
-                return False
-    return True
-
-
-def _readable(report) -> str | None:
-    """None when ``report`` is a list of dicts with the four keys; else what is wrong with it."""
-    if not isinstance(report, list | tuple):
-        return f"return a list with one dict per window, got {type(report).__name__}"
-    for number, entry in enumerate(report):
-        if not isinstance(entry, dict):
-            return f"window {number} is a {type(entry).__name__}: make it a dict"
-        missing = [key for key in ("size", "coverage", "mix", "histogram") if key not in entry]
-        if missing:
-            return f"window {number} has no {', '.join(repr(key) for key in missing)}"
-        try:
-            float(entry["coverage"]), int(entry["size"])
-            np.asarray(entry["mix"], dtype=np.float64), np.asarray(entry["histogram"], dtype=np.float64)
-        except (TypeError, ValueError):
-            return f"window {number}: size and coverage must be numbers, mix and histogram lists of numbers"
+def _as_alarm(report: CheckReport, got, reference_counts, window_counts, description: str) -> bool | None:
+    """The learner's answer as a bool (True, False, NumPy's or a 0-d bool tensor), or None and a FIX line."""
+    if isinstance(got, bool | np.bool_):
+        return bool(got)
+    if isinstance(got, np.ndarray) and got.dtype == np.bool_ and got.size == 1:
+        return bool(got.item())
+    if isinstance(got, torch.Tensor) and got.dtype == torch.bool and got.numel() == 1:
+        return bool(got.item())
+    number = as_tensor(got)
+    kind = type(got).__name__
+    if number is not None and number.numel() == 1:
+        value = float(number.item())
+        statistic, p_value = alarm_statistic(reference_counts, window_counts), alarm_p_value(reference_counts,
+                                                                                             window_counts)
+        if math.isclose(value, statistic, rel_tol=1e-6) and not math.isclose(value, p_value, abs_tol=1e-9):
+            report.fail(f"{description}: that is the chi-square statistic ({value:.4f}): return the alarm, True when "
+                        "its p-value is below alpha, else False")
+        elif math.isclose(value, p_value, rel_tol=1e-6, abs_tol=1e-12):
+            report.fail(f"{description}: that is the p-value ({value:.4g}): return the alarm, True when it is "
+                        "below alpha, else False")
+        else:
+            report.fail(f"{description}: return True or False (the alarm), got the {kind} {value:.4g}")
+        return None
+    report.fail(f"{description}: return True or False (the alarm), got {kind}")
     return None
 
 
-def _show(report: list[dict]) -> str:
-    return "; ".join(f"size {int(e['size'])}, coverage {float(e['coverage']):.4f}, mix "
-                     f"{_rounded(np.asarray(e['mix'], dtype=np.float64).reshape(-1).tolist())}, histogram "
-                     f"{_rounded(np.asarray(e['histogram'], dtype=np.float64).reshape(-1).tolist())}"
-                     for e in report[:3]) + ("; ..." if len(report) > 3 else "")
+def _p_shown(p_value: float) -> str:
+    """``= 0.0271`` or ``< 0.0001``: tiny p-values differ between machines in their last digits."""
+    return f"= {p_value:.4f}" if p_value >= 1e-4 else "< 0.0001"
 
 
-def check_drift_monitor(drift_monitor) -> CheckReport:
-    """``drift_monitor(probs, threshold, window, bins)`` -> one dict per consecutive window of the stream."""
-    report = CheckReport("Drift monitor")
+def check_queue_mix_alarm(queue_mix_alarm) -> CheckReport:
+    """``queue_mix_alarm(reference_counts, window_counts, alpha)`` -> whether the window's queue mix moved."""
+    report = CheckReport("Queue-mix drift alarm")
     mistakes_per_case = []
-    for number, (probs, threshold, window, bins, description) in enumerate(DRIFT_CASES):
-        expected = drift_reference(probs, threshold, window, bins)
-        got = report.call(drift_monitor, _given(probs, number), threshold, window, bins, name="drift_monitor")
+    for number, (reference_counts, window_counts, alpha, description) in enumerate(ALARM_CASES):
+        expected = alarm_reference(reference_counts, window_counts, alpha)
+        got = report.call(queue_mix_alarm, _given(reference_counts, number), _given(window_counts, number + 1),
+                          alpha, name="queue_mix_alarm")
         if got is Ellipsis:
+            if report.lines and "raised" in report.lines[-1]:
+                if "sum of the observed frequencies" in report.lines[-1]:
+                    report.fail(f"{description}: scipy.stats.chisquare refused expected values that do not add up "
+                                "to the window's size: expected counts are the window's size x each queue's "
+                                "reference share, not the shares")
+                elif 0 in reference_counts:
+                    report.fail(f"{description}: this is the first case with a queue the reference never saw "
+                                f"(reference {reference_counts}, window {window_counts}): give it no expected "
+                                "count to divide by; leave it out when the window has none either, and raise the "
+                                "alarm when the window has items there")
             return report
-        problem = _readable(got)
-        if problem:
-            report.fail(f"{description}: {problem}")
+        alarm = _as_alarm(report, got, reference_counts, window_counts, description)
+        if alarm is None:
             return report
-        mistakes_per_case.append({message: (not _same_report(wrong, expected) and _same_report(got, wrong),
-                                             _same_report(wrong, expected))
-                                  for message, wrong in _drift_mistakes(probs, threshold, window, bins).items()})
-        if _same_report(got, expected):
-            report.ok(f"{description}: {len(expected)} window(s), coverage "
-                      f"{[round(entry['coverage'], 4) for entry in expected]}")
+        mistakes_per_case.append({message: (wrong != expected and alarm == wrong, wrong == expected) for message, wrong
+                                  in _alarm_mistakes(reference_counts, window_counts, alpha).items()})
+        p_value = alarm_p_value(reference_counts, window_counts)
+        if alarm == expected:
+            report.ok(f"{description} (p {_p_shown(p_value)})")
             continue
         message = _the_mistake(mistakes_per_case)
-        if message:
-            report.fail(f"{description}: {message}")
-        else:
-            report.fail(f"{description}: got {len(got)} window(s): {_show(got)}; expected {len(expected)}: "
-                        f"{_show(expected)} (threshold {threshold}, window {window}, bins {bins}; the inputs are "
-                        f"DRIFT_CASES[{number}] in behind_pipeline.checks.ch19_capstone)")
-        return report
-    return report
-
-
-# --- The previous exercise 3 (golden-file comparison), kept until the solutions use the drift monitor -----------------
-
-
-def golden_reference(expected: list[dict], actual: list[dict], tolerance: float) -> list[int]:
-    """Indices of the records whose label differs or one of whose probabilities moved by more than ``tolerance``."""
-    return [index for index, (want, got) in enumerate(zip(expected, actual, strict=True))
-            if want["label"] != got["label"]
-            or max(abs(a - b) for a, b in zip(want["probs"], got["probs"], strict=True)) > tolerance]
-
-
-def _record(label: str, probs: list[float], text: str = "") -> dict:
-    return {"text": text, "label": label, "probs": probs}
-
-
-_BASE = [_record("fresh", [0.25, 0.5, 0.25], "a"), _record("rotten", [0.75, 0.125, 0.125], "b"),
-         _record("plot", [0.0625, 0.0625, 0.875], "c"), _record("fresh", [0.375, 0.5, 0.125], "d")]
-
-
-def _moved(index: int, label: str | None = None, probs: list[float] | None = None,
-           records: list[dict] | None = None) -> list[dict]:
-    records = [dict(row) for row in (_BASE if records is None else records)]
-    records[index] = {**records[index], **({"label": label} if label else {}), **({"probs": probs} if probs else {})}
-    return records
-
-
-# (expected, actual, tolerance, what the case exposes); the probabilities are exact binary fractions, so a move of
-# exactly the tolerance is exactly the tolerance.
-GOLDEN_CASES = [
-    (_BASE, _moved(0), 0.0625, "nothing moved: no index"),
-    (_BASE, _moved(1, label="fresh"), 0.0625, "a label changed with the same probabilities"),
-    (_BASE, _moved(1, probs=[0.625, 0.25, 0.125]), 0.0625, "the top probability moved by 0.125, label unchanged"),
-    (_BASE, _moved(0, probs=[0.3125, 0.4375, 0.25]), 0.25,
-     "two probabilities moved by 0.0625, well within a tolerance of 0.25: no index"),
-    (_BASE, _moved(2, probs=[0.0625, 0.0, 0.9375]), 0.125,
-     "a small probability moved from 0.0625 to 0: an absolute move of 0.0625, within a tolerance of 0.125"),
-    (_BASE, _moved(2, probs=[0.0625, 0.125, 0.8125]), 0.0625,
-     "probabilities moved by exactly the tolerance (0.0625): within it, no index"),
-    (_BASE, _moved(3, probs=[0.25, 0.5, 0.25]), 0.0625,
-     "the last record's two smaller probabilities moved by 0.125, its top one and label unchanged"),
-    (_BASE, _moved(0, label="rotten", probs=[0.5, 0.25, 0.25]), 0.125,
-     "label and probabilities both changed: the record is listed once"),
-    ([*_BASE, _record("plot", [0.125, 0.125, 0.75], "e")],
-     [*_moved(1, probs=[0.625, 0.25, 0.125]), _record("plot", [0.125, 0.125, 0.75], "e")], 0.0625,
-     "five records, the second moved by 0.125"),
-    (_BASE, _moved(3, probs=[0.125, 0.5, 0.375]), 0.0625,
-     "two probabilities swapped places (each moved by 0.25), label and top probability unchanged"),
-    (_BASE, _moved(3, probs=[0.25, 0.5, 0.25], records=_moved(1, label="fresh")), 0.0625,
-     "two records changed, the second and the last: both indices"),
-]
-
-
-def _golden_mistakes(expected, actual, tolerance) -> dict[str, list[int]]:
-    def gap(want, got):
-        return max(abs(a - b) for a, b in zip(want["probs"], got["probs"], strict=True))
-
-    pairs = list(enumerate(zip(expected, actual, strict=True)))
-    return {
-        "only the top probability was compared: every probability of a record can move":
-            [i for i, (w, g) in pairs if w["label"] != g["label"]
-             or abs(max(w["probs"]) - max(g["probs"])) > tolerance],
-        "only labels were compared: a probability that moves past the tolerance is a change too":
-            [i for i, (w, g) in pairs if w["label"] != g["label"]],
-        "only probabilities were compared: a changed label is a change even when the numbers are close":
-            [i for i, (w, g) in pairs if gap(w, g) > tolerance],
-        "a move of exactly the tolerance was flagged: the tolerance is allowed, so flag only moves beyond it":
-            [i for i, (w, g) in pairs if w["label"] != g["label"] or gap(w, g) >= tolerance],
-        "the tolerance was not used: comparing probabilities with == (or after rounding) flags any move; a move "
-        "within the tolerance is no change": [i for i, (w, g) in pairs if w["label"] != g["label"]
-                                               or list(w["probs"]) != list(g["probs"])],
-        "the tolerance was used relative to the probability: the golden files state an absolute one":
-            [i for i, (w, g) in pairs if w["label"] != g["label"] or any(
-                abs(a - b) > tolerance * abs(a) for a, b in zip(w["probs"], g["probs"], strict=True))],
-        "probabilities were compared after sorting: a probability belongs to its queue, so compare them queue by "
-        "queue": [i for i, (w, g) in pairs if w["label"] != g["label"] or max(
-            abs(a - b) for a, b in zip(sorted(w["probs"]), sorted(g["probs"]), strict=True)) > tolerance],
-        "the search stopped at the first changed record: list every record that changed":
-            golden_reference(expected, actual, tolerance)[:1],
-        "a record was listed twice when both its label and its probabilities changed: list each index once":
-            [i for i, (w, g) in pairs if w["label"] != g["label"]] + [i for i, (w, g) in pairs
-                                                                      if gap(w, g) > tolerance],
-    }
-
-
-def check_golden_mismatches(golden_mismatches) -> CheckReport:
-    """``golden_mismatches(expected, actual, tolerance)`` -> sorted indices of the records that changed."""
-    report = CheckReport("Golden-file comparison")
-    mistakes_per_case = []
-    for expected_records, actual_records, tolerance, description in GOLDEN_CASES:
-        expected = golden_reference(expected_records, actual_records, tolerance)
-        got = report.call(golden_mismatches, [dict(r) for r in expected_records], [dict(r) for r in actual_records],
-                          tolerance, name="golden_mismatches")
-        if got is Ellipsis:
-            return report
-        try:
-            items = got.tolist() if isinstance(got, np.ndarray | torch.Tensor) else list(got)
-        except TypeError:
-            items = None
-        if items is None or not all(isinstance(i, int | np.integer) and not isinstance(i, bool) for i in items):
-            kinds = sorted({type(i).__name__ for i in items}) if items is not None else [type(got).__name__]
-            report.fail(f"{description}: return a list of record indices as integers, got {', '.join(kinds)}")
-            return report
-        indices = [int(index) for index in items]
-        mistakes_per_case.append({message: (wrong != expected and indices == wrong, wrong == expected)
-                                  for message, wrong in
-                                  _golden_mistakes(expected_records, actual_records, tolerance).items()})
-        if indices == expected:
-            report.ok(f"{description}: {expected}")
-            continue
-        message = _the_mistake(mistakes_per_case)
-        if message:
-            report.fail(f"{description}: {message}")
-        else:
-            changed = [f"record {i}: label {w['label']!r} -> {g['label']!r}, probs {w['probs']} -> {g['probs']}"
-                       for i, (w, g) in enumerate(zip(expected_records, actual_records, strict=True)) if w != g]
-            report.fail(f"{description}: got {indices}, expected {expected}; tolerance {tolerance}, "
-                        f"{'; '.join(changed) or 'no record changed'}")
+        report.fail(f"{description}: {message}" if message else
+                    f"{description}: got {alarm}, expected {expected}: reference counts {reference_counts}, window "
+                    f"counts {window_counts}, alpha {alpha}; the chi-square statistic is "
+                    f"{alarm_statistic(reference_counts, window_counts):.4f}, its p-value {p_value:.4g}")
         return report
     return report
