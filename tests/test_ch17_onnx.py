@@ -30,7 +30,7 @@ from behind_pipeline.onnx_export import (
 )
 from behind_pipeline.predict import predict_logits
 
-from checker_asserts import assert_rejected
+from checker_asserts import assert_rejected, failures
 
 
 def tiny_classifier(tokenizer, seed=0):
@@ -422,6 +422,7 @@ def predictor(mask=True, truncate=True, axis=-1, names=True, keep_order=True, so
         if truncate:
             tokenizer.enable_truncation(max_length=512)
         tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]"), pad_token="[PAD]")
+        declared = [node.name for node in session.get_inputs()]  # the inputs the graph declares
         order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if not keep_order else range(len(texts))
         ordered = [texts[i] for i in order]
         probs = []
@@ -429,8 +430,9 @@ def predictor(mask=True, truncate=True, axis=-1, names=True, keep_order=True, so
             encodings = tokenizer.encode_batch(ordered[start:start + batch_size])
             ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
             attention = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
-            (logits,) = session.run(None, {"input_ids": ids,
-                                           "attention_mask": attention if mask else np.ones_like(ids)})
+            arrays = {"input_ids": ids, "attention_mask": attention if mask else np.ones_like(ids),
+                      "token_type_ids": np.asarray([e.type_ids for e in encodings], dtype=np.int64)}
+            (logits,) = session.run(None, {name: arrays[name] for name in declared})
             if softmax:
                 exp = np.exp(logits - logits.max(axis=axis, keepdims=True))
                 probs.append(exp / exp.sum(axis=axis, keepdims=True))
@@ -473,3 +475,195 @@ def test_predict_checker_refuses_torch_tensors(course_session, tokenizer):
         return torch.from_numpy(probs), labels
 
     assert_rejected(check_predict_without_torch(with_torch, session=course_session, tokenizer=tokenizer), "NumPy")
+
+
+
+# --- Exercise 1: a sentence-embedding graph, more mistakes ----------------------------------------------------------
+
+
+def exporter_with(pool="mean", names=("input_ids", "attention_mask"), ids_dtype=torch.int64, mask_dtype=None,
+                  train=False, restore_eval=False):
+    """The solution's export with one thing changed: the pooling, the input names, the example dtypes, the mode."""
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+            if pool == "normalized":  # sentence-transformers' Normalize module, after the pooling
+                return torch.nn.functional.normalize(mean, p=2, dim=-1)
+            if pool == "over_length":  # padding zeroed, but divided by the padded length
+                return (hidden * weights).sum(dim=1) / attention_mask.shape[1]
+            if pool == "max":
+                return hidden.masked_fill(weights == 0, -1e9).max(dim=1).values
+            return mean
+
+    def export(encoder, path):
+        input_ids = torch.randint(1, encoder.config.vocab_size, (2, 6), dtype=ids_dtype)
+        attention_mask = torch.ones(input_ids.shape, dtype=mask_dtype or torch.int64)
+        attention_mask[1, 4:] = 0
+        if train:
+            encoder.train()  # e.g. copied from a training loop
+        axes = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
+        with quiet():
+            torch.onnx.export(Pooled(encoder).eval() if not train else Pooled(encoder).train(),
+                              (input_ids, attention_mask), path, dynamo=True, input_names=list(names),
+                              output_names=["embeddings"], external_data=False,
+                              dynamic_shapes={"input_ids": axes, "attention_mask": axes})
+        if restore_eval:
+            encoder.eval()  # too late: the graph already holds dropout in training mode
+        return path
+
+    return export
+
+
+@pytest.mark.parametrize("mistake, exporter, words", [
+    ("l2_normalized_mean", exporter_with(pool="normalized"), ["L2 norm"]),
+    ("masked_sum_over_padded_length", exporter_with(pool="over_length"), ["padded length"]),
+    ("max_pooling", exporter_with(pool="max"), ["maximum"]),
+    ("inputs_named_otherwise", exporter_with(names=("ids", "mask")), ["input_names"]),
+    ("int32_example_ids", exporter_with(ids_dtype=torch.int32), ["input_ids takes tensor(int32)", "int64 example"]),
+    ("float_example_mask", exporter_with(mask_dtype=torch.float32), ["attention_mask takes tensor(float)"]),
+    ("exported_in_training_mode", exporter_with(train=True), ["training mode", ".eval()"]),
+    ("training_mode_then_eval_restored", exporter_with(train=True, restore_eval=True), ["training mode", ".eval()"]),
+])
+def test_export_checker_names_more_mistakes(mistake, exporter, words):
+    assert_rejected(check_export_embedder(exporter), *words)
+
+
+# --- Exercise 2: cold start against warm latency, more mistakes and alternatives ------------------------------------
+
+
+def timed_with(rounding=None, load_unit=1000, p95_unit=1000, first_from_load=False, cumulative=False,
+               percent=95, quantiles=False, own_clock=False, feed_as=None):
+    """The solution with one thing changed; ``feed_as`` runs the session with a copy of the feed, an int64 copy or
+    the feed by keyword (ONNX Runtime's ``run(output_names, input_feed)``)."""
+    import statistics
+
+    def cold_and_warm(make_session, feed, warmup=3, repeats=20, clock=time.perf_counter):
+        read = time.perf_counter if own_clock else clock
+        keep = rounding or (lambda value: value)
+
+        def run(session):
+            if feed_as == "keyword":
+                return session.run(None, input_feed=feed)
+            if feed_as == "copy":
+                return session.run(None, dict(feed))
+            if feed_as == "int64":
+                return session.run(None, {name: np.asarray(value, dtype=np.int64) for name, value in feed.items()})
+            return session.run(None, feed)
+
+        start = read()
+        session = make_session()
+        load = read() - start
+        if not first_from_load:
+            start = read()
+        run(session)
+        first = read() - start
+        for _ in range(warmup):
+            run(session)
+        samples = []
+        start = read()
+        for _ in range(repeats):
+            if not cumulative:
+                start = read()
+            run(session)
+            samples.append(keep((read() - start) * 1000))
+        p95 = statistics.quantiles(samples, n=20)[-1] if quantiles else np.percentile(samples, percent)
+        return {"load_ms": keep(load * load_unit), "first_ms": keep(first * 1000),
+                "median_ms": float(np.median(samples)), "p95_ms": float(p95) * p95_unit / 1000}
+
+    return cold_and_warm
+
+
+@pytest.mark.parametrize("mistake, options, words", [
+    ("rounded_to_whole_ms", {"rounding": round}, ["whole milliseconds"]),
+    ("truncated_to_whole_ms", {"rounding": int}, ["whole milliseconds"]),
+    ("load_in_seconds", {"load_unit": 1}, ["load_ms is in seconds"]),
+    ("p95_in_seconds", {"p95_unit": 1}, ["p95_ms is in seconds"]),
+    ("first_includes_load", {"first_from_load": True}, ["first_ms includes the load"]),
+    ("samples_measured_from_loop_start", {"cumulative": True}, ["start of the loop"]),
+    ("percentile_of_0_95", {"percent": 0.95}, ["0.95"]),
+    ("statistics_quantiles_exclusive", {"quantiles": True}, ["exclusive"]),
+    ("real_clock_not_the_one_given", {"own_clock": True}, ["clock given was never read"]),
+])
+def test_cold_checker_names_more_mistakes(mistake, options, words):
+    assert_rejected(check_cold_and_warm(timed_with(**options)), *words)
+
+
+@pytest.mark.parametrize("feed_as", ["keyword", "copy", "int64"])
+def test_cold_checker_accepts_the_feed_by_keyword_or_as_an_equal_copy(feed_as):
+    report = check_cold_and_warm(timed_with(feed_as=feed_as))
+    assert report.passed, report
+
+
+# --- Exercise 3: predictions without PyTorch, more mistakes and alternatives ----------------------------------------
+
+
+def predictor_with(names="declared", pad=True, max_length=512, stable=True, sigmoid=False, nan=False,
+                   drop_last=False, labels_as_array=False, label_keys=int):
+    """The solution with one thing changed (``names="two"``: input_ids and attention_mask, whatever the graph
+    declares)."""
+
+    def predict_without_torch(session, tokenizer_file, texts, id2label, batch_size=32):
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(tokenizer_file)
+        tokenizer.enable_truncation(max_length=max_length)
+        if pad:
+            tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]"), pad_token="[PAD]")
+        fed = ([node.name for node in session.get_inputs()] if names == "declared"
+               else ["input_ids", "attention_mask"])
+        stop = len(texts) - len(texts) % batch_size if drop_last else len(texts)
+        probs = []
+        for start in range(0, stop, batch_size):
+            encodings = tokenizer.encode_batch(texts[start:start + batch_size])
+            arrays = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
+                      "token_type_ids": [e.type_ids for e in encodings]}
+            (logits,) = session.run(None, {name: np.asarray(arrays[name], dtype=np.int64) for name in fed})
+            if sigmoid:
+                probs.append(1 / (1 + np.exp(-logits)))
+                continue
+            exp = np.exp(logits - logits.max(axis=-1, keepdims=True)) if stable else np.exp(logits.astype(np.float64))
+            probs.append(exp / exp.sum(axis=-1, keepdims=True))
+        probs = np.concatenate(probs)
+        if nan:
+            probs = probs * np.nan
+        labels = [id2label[label_keys(index)] for index in probs.argmax(axis=-1)]
+        return probs, np.array(labels) if labels_as_array else labels
+
+    return predict_without_torch
+
+
+@pytest.mark.parametrize("mistake, options, words", [
+    ("unstable_softmax", {"stable": False}, ["overflowed", "stable softmax"]),
+    ("two_inputs_whatever_the_graph_declares", {"names": "two"}, ["session.get_inputs()"]),
+    ("sigmoid_not_softmax", {"sigmoid": True}, ["sigmoid"]),
+    ("nan_probabilities", {"nan": True}, ["probs hold NaN or inf"]),
+    ("last_partial_batch_dropped", {"drop_last": True}, ["partial batch"]),
+    ("truncated_too_short", {"max_length": 256}, ["only the text past 512 tokens", "max_length=512"]),
+])
+def test_predict_checker_names_more_mistakes(mistake, options, words, course_session, tokenizer):
+    report = check_predict_without_torch(predictor_with(**options), session=course_session, tokenizer=tokenizer)
+    assert_rejected(report, *words)
+
+
+@pytest.mark.parametrize("mistake, options, words, not_said", [
+    ("padding_not_enabled", {"pad": False}, ["enable padding"], "enable truncation"),
+    ("label_keys_as_strings", {"label_keys": str}, ["raised KeyError"], "enable truncation"),
+])
+def test_predict_checker_blames_truncation_only_when_it_is_the_cause(mistake, options, words, not_said,
+                                                                    course_session, tokenizer):
+    report = check_predict_without_torch(predictor_with(**options), session=course_session, tokenizer=tokenizer)
+    assert_rejected(report, *words)
+    assert not_said not in " ".join(failures(report)), report
+
+
+def test_predict_checker_accepts_an_array_of_label_names(course_session, tokenizer):
+    report = check_predict_without_torch(predictor_with(labels_as_array=True), session=course_session,
+                                         tokenizer=tokenizer)
+    assert report.passed, report

@@ -5,12 +5,17 @@ The export checker runs the learner's graph with ONNX Runtime on small random BE
 head count and pad id than the chapter's model), at several batch sizes and lengths, with padded rows, and compares
 with mean pooling computed in PyTorch. The latency checker gives the learner a fake session and a fake clock, so
 every expected figure is exact and the check is the same on any machine. The last checker runs the course
-classifier's ONNX file on reviews of many lengths, one far past the model's 512 positions.
+classifier's ONNX file on reviews of many lengths, one far past the model's 512 positions, then behind two other
+faces: a graph that also declares token_type_ids, and one whose logits are a thousand times larger (a softmax that
+does not subtract each row's maximum overflows).
 """
 
+import copy
 import json
+import statistics
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -70,6 +75,15 @@ def pooled(encoder, feed: dict, pool: str = "mean", mask_in_encoder: bool = True
         return hidden.mean(dim=1).numpy()
     if pool == "sum":
         return (hidden * weights).sum(dim=1).numpy()
+    if pool == "over_length":  # padded positions zeroed, but divided by the padded length
+        return ((hidden * weights).sum(dim=1) / hidden.shape[1]).numpy()
+    if pool == "max":
+        return hidden.masked_fill(weights == 0, float("-inf")).max(dim=1).values.numpy()
+    if pool == "unmasked_max":
+        return hidden.max(dim=1).values.numpy()
+    if pool == "normalized":  # what sentence-transformers' Normalize module adds after the pooling
+        mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(mean, p=2, dim=-1).numpy()
     return ((hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)).numpy()  # (batch, hidden)
 
 
@@ -82,7 +96,31 @@ def _embedder_mistakes(encoder, feed) -> dict[str, np.ndarray]:
         "this is the sum over real tokens; divide by their count (the mask's sum)": pooled(encoder, feed, "sum"),
         "the mask reaches the pooling but not the encoder: pass attention_mask to the encoder too, or padding "
         "changes the real tokens' vectors": pooled(encoder, feed, "mean", mask_in_encoder=False),
+        "the masked sum is divided by the padded length (hidden.shape[1]): divide each row by its own count of "
+        "real tokens (the mask's sum over the sequence)": pooled(encoder, feed, "over_length"),
+        "these are the mean vectors divided by their L2 norm (normalized, as sentence-transformers' Normalize "
+        "module does): the exercise asks for the mean itself": pooled(encoder, feed, "normalized"),
+        "this is the maximum over the real tokens (max pooling); the exercise asks for their mean":
+            pooled(encoder, feed, "max"),
+        "this is the maximum over all positions (max pooling, padding included); the exercise asks for the mean "
+        "over the real tokens": pooled(encoder, feed, "unmasked_max"),
     }
+
+
+def _dropouts_in_training_mode(model) -> int:
+    """How many Dropout nodes of an ONNX graph have training_mode set to a constant True (dropout on)."""
+    import onnx
+
+    constants = {tensor.name: tensor for tensor in model.graph.initializer}
+    for node in model.graph.node:
+        for attribute in node.attribute if node.op_type == "Constant" else ():
+            if attribute.name == "value":
+                constants[node.output[0]] = attribute.t
+    count = 0
+    for node in model.graph.node:
+        if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2] in constants:
+            count += bool(np.asarray(onnx.numpy_helper.to_array(constants[node.input[2]])).any())
+    return count
 
 
 def _static_axes(path: Path) -> list[str]:
@@ -107,6 +145,7 @@ def check_export_embedder(export_embedder) -> CheckReport:
     report = CheckReport("A sentence-embedding graph")
     for seed, (hidden, heads, layers, vocab, pad_id, description) in enumerate(EMBEDDER_CASES):
         encoder = tiny_encoder(hidden, heads, layers, vocab, pad_id, seed)
+        reference = copy.deepcopy(encoder)  # the expected values do not depend on what the learner's code does to it
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "embedder.onnx"
             if not report.answered(export_embedder, "export_embedder"):
@@ -121,12 +160,18 @@ def check_export_embedder(export_embedder) -> CheckReport:
                             "`...`? export to `path`)")
                 return report
             try:
-                onnx.checker.check_model(onnx.load(str(path)))
+                graph = onnx.load(str(path))
+                onnx.checker.check_model(graph)
                 session = ort_session(path)
             except Exception as error:  # a malformed file must become a message
                 report.fail(f"{description}: the file is not a valid ONNX graph ({type(error).__name__}: {error})")
                 return report
             names = [node.name for node in session.get_inputs()]
+            if "attention_mask" not in names and len(names) >= 2 and any(
+                    name not in ("input_ids", "token_type_ids") for name in names):
+                report.fail(f"{description}: the graph's inputs are {names}: name them input_ids and attention_mask "
+                            "(input_names=['input_ids', 'attention_mask']), the keys a tokenizer's output has")
+                return report
             if "attention_mask" not in names:
                 report.fail(f"{description}: the graph's inputs are {names}, without attention_mask: padding would "
                             "count as text. Export with input_ids and attention_mask")
@@ -136,10 +181,23 @@ def check_export_embedder(export_embedder) -> CheckReport:
                 report.fail(f"{description}: unexpected graph inputs {unknown}; expected input_ids and "
                             "attention_mask")
                 return report
+            typed = [f"{node.name} takes {node.type}" for node in session.get_inputs()
+                     if node.type != "tensor(int64)"]
+            if typed:
+                report.fail(f"{description}: {'; '.join(typed)}: the inputs should be int64, what a tokenizer gives; "
+                            "export with int64 example inputs (torch.randint and torch.ones_like(input_ids) give "
+                            "int64 unless told otherwise)")
+                return report
             static = _static_axes(path)
             if static:
                 report.fail(f"{description}: {'; '.join(static)}: declare the batch and sequence axes dynamic "
                             "(dynamic_shapes with torch.export.Dim)")
+                return report
+            dropouts = _dropouts_in_training_mode(graph)
+            if dropouts:
+                report.fail(f"{description}: {dropouts} Dropout node(s) of the graph are in training mode (dropout "
+                            "on): the encoder was exported in training mode; call .eval() on the module before "
+                            "exporting (ONNX Runtime's optimizer happens to remove them, other runtimes apply them)")
                 return report
             for index, shape in enumerate(FEED_SHAPES):
                 feed = padded_feed(shape, vocab, pad_id, seed=10 * seed + index)
@@ -158,10 +216,10 @@ def check_export_embedder(export_embedder) -> CheckReport:
                     report.fail(f"{description}: the first output has shape {got.shape}, expected "
                                 f"{(shape[0], hidden)} (batch, hidden){extra}")
                     return report
-                expected = pooled(encoder, feed)
+                expected = pooled(reference, feed)
                 if np.allclose(got, expected, atol=1e-4):
                     continue
-                for message, wrong in _embedder_mistakes(encoder, feed).items():
+                for message, wrong in _embedder_mistakes(reference, feed).items():
                     if not np.allclose(wrong, expected, atol=1e-4) and np.allclose(got, wrong, atol=1e-4):
                         report.fail(f"{description}: {message}")
                         return report
@@ -197,8 +255,8 @@ class FakeSession:
         self.calls = 0
         self.wrong_feed = False
 
-    def run(self, output_names, feed):
-        if feed is not self.feed:
+    def run(self, output_names, input_feed, run_options=None):  # InferenceSession.run's signature
+        if not same_feed(input_feed, self.feed):
             self.wrong_feed = True
         cost = self.costs_ms[min(self.calls, len(self.costs_ms) - 1)]
         self.calls += 1
@@ -206,19 +264,30 @@ class FakeSession:
         return [np.zeros((1, 2), dtype=np.float32)]
 
 
+def same_feed(got, feed: dict) -> bool:
+    """Whether ``got`` holds the same arrays under the same names as ``feed`` (a copy, or int64 arrays made from
+    it, is the same feed). Never raises."""
+    try:
+        return (isinstance(got, dict) and sorted(got) == sorted(feed)
+                and all(np.array_equal(np.asarray(got[name]), feed[name]) for name in feed))
+    except Exception:
+        return False
+
+
 def run_costs_ms(warmup: int, repeats: int) -> list[float]:
     """The fake run times: a slow first call, warm-up calls slower than the steady state, then a steady state
-    with a spike every 13 calls (so mean, median, p95 and maximum all differ)."""
+    with a spike every 13 calls (so mean, median, p95 and maximum all differ). The first call's 45.25 ms, like the
+    loads' fractions of a millisecond, tells a time rounded to whole milliseconds from the right one."""
     warming = [30.0 - 4.0 * i for i in range(warmup)]
     steady = [3.0 + 0.5 * ((7 * j) % 5) + (15.0 if j % 13 == 12 else 0.0) for j in range(repeats + 20)]
-    return [45.0] + warming + steady
+    return [45.25] + warming + steady
 
 
 # (load ms, warmup, repeats, what the case exposes)
 COLD_CASES = [
-    (300.0, 3, 40, "3 warm-up calls, 40 timed"),
-    (120.0, 5, 21, "5 warm-up calls, 21 timed"),
-    (80.0, 0, 10, "no warm-up asked for (the boundary): 10 timed"),
+    (300.4, 3, 40, "3 warm-up calls, 40 timed"),
+    (120.4, 5, 21, "5 warm-up calls, 21 timed"),
+    (80.4, 0, 10, "no warm-up asked for (the boundary): 10 timed"),
 ]
 COLD_KEYS = ("load_ms", "first_ms", "median_ms", "p95_ms")
 
@@ -253,8 +322,21 @@ def _cold_mistakes(load_ms, warmup, repeats) -> dict[str, dict]:
         "p95_ms is the maximum: the 95th percentile is the value 95% of calls stay under (np.percentile(..., 95))":
             {"p95_ms": timed.max()},
         "load_ms includes the first run: time make_session() alone": {"load_ms": load_ms + costs[0]},
+        "first_ms includes the load: read the clock again after make_session() returns, just before the first "
+        "run": {"first_ms": load_ms + costs[0]},
+        "load_ms is in seconds; the keys ask for milliseconds": {"load_ms": load_ms / 1000},
         "first_ms is in seconds; the keys ask for milliseconds": {"first_ms": costs[0] / 1000},
         "median_ms is in seconds; the keys ask for milliseconds": {"median_ms": np.median(timed) / 1000},
+        "p95_ms is in seconds; the keys ask for milliseconds": {"p95_ms": np.percentile(timed, 95) / 1000},
+        "the times are rounded to whole milliseconds: keep the fractions (a warm call of a small model takes a "
+        "few milliseconds, or less than one)": {"load_ms": np.floor(load_ms), "first_ms": np.floor(costs[0])},
+        "each timed call is measured from the start of the loop, so the samples add up: read the clock again "
+        "before each call": {"median_ms": np.median(np.cumsum(timed)), "p95_ms": np.percentile(np.cumsum(timed), 95)},
+        "p95_ms is np.percentile(..., 0.95), the 0.95th percentile: np.percentile takes percents (95); "
+        "np.quantile takes 0.95": {"p95_ms": np.percentile(timed, 0.95)},
+        "p95_ms is statistics.quantiles' default ('exclusive') estimate, which lands on another order statistic "
+        "than np.percentile(..., 95), the one asked for (statistics.quantiles(..., method='inclusive') is the same)":
+            {"p95_ms": statistics.quantiles(timed.tolist(), n=20)[-1]},
     }
 
 
@@ -297,6 +379,10 @@ def check_cold_and_warm(cold_and_warm) -> CheckReport:
             report.fail(f"{description}: session.run was called {session.calls} times; expected 1 (cold) + "
                         f"{warmup} (warm-up) + {repeats} (timed) = {1 + warmup + repeats}")
             return report
+        if clock.reads == 0:
+            report.fail(f"{description}: the clock given was never read: time with clock() (the check passes a "
+                        "fake clock that moves only when the session works; time.perf_counter() reads the real one)")
+            return report
         values = {}
         for key in COLD_KEYS:
             value = report.tensor(result[key], f"result[{key!r}]", shape=())
@@ -337,6 +423,53 @@ def course_onnx_session():
     return ort_session(classifier_onnx_file())
 
 
+# Logits this many times the course model's: a confident model's, whose np.exp overflows (float32 and float64)
+# unless each row's maximum is subtracted first.
+LARGE_LOGITS = 1000.0
+
+
+class OtherGraphSession:
+    """The course session behind another graph's face: it declares ``extra_inputs`` besides the course graph's two
+    (``token_type_ids``, as many BERT exports do) and, like ONNX Runtime, refuses a feed without exactly the inputs
+    it declares; its logits are ``scale`` times the course model's."""
+
+    def __init__(self, session, extra_inputs: tuple[str, ...] = (), scale: float = 1.0):
+        self.session, self.extra_inputs, self.scale = session, tuple(extra_inputs), scale
+        self.inputs = [*session.get_inputs(), *(SimpleNamespace(name=name, type="tensor(int64)",
+                                                                shape=["batch", "sequence"]) for name in extra_inputs)]
+        self.fed = None  # the names of the first feed that did not match the declared inputs
+
+    def get_inputs(self):
+        return list(self.inputs)
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+    def run(self, output_names, input_feed, run_options=None):
+        declared = [node.name for node in self.inputs]
+        names = sorted(input_feed) if isinstance(input_feed, dict) else []
+        if names != sorted(declared):
+            self.fed = self.fed if self.fed is not None else names
+            raise ValueError(f"Required inputs ({[n for n in declared if n not in names]}) are missing from input "
+                             f"feed ({names})")
+        for name in self.extra_inputs:
+            if np.asarray(input_feed[name]).dtype != np.int64:
+                raise ValueError(f"Unexpected input data type for {name}: expected int64")
+        outputs = self.session.run(output_names, {name: input_feed[name] for name in declared
+                                                  if name not in self.extra_inputs})
+        return [outputs[0] * np.float32(self.scale), *outputs[1:]]
+
+
+def _runs(function, *args, **kwargs) -> bool:
+    """Whether the learner's function returns without raising: a probe that tells one cause of a failure from
+    another."""
+    try:
+        function(*args, **kwargs)
+        return True
+    except Exception:
+        return False
+
+
 def check_predict_without_torch(predict_without_torch, session=None, tokenizer=None, texts=None) -> CheckReport:
     """``predict_without_torch(session, tokenizer_file, texts, id2label)`` -> (probs, labels) as ``pipeline`` gives."""
     from transformers import AutoTokenizer
@@ -354,7 +487,9 @@ def check_predict_without_torch(predict_without_torch, session=None, tokenizer=N
         texts = test_texts[:36] + ["Superb.", long_review(test_texts)]  # 38: batches of 32 leave a partial one
     id2label = {0: "rotten", 1: "fresh"}
     expected_logits = predict_logits(OnnxClassifier(session), tokenizer, texts).double()  # (texts, labels)
-    expected = torch.softmax(expected_logits, dim=-1)
+    token_counts = [len(tokenizer(text, verbose=False)["input_ids"]) for text in texts]  # no too-long warning
+    fitting = [text for text, count in zip(texts, token_counts, strict=True) if count <= 512]
+    uneven_pair = [min(fitting, key=len), max(fitting, key=len)] if fitting else []  # two lengths: needs padding
     with tempfile.TemporaryDirectory() as folder:
         tokenizer.save_pretrained(folder)
         tokenizer_file = Path(folder) / "tokenizer.json"
@@ -363,16 +498,34 @@ def check_predict_without_torch(predict_without_torch, session=None, tokenizer=N
         settings["truncation"], settings["padding"] = None, None
         tokenizer_file.write_text(json.dumps(settings), encoding="utf-8")
         tokenizer_file = str(tokenizer_file)
-        for batch_size, subset, description in ((32, list(range(len(texts))), "38 reviews, one past 512 tokens"),
-                                                (8, [5, 1, 37, 2, 36], "5 reviews out of order, batches of 8"),
-                                                (32, [3], "a single review")):
+        cases = [(session, 1.0, 32, list(range(len(texts))), "38 reviews, one past 512 tokens"),
+                 (session, 1.0, 8, [5, 1, 37, 2, 36], "5 reviews out of order, batches of 8"),
+                 (session, 1.0, 32, [3], "a single review"),
+                 (OtherGraphSession(session, ("token_type_ids",)), 1.0, 2, [4, 36, 0],
+                  "a graph that also declares token_type_ids, batches of 2"),
+                 (OtherGraphSession(session, scale=LARGE_LOGITS), LARGE_LOGITS, 32, [0, 36, 1],
+                  f"logits {LARGE_LOGITS:.0f} times the course model's (a confident model)")]
+        for case_session, scale, batch_size, subset, description in cases:
             chosen = [texts[i] for i in subset]
-            result = report.call(predict_without_torch, session, tokenizer_file, chosen, id2label,
+            result = report.call(predict_without_torch, case_session, tokenizer_file, chosen, id2label,
                                  batch_size=batch_size, name="predict_without_torch")
-            if result is Ellipsis:
-                if any(len(tokenizer(text)["input_ids"]) > 512 for text in chosen):
+            if result is Ellipsis:  # the FIX line says what was raised; probes tell why when they can
+                def runs_on(some_texts, case_session=case_session):
+                    return _runs(predict_without_torch, case_session, tokenizer_file, some_texts, id2label)
+
+                too_long = [texts[i] for i in subset if token_counts[i] > 512]
+                if getattr(case_session, "fed", None) is not None:
+                    declared = [node.name for node in case_session.get_inputs()]
+                    report.fail(f"{description}: session.run got {case_session.fed}, the graph declares "
+                                f"{declared}: feed exactly the inputs session.get_inputs() lists (token_type_ids: "
+                                "the encodings' type_ids)")
+                elif too_long and uneven_pair and runs_on(uneven_pair[:1]) and not runs_on(too_long[:1]):
                     report.fail("one text is longer than the model's 512 positions: enable truncation on the "
                                 "tokenizer (enable_truncation(max_length=512))")
+                elif uneven_pair and runs_on(uneven_pair[:1]) and not runs_on(uneven_pair):
+                    report.fail("one text runs, two texts of different lengths in one batch do not: enable padding "
+                                "on the tokenizer (enable_padding(pad_id=..., pad_token='[PAD]')), so that each "
+                                "batch is one rectangle of ids")
                 return report
             if not isinstance(result, tuple | list) or len(result) != 2:
                 report.fail(f"predict_without_torch should return (probs, labels), got {type(result).__name__}")
@@ -381,26 +534,51 @@ def check_predict_without_torch(predict_without_torch, session=None, tokenizer=N
             if isinstance(probs, torch.Tensor):
                 report.fail("probs is a torch tensor: the point is to need no PyTorch; return a NumPy array")
                 return report
-            probs = report.tensor(probs, "probs", shape=(len(chosen), 2))
+            probs = report.tensor(probs, "probs")
             if probs is None:
                 return report
+            if tuple(probs.shape) != (len(chosen), 2):
+                rows = probs.shape[0] if probs.ndim == 2 and probs.shape[1] == 2 else None
+                if rows is not None and rows < len(chosen) and rows == len(chosen) - len(chosen) % batch_size:
+                    report.fail(f"{description}: probs has {rows} rows for {len(chosen)} texts: the last, partial "
+                                f"batch (texts {rows} to {len(chosen) - 1}) is left out; range(0, len(texts), "
+                                "batch_size) reaches it")
+                else:
+                    report.fail(f"probs has shape {tuple(probs.shape)}, expected {(len(chosen), 2)}")
+                return report
+            logits = expected_logits[subset] * scale
+            wanted = torch.softmax(logits, dim=-1)
+            if not bool(torch.isfinite(probs).all()):
+                bad = [subset[i] for i in torch.nonzero(~torch.isfinite(probs).all(dim=-1)).flatten().tolist()]
+                hint = (": np.exp overflowed on these large logits; subtract each row's maximum before the "
+                        "exponential (a numerically stable softmax)" if scale > 1 else "")
+                report.fail(f"{description}: probs hold NaN or inf (texts {bad[:5]}){hint}")
+                return report
+            right = torch.allclose(probs, wanted, atol=1e-4)
+            if not right and torch.allclose(probs, torch.sigmoid(logits), atol=1e-4):
+                report.fail(f"{description}: each value is the sigmoid of its own logit; the exercise asks for a "
+                            "softmax over each row's labels (each row sums to 1)")
+                return report
             sums = probs.sum(dim=-1)
-            if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+            if not right and not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
                 hint = ("they look like logits: apply a softmax" if (probs < 0).any() else
                         "is the softmax taken over the wrong axis? Each row (one text) sums to 1")
                 report.fail(f"{description}: rows of probs sum to {sums.min().item():.4f}..{sums.max().item():.4f}, "
                             f"not 1: {hint}")
                 return report
-            wanted = expected[subset]
-            if not torch.allclose(probs, wanted, atol=1e-4):
+            if not right:
                 rows = (probs - wanted).abs().amax(dim=-1)
                 wrong_rows = [subset[i] for i in torch.nonzero(rows > 1e-4).flatten().tolist()]
-                lengths = [len(tokenizer(texts[i])["input_ids"]) for i in subset]
+                lengths = [token_counts[i] for i in subset]
                 padded = [subset[i] for i, length in enumerate(lengths) if length < max(lengths)]
+                too_long = [subset[i] for i, length in enumerate(lengths) if length > 512]
                 distances = (probs[:, None, :] - wanted[None, :, :]).abs().amax(dim=-1)  # (got, expected)
                 if bool((distances.min(dim=1).values < 1e-4).all()):
                     report.fail(f"{description}: every row is right but some are in the wrong place (texts "
                                 f"{wrong_rows[:5]}): keep the order of the texts")
+                elif wrong_rows and set(wrong_rows) <= set(too_long):
+                    report.fail(f"{description}: only the text past 512 tokens differs (texts {wrong_rows[:5]}): "
+                                "truncate at max_length=512, the model's positions (special tokens included)")
                 elif wrong_rows and set(wrong_rows) <= set(padded):
                     report.fail(f"{description}: only padded rows differ (texts {wrong_rows[:5]}): feed the "
                                 "tokenizer's attention mask, so padding does not count as text")
@@ -409,6 +587,8 @@ def check_predict_without_torch(predict_without_torch, session=None, tokenizer=N
                                 f"{rows.max().item():.2e} (texts {wrong_rows[:5]})")
                 return report
             wanted_labels = [id2label[int(i)] for i in wanted.argmax(dim=-1)]
+            if isinstance(labels, np.ndarray) and labels.ndim == 1:
+                labels = labels.tolist()  # an array of names is as good as a list
             if not isinstance(labels, list | tuple) or list(labels) != wanted_labels:
                 shown = list(labels)[:3] if isinstance(labels, list | tuple) else type(labels).__name__
                 report.fail(f"{description}: labels should be the names id2label gives ({wanted_labels[:3]}...), "
