@@ -1,15 +1,14 @@
-"""Chapter 20: the classifier on Ray Serve (parity with pipeline(), chapter 18's refusals, a clean stop), the config
-files, the comparison's table, and checkers that accept right answers and name the typical wrong ones.
+"""Chapter 20: a Ray Serve start that never gets ready, the config files, the comparison's table, and checkers
+that accept right answers and name the typical wrong ones.
 
-The Ray tests start one Ray Serve instance on loopback (bounded by ``START_TIMEOUT_S``), with its files in
-``.cache/ray`` and Ray's network features off, and check that stopping it leaves no process behind.
+Ray Serve's parity with pipeline(), its refusals, its batching, its clean stop and the two-machine launch are
+asserted in notebooks/20_scaling_out.ipynb (nbval), not a second time here.
 """
 
 import copy
 import math
 import time
 
-import httpx
 import pytest
 import torch
 
@@ -32,84 +31,10 @@ ray_app = pytest.importorskip("behind_pipeline.service.ray_app")
 # Ray Serve on loopback
 
 
-@pytest.fixture(scope="module")
-def ray_server():
-    server = ray_app.start_ray_serve(replicas=1)
-    started = set(server.pids)
-    yield server
-    leftover = server.stop()
-    assert not leftover, f"processes left after the stop: {leftover}"
-    import psutil
-
-    alive = [pid for pid in started if psutil.pid_exists(pid) and ray_app._alive(pid)]
-    assert not alive, f"Ray processes still running after stop(): {alive}"
-    assert started, "Ray started no child process: the test saw nothing to clean up"
-
-
-@pytest.fixture(scope="module")
-def chapter18_server():
-    from behind_pipeline.service.local import start_server
-
-    with start_server() as running:
-        yield running
-
-
-def test_ray_serve_answers_equal_the_pipeline(ray_server):
-    from transformers import pipeline
-
-    from behind_pipeline.data import load_rotten_tomatoes
-    from behind_pipeline.models import classifier_id
-
-    texts = list(load_rotten_tomatoes()["test"]["text"][:24])
-    clf = pipeline("text-classification", model=classifier_id(), top_k=None)
-    expected = clf(texts)
-    answers = []
-    for start in range(0, len(texts), 8):  # requests of 8, as the chapter sends them
-        response = httpx.post(f"{ray_server.url}/predict", json={"texts": texts[start:start + 8], "top_k": None},
-                              timeout=60)
-        assert response.status_code == 200, response.text
-        answers += response.json()["predictions"]
-    assert len(answers) == len(expected)
-    worst = 0.0
-    for ours, theirs in zip(answers, expected, strict=True):
-        assert ours[0]["label"] == theirs[0]["label"]
-        by_label = {entry["label"]: entry["score"] for entry in theirs}
-        worst = max(worst, *(abs(entry["score"] - by_label[entry["label"]]) for entry in ours))
-    assert worst < 1e-4
-
-
-def test_ray_serve_refuses_bad_input_exactly_as_chapter_18(ray_server, chapter18_server):
-    from behind_pipeline.service.settings import ServiceSettings
-
-    for name, (body, content_type) in ray_app.bad_requests(ServiceSettings()).items():
-        theirs = httpx.post(f"{chapter18_server.url}/predict", content=body,
-                            headers={"content-type": content_type}, timeout=30)
-        ours = httpx.post(f"{ray_server.url}/predict", content=body, headers={"content-type": content_type},
-                          timeout=30)
-        assert 400 <= theirs.status_code < 500, name
-        assert (ours.status_code, ours.json()) == (theirs.status_code, theirs.json()), name
-    assert httpx.post(f"{ray_server.url}/predict", json={"texts": "Still here?"}, timeout=30).status_code == 200
-
-
-def test_concurrent_texts_share_forward_passes(ray_server):
-    """@serve.batch groups texts of concurrent requests: fewer passes than texts (the counts come from /health)."""
-    import asyncio
-
-    from behind_pipeline.service.bench import run_async
-
-    before = httpx.get(f"{ray_server.url}/health", timeout=10).json()
-
-    async def burst():
-        async with httpx.AsyncClient(base_url=ray_server.url, timeout=60) as http:
-            return await asyncio.gather(*(http.post("/predict", json={"texts": f"Review number {n}."})
-                                          for n in range(16)))
-
-    responses = run_async(burst())
-    after = httpx.get(f"{ray_server.url}/health", timeout=10).json()
-    assert all(response.status_code == 200 for response in responses)
-    assert after["texts"] - before["texts"] == 16
-    assert after["forward_passes"] - before["forward_passes"] < 16
-    assert after["largest_batch"] > 1
+# Ray Serve's parity with pipeline(), its refusals against chapter 18's, concurrent texts sharing forward passes
+# and a stop that leaves no process are asserted once, in the chapter's notebook (nbval runs it in `make test` and
+# `make check CH=20`): starting Ray costs about 40 s, so the unit tests do not start it a second time. What the
+# notebook does not show is checked here: a start that never gets ready.
 
 
 def test_a_start_that_never_gets_ready_is_stopped_in_bounded_time():
@@ -166,18 +91,7 @@ def test_the_accelerate_config_says_what_the_two_launch_lines_say():
     assert int(flag("machine_rank")) == 1
 
 
-def test_the_two_machine_launch_runs_two_processes_and_equals_one_process():
-    from behind_pipeline import distributed, scale_out
-
-    output = distributed.OUTPUT_DIR / "test_two_machines.json"
-    report = scale_out.launch_two_machines(output, timeout_s=240)
-    assert report["num_processes"] == 2 and report["process_examples"] == [4, 4]
-    assert report["machine_exit_codes"] == [0, 0]
-    one, loss = distributed.single_process_gradients(distributed.read_examples(distributed.examples_file(output)))
-    two = distributed.saved_gradients(output)
-    assert one.keys() == two.keys()
-    assert max((one[name] - two[name]).abs().max().item() for name in one) < 1e-5
-    assert sum(report["process_losses"]) / 2 == pytest.approx(loss, abs=1e-5)
+# The two-machine launch and its gradients against one process: asserted in the chapter's notebook.
 
 
 # ---------------------------------------------------------------------------------------------------------------
