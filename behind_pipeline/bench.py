@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from behind_pipeline.paths import RESULTS_DIR, configure_environment
-from behind_pipeline.runtime import NUM_THREADS
+from behind_pipeline.runtime import NUM_THREADS, file_mib, folder_mib
 
 BENCH_FILE = RESULTS_DIR / "bench.json"
 SECTION = "models"
@@ -133,10 +133,6 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def folder_mib(folder: Path) -> float:
-    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file()) / 2**20
-
-
 def load_variant(name: str, model_id: str, scratch: Path):
     """(model, a function giving its size on disk in MiB) for one variant; ``scratch`` is a folder for the files
     written to be measured. The size is taken after the timings: bitsandbytes 0.50.2 repacks a 4-bit layer for the
@@ -150,7 +146,7 @@ def load_variant(name: str, model_id: str, scratch: Path):
 
         def half_mib():
             classifier.save_pretrained(scratch / name)  # safetensors in the model's dtype
-            return sum(path.stat().st_size for path in (scratch / name).glob("*.safetensors")) / 2**20
+            return folder_mib(scratch / name, "*.safetensors")
 
         return classifier, half_mib
     if name == "compiled":  # the same fp32 weights; what ships is the same file
@@ -167,7 +163,7 @@ def load_variant(name: str, model_id: str, scratch: Path):
 
         def saved_mib():
             torch.save(quantized.state_dict(), scratch / "int8.pt")  # int8 weights and scales, as one ships them
-            return (scratch / "int8.pt").stat().st_size / 2**20
+            return file_mib(scratch / "int8.pt")
 
         return quantized, saved_mib
     if name in ("bnb_8bit", "bnb_4bit"):
@@ -185,7 +181,6 @@ def load_variant(name: str, model_id: str, scratch: Path):
             OnnxClassifier,
             classifier_onnx_file,
             classifier_onnx_int8_file,
-            file_mib,
             ort_session,
         )
 
@@ -201,7 +196,7 @@ def folder_mib_of_weights(model_id: str, classifier, scratch: Path) -> float:
     if not files:
         classifier.save_pretrained(scratch / "fp32")
         files = list((scratch / "fp32").glob("*.safetensors"))
-    return sum(path.stat().st_size for path in files) / 2**20
+    return sum(file_mib(path) for path in files)
 
 
 def measure_variant(name: str, settings: dict, logits_file: Path) -> dict:

@@ -12,7 +12,6 @@ puts it on the attention projections ``query`` and ``value`` of every layer and 
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -68,11 +67,6 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
     total = sum(parameter.numel() for parameter in model.parameters())
     return trainable, total
-
-
-def folder_size_mib(folder: str | Path, pattern: str = "*.safetensors") -> float:
-    """Size in MiB of the files matching ``pattern`` in ``folder`` (the weights a reader would ship)."""
-    return sum(path.stat().st_size for path in Path(folder).glob(pattern)) / 2**20
 
 
 def copy_from_peft(hand_classifier: nn.Module, peft_classifier) -> int:

@@ -351,11 +351,6 @@ class OnnxClassifier(torch.nn.Module):
         return SequenceClassifierOutput(logits=torch.from_numpy(logits))
 
 
-def file_mib(path: str | Path) -> float:
-    """Size of one file in MiB (2**20 bytes)."""
-    return Path(path).stat().st_size / 2**20
-
-
 def graph_axes(path_or_model) -> dict[str, list]:
     """Each graph input and output with its axes: a name (``'batch'``) where the axis is dynamic, else a size."""
     import onnx

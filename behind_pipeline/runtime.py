@@ -7,6 +7,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 
@@ -51,6 +52,17 @@ def setup_chapter(seed: int = 0, packages: tuple[str, ...] = ()) -> None:
 def format_ms(seconds: float) -> str:
     """Timings are printed through this one helper: milliseconds, one decimal."""
     return f"{seconds * 1000:.1f} ms"
+
+
+def file_mib(path: str | Path) -> float:
+    """Size of one file on disk in MiB (2**20 bytes): the one measure of "size on disk" the book prints."""
+    return Path(path).stat().st_size / 2**20
+
+
+def folder_mib(folder: str | Path, pattern: str = "*") -> float:
+    """Size in MiB of the files under ``folder`` (subfolders included) whose names match ``pattern``, e.g.
+    ``"*.safetensors"`` for the weights a reader would ship."""
+    return sum(file_mib(path) for path in Path(folder).rglob(pattern) if path.is_file())
 
 
 @contextmanager
