@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from behind_pipeline.paths import RESULTS_DIR, configure_environment
+from behind_pipeline.results import write_section
 from behind_pipeline.runtime import NUM_THREADS, file_mib, folder_mib
 
 BENCH_FILE = RESULTS_DIR / "bench.json"
@@ -367,18 +368,6 @@ def versions() -> dict:
     return found
 
 
-def write_section(path: Path, section: dict, key: str = SECTION) -> dict:
-    """Replace ``key`` in the JSON dict at ``path`` (created if missing), keeping every other section."""
-    path = Path(path)
-    content = json.loads(path.read_text()) if path.exists() else {}
-    if not isinstance(content, dict):
-        raise ValueError(f"{path.name} should hold a JSON object of sections")
-    content[key] = section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2) + "\n")
-    return content
-
-
 def run(variants: list[str], setting: str = "full", output: Path = BENCH_FILE) -> dict:
     """Measure ``variants`` one after the other, each in its own process, and write the section to ``output``."""
     settings = SETTINGS[setting]
@@ -418,7 +407,7 @@ def run(variants: list[str], setting: str = "full", output: Path = BENCH_FILE) -
                         "after load: resident set once the model is ready, minus the same baseline"),
         "variants": rows, "vs_fp32": ratios, "targets": targets(ratios, rows), "failed": failed,
     }
-    write_section(output, section)
+    write_section(output, SECTION, section)
     return section
 
 

@@ -19,6 +19,19 @@ from pathlib import Path
 import torch
 
 
+def write_section(path: str | Path, key: str, section: dict) -> dict:
+    """Replace ``key`` in the JSON object at ``path`` (created if missing), keeping every other section: how the
+    benchmarks (models, service, Ray Serve) share ``results/bench.json``. Returns the whole object."""
+    path = Path(path)
+    content = json.loads(path.read_text()) if path.exists() else {}
+    if not isinstance(content, dict):
+        raise ValueError(f"{path.name} should hold a JSON object of sections")
+    content[key] = section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2) + "\n")
+    return content
+
+
 def record(results_dir: str | Path | None, source: str, model: str, metrics: dict) -> dict:
     """Add (or replace) the row ``model`` in ``<results_dir>/<source>.json``; a no-op when ``results_dir`` is empty.
 

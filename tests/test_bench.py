@@ -46,13 +46,17 @@ def test_latency_summary_is_the_median_and_the_linear_p95_in_ms():
 
 
 def test_write_section_keeps_the_other_sections(tmp_path):
+    """results.write_section, the one writer of results/bench.json's sections (models, service, Ray Serve)."""
+    from behind_pipeline.results import write_section
+
     path = tmp_path / "bench.json"
     path.write_text(json.dumps({"service": {"p95_ms": 12.0}, "models": {"old": True}}))
-    bench.write_section(path, {"new": 1})
+    write_section(path, bench.SECTION, {"new": 1})
     assert json.loads(path.read_text()) == {"service": {"p95_ms": 12.0}, "models": {"new": 1}}
     path.write_text("[1, 2]")
-    with pytest.raises(ValueError):
-        bench.write_section(path, {})
+    with pytest.raises(ValueError, match="JSON object"):
+        write_section(path, bench.SECTION, {})
+    assert path.read_text() == "[1, 2]"  # a refused file is left as it was
 
 
 def row(variant, accuracy, medians, size):

@@ -20,24 +20,6 @@ from behind_pipeline.service import bench
 
 from checker_asserts import assert_rejected
 
-# ---------------------------------------------------------------------------------------------------------------
-# The service benchmark writes only its own section
-
-
-def test_write_section_keeps_the_other_sections(tmp_path):
-    path = tmp_path / "bench.json"
-    path.write_text(json.dumps({"variants": {"fp32": {"accuracy": 0.83}}, "service": {"old": True}}))
-    bench.write_section({"run": "tiny"}, path)
-    assert json.loads(path.read_text()) == {"variants": {"fp32": {"accuracy": 0.83}}, "service": {"run": "tiny"}}
-
-
-def test_write_section_refuses_a_file_that_is_not_a_dict_of_sections(tmp_path):
-    path = tmp_path / "bench.json"
-    path.write_text("[1, 2]")
-    with pytest.raises(ValueError, match="JSON object"):
-        bench.write_section({"run": "tiny"}, path)
-    assert path.read_text() == "[1, 2]"
-
 
 def test_percentiles_are_in_milliseconds():
     figures = bench.percentiles_ms([0.010] * 19 + [0.110])

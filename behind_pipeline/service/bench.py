@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 
 from behind_pipeline.paths import PROJECT_ROOT
+from behind_pipeline.results import write_section
 from behind_pipeline.service.local import start_servers
 
 SECTION = "service"
@@ -307,13 +308,6 @@ def wrk_version(wrk: str) -> str:
     return (run.stdout + run.stderr).strip().splitlines()[0] if (run.stdout + run.stderr).strip() else "wrk"
 
 
-def write_section(section: dict, path: Path = RESULTS_FILE) -> None:
-    """Replace only the ``"service"`` key of the results file (a dict of sections): ``make bench``'s own writer."""
-    from behind_pipeline.bench import write_section as write_bench_section
-
-    write_bench_section(path, section, key=SECTION)
-
-
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     """A Markdown table: the header, its rule, one line per row."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
@@ -459,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     if not wrk_available(args.wrk):
         print(f"SKIPPED: the wrk runs (no executable wrk at {args.wrk}); the httpx clients still run")
     section = measure_service(tiny=args.tiny, wrk=args.wrk)
-    write_section(section, args.output)
+    write_section(args.output, SECTION, section)  # only the service's key: the other sections stay
     print("\n".join(summary_lines(section)))
     return 0
 

@@ -190,8 +190,8 @@ def table_lines(section: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from behind_pipeline.bench import write_section
     from behind_pipeline.paths import configure_environment
+    from behind_pipeline.results import write_section
 
     configure_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS_FILE, help="the results file (default: %(default)s)")
     args = parser.parse_args(argv)
     section = measure(tiny=args.tiny)
-    write_section(args.output, section, key=SECTION)
+    write_section(args.output, SECTION, section)
     print("\n".join(table_lines(section)))
     return 0
 
