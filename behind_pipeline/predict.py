@@ -48,7 +48,10 @@ def predict_labels(classifier, tokenizer, texts: Sequence[str], **options) -> li
     return [classifier.config.id2label[int(index)] for index in predicted_ids]
 
 
-def accuracy(classifier, tokenizer, split, **options) -> float:
-    """Share of ``split`` (a dataset with ``text`` and ``label``) whose largest logit is the gold label."""
+def split_accuracy(classifier, tokenizer, split, **options) -> float:
+    """:func:`metrics.accuracy` of the classifier on ``split`` (a dataset with ``text`` and ``label``): the share of
+    texts whose largest logit is the gold label."""
+    from behind_pipeline.metrics import accuracy  # here, not at the top: scikit-learn loads only when asked
+
     predictions = predict_logits(classifier, tokenizer, split["text"], **options).argmax(dim=-1)
-    return (predictions == torch.as_tensor(list(split["label"]))).double().mean().item()
+    return accuracy(split["label"], predictions)

@@ -57,8 +57,8 @@ def train(output_dir=paths.CLASSIFIER_DIR) -> dict:
         "train_seconds": round(train_seconds, 1),
         "padding_share": round(history.padding_tokens / (history.padding_tokens + history.real_tokens), 4),
         "final_loss": round(sum(history.losses[-20:]) / len(history.losses[-20:]), 4),
-        "validation_accuracy": round(predict.accuracy(classifier, tokenizer, splits["validation"]), 4),
-        "test_accuracy": round(predict.accuracy(classifier, tokenizer, splits["test"]), 4),
+        "validation_accuracy": round(predict.split_accuracy(classifier, tokenizer, splits["validation"]), 4),
+        "test_accuracy": round(predict.split_accuracy(classifier, tokenizer, splits["test"]), 4),
         "fingerprint": fingerprint(),
     }
 

@@ -64,10 +64,10 @@ def test_prepared_classifier_is_a_safetensors_checkpoint_with_labels(classifier)
 
 
 def test_classifier_accuracy_matches_its_summary(classifier, tokenizer, splits):
-    from behind_pipeline.predict import accuracy
+    from behind_pipeline.predict import split_accuracy
 
     summary = json.loads((paths.CLASSIFIER_DIR / "training_summary.json").read_text())
-    assert accuracy(classifier, tokenizer, splits["test"]) == pytest.approx(summary["test_accuracy"], abs=2e-3)
+    assert split_accuracy(classifier, tokenizer, splits["test"]) == pytest.approx(summary["test_accuracy"], abs=2e-3)
 
 
 def test_makefile_exports_every_cache_variable_the_package_sets():
