@@ -83,7 +83,9 @@ def cluster_bootstrap(statistic, groups: Iterable, samples: int = 1000, seed: in
     Reviews of one movie share a verdict and words, so they are not independent draws; for a question about new
     movies, draw as many movies as there are, with replacement, and keep all reviews of each drawn movie.
     ``statistic`` gets the (repeated) example indices of one resample and returns a number; resamples where it
-    returns NaN (e.g. an empty length bin) are left out. ``groups`` holds each example's movie name.
+    returns NaN (e.g. an empty length bin) are left out; when every resample does (e.g. a model that never gives
+    a score in one of the two bands compared), the interval is (NaN, NaN). ``groups`` holds each example's movie
+    name.
     """
     groups = np.asarray(list(groups))
     names, inverse = np.unique(groups, return_inverse=True)
@@ -95,6 +97,8 @@ def cluster_bootstrap(statistic, groups: Iterable, samples: int = 1000, seed: in
         values.append(statistic(np.concatenate([members[number] for number in drawn])))
     values = np.asarray(values, dtype=np.float64)
     values = values[~np.isnan(values)]
+    if len(values) == 0:  # no resample had the statistic: no interval, rather than an IndexError in a chapter
+        return float("nan"), float("nan")
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)

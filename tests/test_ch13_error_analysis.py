@@ -181,6 +181,7 @@ def test_cluster_bootstrap_interval_is_wider_when_errors_cluster_and_skips_nan()
     assert width[0] > 2 * width[1]
     low, high = cluster_bootstrap(lambda i: float("nan") if 0 in i else 1.0, movies, samples=100)
     assert low == high == 1.0
+    assert all(np.isnan(cluster_bootstrap(lambda i: float("nan"), movies, samples=10)))  # a band never filled
     assert mean_and_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
 
 
