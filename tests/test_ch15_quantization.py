@@ -774,3 +774,63 @@ def nf4_levels_in_float32_from_erfinv(offset):
 
 def test_nf4_levels_checker_accepts_float32_and_an_unscaled_quantile():
     assert check_nf4_levels(nf4_levels_in_float32_from_erfinv).passed
+
+
+# --- Statements that give the goal, not the recipe: answers built another way, mistakes the steps used to prevent ---
+
+
+def int8_matmul_from_the_chapter_helpers(x, weight):
+    """The chapter's per-row weight quantization, reused for both operands, with the guard for a row of zeros."""
+    def quantize_rows(t):
+        scale = symmetric_scale(t, per_channel=True)  # (rows, 1)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return quantize_symmetric(t, scale).to(torch.int32), scale
+
+    (x_int, x_scale), (w_int, w_scale) = quantize_rows(x), quantize_rows(weight)
+    return (x_int @ w_int.T).float() * (x_scale * w_scale.T)
+
+
+def int8_matmul_from_the_chapter_helpers_unguarded(x, weight):
+    """The same without the guard: symmetric_scale gives a row of zeros scale 0, quantize_symmetric casts 0 / 0."""
+    def quantize_rows(t):
+        scale = symmetric_scale(t, per_channel=True)
+        return quantize_symmetric(t, scale).to(torch.int32), scale
+
+    (x_int, x_scale), (w_int, w_scale) = quantize_rows(x), quantize_rows(weight)
+    return (x_int @ w_int.T).float() * (x_scale * w_scale.T)
+
+
+def test_int8_matmul_checker_accepts_the_chapter_helpers_with_a_guard_and_rejects_them_without():
+    assert check_int8_matmul(int8_matmul_from_the_chapter_helpers).passed
+    assert_rejected(check_int8_matmul(int8_matmul_from_the_chapter_helpers_unguarded), "a row of zeros", "NaN",
+                    "scale 1")
+
+
+def _nf4_with_negative_grid(offset, steps, keep):
+    """The negative side on ``steps`` equal steps from 0.5 to the offset, keeping ``keep`` ("outer" or "inner") 7."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    positive = normal.icdf(torch.linspace(offset, 0.5, 9, dtype=torch.float64)[:-1])
+    grid = normal.icdf(torch.linspace(offset, 0.5, steps + 1, dtype=torch.float64)[:-1])  # outermost first
+    negative = -(grid[:7] if keep == "outer" else grid[-7:])
+    raw = torch.cat([negative, torch.zeros(1, dtype=torch.float64), positive]).sort().values
+    return raw / raw.max()
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (lambda offset: _nf4_with_negative_grid(offset, 8, "outer"), ["positive side's probabilities", "/ 7"]),
+    (lambda offset: _nf4_with_negative_grid(offset, 8, "inner"), ["most negative level", "not -1", "`offset`"]),
+], ids=["negative_side_on_the_positive_steps", "negative_side_short_of_the_offset"])
+def test_nf4_levels_checker_names_a_negative_side_spaced_like_the_positive_one(wrong, words):
+    assert_rejected(check_nf4_levels(wrong), *words)
+
+
+def test_nf4_levels_checker_accepts_the_levels_from_scipy():
+    from scipy.stats import norm
+
+    def from_scipy(offset):
+        positive = norm.ppf(np.linspace(0.5, offset, 9)[1:])
+        negative = -norm.ppf(np.linspace(0.5, offset, 8)[1:])
+        raw = np.sort(np.concatenate([negative, [0.0], positive]))
+        return raw / raw[-1]
+
+    assert check_nf4_levels(from_scipy).passed, check_nf4_levels(from_scipy)

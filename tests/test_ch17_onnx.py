@@ -351,7 +351,7 @@ def test_export_checker_reports_a_missing_file_and_a_raising_function():
 # --- Exercise 2: cold start against warm latency -------------------------------------------------------------------
 
 
-def cold_and_warm_with(warm_from_first=False, timed_warmup=False, skip_warmup=False, mean=False, p95="percentile",
+def cold_and_warm_with(warm_from_first=False, timed_warmup=False, skip_warmup=False, mean=False, spread="percentile",
                        load_includes_first=False, seconds=False):
     def cold_and_warm(make_session, feed, warmup=3, repeats=20, clock=time.perf_counter):
         start = clock()
@@ -376,16 +376,41 @@ def cold_and_warm_with(warm_from_first=False, timed_warmup=False, skip_warmup=Fa
         scale = 1 if seconds else 1000
         values = np.asarray(samples) * scale
         middle = values.mean() if mean else np.median(values)
-        tail = {"percentile": np.percentile(values, 95), "max": values.max(),
-                "nearest": np.percentile(values, 95, method="nearest")}[p95]
-        return {"load_ms": load * scale, "first_ms": first * scale, "median_ms": middle, "p95_ms": tail}
+        half = {"percentile": tuple(np.percentile(values, [25, 75])), "range": (values.min(), values.max()),
+                "nearest": tuple(np.percentile(values, [25, 75], method="nearest")),
+                "lower": tuple(np.percentile(values, [25, 75], method="lower")),
+                "mean_and_sd": (values.mean() - values.std(), values.mean() + values.std()),
+                "reversed": tuple(np.percentile(values, [75, 25])),
+                "width": np.subtract(*np.percentile(values, [75, 25])),
+                "spread_ms_text": onnx_export.spread_ms(list(values / 1000)),
+                "three_quartiles": np.percentile(values, [25, 50, 75])}[spread]
+        return {"load_ms": load * scale, "first_ms": first * scale, "median_ms": middle, "middle_half_ms": half}
 
     return cold_and_warm
 
 
-def test_cold_checker_accepts_the_solution_and_other_p95_definitions():
+def test_cold_checker_accepts_the_solution_and_other_percentile_methods():
     assert check_cold_and_warm(cold_and_warm_with()).passed
-    assert check_cold_and_warm(cold_and_warm_with(p95="nearest")).passed
+    assert check_cold_and_warm(cold_and_warm_with(spread="nearest")).passed
+    assert check_cold_and_warm(cold_and_warm_with(spread="lower")).passed
+
+
+def test_cold_checker_accepts_the_chapter_latency_samples_and_a_list_for_the_middle_half():
+    from behind_pipeline.bench import latency_samples
+
+    def cold_and_warm(make_session, feed, warmup=3, repeats=20, clock=time.perf_counter):
+        start = clock()
+        session = make_session()
+        load = clock() - start
+        start = clock()
+        session.run(None, feed)
+        first = clock() - start
+        samples = np.asarray(latency_samples(lambda: session.run(None, feed), warmup, repeats, clock)) * 1000
+        return {"load_ms": load * 1000, "first_ms": first * 1000, "median_ms": np.median(samples),
+                "middle_half_ms": [np.percentile(samples, 25), np.percentile(samples, 75)]}
+
+    report = check_cold_and_warm(cold_and_warm)
+    assert report.passed, report
 
 
 @pytest.mark.parametrize("mistake, options, words", [
@@ -393,7 +418,12 @@ def test_cold_checker_accepts_the_solution_and_other_p95_definitions():
     ("warmup_calls_timed", {"timed_warmup": True}, ["warm-up calls are timed"]),
     ("first_call_among_warm", {"warm_from_first": True}, ["first (cold) call"]),
     ("mean_not_median", {"mean": True}, ["mean"]),
-    ("max_not_p95", {"p95": "max"}, ["maximum"]),
+    ("whole_range_not_middle_half", {"spread": "range"}, ["whole range", "25th and 75th"]),
+    ("mean_and_sd_not_middle_half", {"spread": "mean_and_sd"}, ["standard deviation", "25th and the 75th"]),
+    ("ends_reversed", {"spread": "reversed"}, ["lower end first"]),
+    ("width_not_pair", {"spread": "width"}, ["one number", "width of the middle half"]),
+    ("spread_ms_text", {"spread": "spread_ms_text"}, ["text", "two numbers"]),
+    ("three_quartiles", {"spread": "three_quartiles"}, ["3 numbers", "(25th percentile, 75th percentile)"]),
     ("load_includes_first_run", {"load_includes_first": True}, ["load_ms includes"]),
     ("seconds_not_milliseconds", {"seconds": True}, ["seconds"]),
 ])
@@ -538,8 +568,8 @@ def test_export_checker_names_more_mistakes(mistake, exporter, words):
 # --- Exercise 2: cold start against warm latency, more mistakes and alternatives ------------------------------------
 
 
-def timed_with(rounding=None, load_unit=1000, p95_unit=1000, first_from_load=False, cumulative=False,
-               percent=95, quantiles=False, own_clock=False, feed_as=None):
+def timed_with(rounding=None, load_unit=1000, spread_unit=1000, first_from_load=False, cumulative=False,
+               percents=(25, 75), quantiles=False, own_clock=False, feed_as=None):
     """The solution with one thing changed; ``feed_as`` runs the session with a copy of the feed, an int64 copy or
     the feed by keyword (ONNX Runtime's ``run(output_names, input_feed)``)."""
     import statistics
@@ -573,9 +603,13 @@ def timed_with(rounding=None, load_unit=1000, p95_unit=1000, first_from_load=Fal
                 start = read()
             run(session)
             samples.append(keep((read() - start) * 1000))
-        p95 = statistics.quantiles(samples, n=20)[-1] if quantiles else np.percentile(samples, percent)
+        if quantiles:
+            low, _, high = statistics.quantiles(samples, n=4)
+        else:
+            low, high = np.percentile(samples, percents)
         return {"load_ms": keep(load * load_unit), "first_ms": keep(first * 1000),
-                "median_ms": float(np.median(samples)), "p95_ms": float(p95) * p95_unit / 1000}
+                "median_ms": float(np.median(samples)),
+                "middle_half_ms": (low * spread_unit / 1000, high * spread_unit / 1000)}
 
     return cold_and_warm
 
@@ -584,10 +618,10 @@ def timed_with(rounding=None, load_unit=1000, p95_unit=1000, first_from_load=Fal
     ("rounded_to_whole_ms", {"rounding": round}, ["whole milliseconds"]),
     ("truncated_to_whole_ms", {"rounding": int}, ["whole milliseconds"]),
     ("load_in_seconds", {"load_unit": 1}, ["load_ms is in seconds"]),
-    ("p95_in_seconds", {"p95_unit": 1}, ["p95_ms is in seconds"]),
+    ("middle_half_in_seconds", {"spread_unit": 1}, ["middle_half_ms is in seconds"]),
     ("first_includes_load", {"first_from_load": True}, ["first_ms includes the load"]),
     ("samples_measured_from_loop_start", {"cumulative": True}, ["start of the loop"]),
-    ("percentile_of_0_95", {"percent": 0.95}, ["0.95"]),
+    ("percentiles_of_0_25_and_0_75", {"percents": (0.25, 0.75)}, ["[0.25, 0.75]", "percents"]),
     ("statistics_quantiles_exclusive", {"quantiles": True}, ["exclusive"]),
     ("real_clock_not_the_one_given", {"own_clock": True}, ["clock given was never read"]),
 ])

@@ -429,6 +429,14 @@ def nf4_levels_reference(offset: float) -> torch.Tensor:
     return raw / raw.max()
 
 
+def _one_grid_for_both_sides(offset: float) -> torch.Tensor:
+    """A typical wrong answer: the negative side on the positive side's 8 steps, the one nearest 0.5 dropped."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    positive = normal.icdf(torch.linspace(offset, 0.5, 9, dtype=torch.float64)[:-1])  # 8, outermost first
+    raw = torch.cat([-positive[:7], torch.zeros(1, dtype=torch.float64), positive]).sort().values
+    return raw / raw.max()
+
+
 NF4_OFFSETS = [(0.9677083, "bitsandbytes' offset 0.9677083"), (0.99, "another offset, 0.99")]
 
 
@@ -440,12 +448,13 @@ def check_nf4_levels(nf4_levels_from_normal) -> CheckReport:
         if result is Ellipsis:
             return report
         expected = nf4_levels().double() if offset == NF4_OFFSETS[0][0] else nf4_levels_reference(offset)
-        if not _levels_right(report, result, expected, description):
+        if not _levels_right(report, result, expected, description, offset):
             return report
     return report
 
 
-def _levels_right(report: CheckReport, levels, expected: torch.Tensor, description: str) -> bool:
+def _levels_right(report: CheckReport, levels, expected: torch.Tensor, description: str, offset: float
+                  ) -> bool:
     values = report.tensor(levels, "the levels")
     if values is None:
         return False
@@ -468,6 +477,11 @@ def _levels_right(report: CheckReport, levels, expected: torch.Tensor, descripti
         report.fail(f"{description}: {int((values < 0).sum())} negative, {int((values == 0).sum())} zero, "
                     f"{int((values > 0).sum())} positive: NF4 has 7 negative levels, 0, and 8 positive")
         return False
+    if abs(values.min().item() + 1) > 1e-6:
+        report.fail(f"{description}: the most negative level is {values.min():.4f}, not -1: the negative side, like "
+                    "the positive one, runs out to probability `offset` (with 7 levels over the same span of "
+                    "probabilities, its steps are wider than the positive side's 8)")
+        return False
     diff = (values - expected).abs().max().item()
     if diff > 1e-5:
         evenly = torch.linspace(-1, 1, 16, dtype=torch.float64)
@@ -479,9 +493,13 @@ def _levels_right(report: CheckReport, levels, expected: torch.Tensor, descripti
         elif description != NF4_OFFSETS[0][1] and (values - nf4_levels().double()).abs().max().item() <= 1e-5:
             hint = ("these are the levels at offset 0.9677083 whatever the offset: compute them from the function's "
                     "`offset` argument")
+        elif (values - _one_grid_for_both_sides(offset)).abs().max().item() <= 1e-5:
+            hint = ("the negative levels sit on the positive side's probabilities (steps of (offset - 0.5) / 8, the "
+                    "one nearest 0.5 left out); with 7 negative levels from 0.5 to the offset, each side has its own "
+                    "equal steps: (offset - 0.5) / 7 on the negative side")
         else:
-            hint = ("positive: the quantiles at 9 probabilities from the offset down to 0.5, dropping 0.5; "
-                    "negative: minus those at 8 probabilities from the offset to 0.5, dropping 0.5")
+            hint = ("on each side of 0 the probabilities of the levels are evenly spaced from 0.5 (the level 0) to "
+                    "the offset (the level -1 or 1): 8 equal steps on the positive side, 7 on the negative")
         report.fail(f"{description}: max abs diff {diff:.3g} from the expected levels: {hint}")
         return False
     report.ok(f"{description}: 16 sorted levels in [-1, 1] with one 0, equal to the expected ones "

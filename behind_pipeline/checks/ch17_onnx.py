@@ -276,8 +276,9 @@ def same_feed(got, feed: dict) -> bool:
 
 def run_costs_ms(warmup: int, repeats: int) -> list[float]:
     """The fake run times: a slow first call, warm-up calls slower than the steady state, then a steady state
-    with a spike every 13 calls (so mean, median, p95 and maximum all differ). The first call's 45.25 ms, like the
-    loads' fractions of a millisecond, tells a time rounded to whole milliseconds from the right one."""
+    with a spike every 13 calls (so the mean differs from the median, and the middle half from the whole range and
+    from the mean give or take a standard deviation). The first call's 45.25 ms, like the loads' fractions of a
+    millisecond, tells a time rounded to whole milliseconds from the right one."""
     warming = [30.0 - 4.0 * i for i in range(warmup)]
     steady = [3.0 + 0.5 * ((7 * j) % 5) + (15.0 if j % 13 == 12 else 0.0) for j in range(repeats + 20)]
     return [45.25] + warming + steady
@@ -289,22 +290,42 @@ COLD_CASES = [
     (120.4, 5, 21, "5 warm-up calls, 21 timed"),
     (80.4, 0, 10, "no warm-up asked for (the boundary): 10 timed"),
 ]
-COLD_KEYS = ("load_ms", "first_ms", "median_ms", "p95_ms")
+COLD_KEYS = ("load_ms", "first_ms", "median_ms", "middle_half_ms")
+MIDDLE_HALF = (25, 75)  # percentiles: the chapter's middle half (``onnx_export.spread_ms``)
 
 
-def _cold_expected(load_ms, warmup, repeats) -> dict[str, float]:
+def middle_half(values) -> tuple[float, float]:
+    """(25th, 75th percentile) of ``values``, as ``np.percentile`` computes them (linear), like ``spread_ms``."""
+    low, high = np.percentile(np.asarray(values, dtype=np.float64), MIDDLE_HALF)
+    return float(low), float(high)
+
+
+def _cold_expected(load_ms, warmup, repeats) -> dict:
     costs = run_costs_ms(warmup, repeats)
     timed = np.asarray(costs[1 + warmup:1 + warmup + repeats])
     return {"load_ms": load_ms, "first_ms": costs[0], "median_ms": float(np.median(timed)),
-            "p95_ms": float(np.percentile(timed, 95)), "timed": timed}
+            "middle_half_ms": middle_half(timed), "timed": timed}
 
 
-def _p95_accepted(value: float, timed: np.ndarray) -> bool:
-    """Any 95th percentile between the two order statistics around rank 0.95 (n - 1): linear, nearest, lower."""
+def _percentile_accepted(value: float, timed: np.ndarray, percent: float) -> bool:
+    """Any estimate between the two order statistics around rank percent / 100 * (n - 1): np.percentile's linear
+    one, and its nearest, lower, higher and midpoint methods."""
     ordered = np.sort(timed)
-    position = 0.95 * (len(ordered) - 1)
+    position = percent / 100 * (len(ordered) - 1)
     low, high = ordered[int(np.floor(position))], ordered[int(np.ceil(position))]
     return low - 1e-6 <= value <= high + 1e-6
+
+
+def _accepted(key: str, value, expected: dict) -> bool:
+    if key == "middle_half_ms":
+        return all(_percentile_accepted(end, expected["timed"], percent)
+                   for end, percent in zip(value, MIDDLE_HALF, strict=True))
+    return abs(value - expected[key]) < 1e-6
+
+
+def _same(value, wrong) -> bool:
+    return bool(np.allclose(np.asarray(value, dtype=np.float64), np.asarray(wrong, dtype=np.float64), rtol=0,
+                            atol=1e-6))
 
 
 def _cold_mistakes(load_ms, warmup, repeats) -> dict[str, dict]:
@@ -312,32 +333,70 @@ def _cold_mistakes(load_ms, warmup, repeats) -> dict[str, dict]:
     timed = costs[1 + warmup:1 + warmup + repeats]
     all_after_first = costs[1:1 + warmup + repeats]
     with_first = np.concatenate([costs[:1], timed])
+    low, high = middle_half(timed)
     return {
         "the warm-up calls are timed too: they are there to be left out of the figures (a latency measured "
-        "without warm-up)": {"median_ms": np.median(all_after_first), "p95_ms": np.percentile(all_after_first, 95)},
+        "without warm-up)": {"median_ms": np.median(all_after_first), "middle_half_ms": middle_half(all_after_first)},
         "the first (cold) call is counted among the warm ones: it belongs in first_ms only":
-            {"median_ms": np.median(with_first), "p95_ms": np.percentile(with_first, 95)},
+            {"median_ms": np.median(with_first), "middle_half_ms": middle_half(with_first)},
         "median_ms is the mean: a few slow calls pull the mean up, the median is the middle value":
             {"median_ms": timed.mean()},
-        "p95_ms is the maximum: the 95th percentile is the value 95% of calls stay under (np.percentile(..., 95))":
-            {"p95_ms": timed.max()},
+        "middle_half_ms is the fastest and the slowest call, the whole range: the middle half leaves out the fastest "
+        "quarter of the calls and the slowest quarter (the 25th and 75th percentiles)":
+            {"middle_half_ms": (timed.min(), timed.max())},
+        "middle_half_ms is the mean minus and plus one standard deviation: a few slow calls stretch that far past "
+        "the typical ones; the middle half is the 25th and the 75th percentile":
+            {"middle_half_ms": (timed.mean() - timed.std(), timed.mean() + timed.std())},
+        "middle_half_ms is the mean minus and plus one standard deviation (ddof=1): a few slow calls stretch that "
+        "far past the typical ones; the middle half is the 25th and the 75th percentile":
+            {"middle_half_ms": (timed.mean() - timed.std(ddof=1), timed.mean() + timed.std(ddof=1))},
+        "middle_half_ms is (75th, 25th percentile): give the lower end first, (25th, 75th)":
+            {"middle_half_ms": (high, low)},
         "load_ms includes the first run: time make_session() alone": {"load_ms": load_ms + costs[0]},
         "first_ms includes the load: read the clock again after make_session() returns, just before the first "
         "run": {"first_ms": load_ms + costs[0]},
         "load_ms is in seconds; the keys ask for milliseconds": {"load_ms": load_ms / 1000},
         "first_ms is in seconds; the keys ask for milliseconds": {"first_ms": costs[0] / 1000},
         "median_ms is in seconds; the keys ask for milliseconds": {"median_ms": np.median(timed) / 1000},
-        "p95_ms is in seconds; the keys ask for milliseconds": {"p95_ms": np.percentile(timed, 95) / 1000},
+        "middle_half_ms is in seconds; the keys ask for milliseconds": {"middle_half_ms": (low / 1000, high / 1000)},
         "the times are rounded to whole milliseconds: keep the fractions (a warm call of a small model takes a "
         "few milliseconds, or less than one)": {"load_ms": np.floor(load_ms), "first_ms": np.floor(costs[0])},
         "each timed call is measured from the start of the loop, so the samples add up: read the clock again "
-        "before each call": {"median_ms": np.median(np.cumsum(timed)), "p95_ms": np.percentile(np.cumsum(timed), 95)},
-        "p95_ms is np.percentile(..., 0.95), the 0.95th percentile: np.percentile takes percents (95); "
-        "np.quantile takes 0.95": {"p95_ms": np.percentile(timed, 0.95)},
-        "p95_ms is statistics.quantiles' default ('exclusive') estimate, which lands on another order statistic "
-        "than np.percentile(..., 95), the one asked for (statistics.quantiles(..., method='inclusive') is the same)":
-            {"p95_ms": statistics.quantiles(timed.tolist(), n=20)[-1]},
+        "before each call": {"median_ms": np.median(np.cumsum(timed)), "middle_half_ms": middle_half(np.cumsum(timed))},
+        "middle_half_ms is np.percentile(..., [0.25, 0.75]), near the fastest call: np.percentile takes percents "
+        "([25, 75]); np.quantile takes [0.25, 0.75]": {"middle_half_ms": tuple(np.percentile(timed, [0.25, 0.75]))},
+        "middle_half_ms is statistics.quantiles' default ('exclusive') estimate, which lands outside the order "
+        "statistics np.percentile(..., [25, 75]) lies between, the one asked for (statistics.quantiles(..., "
+        "method='inclusive') is the same)": {"middle_half_ms": _exclusive_quartiles(timed)},
     }
+
+
+def _exclusive_quartiles(timed: np.ndarray) -> tuple[float, float]:
+    quartiles = statistics.quantiles(timed.tolist(), n=4)  # 'exclusive' by default
+    return quartiles[0], quartiles[2]
+
+
+def _middle_half_pair(report: CheckReport, value, description: str, expected: dict) -> tuple[float, float] | None:
+    """The learner's middle half as (low, high) in ms, or None and a FIX line that says what it looks like."""
+    if isinstance(value, str):
+        report.fail(f"{description}: middle_half_ms is text ({value[:40]!r}): spread_ms writes timings for printing; "
+                    "return the two numbers, (25th percentile, 75th percentile) in ms")
+        return None
+    pair = report.tensor(value, "result['middle_half_ms']")
+    if pair is None:
+        return None
+    if pair.numel() == 1:
+        low, high = expected["middle_half_ms"]
+        width = (": it equals the width of the middle half, 75th minus 25th percentile; give both ends"
+                 if abs(pair.item() - (high - low)) < 1e-6 else "")
+        report.fail(f"{description}: middle_half_ms is one number ({pair.item():.3f}); it is the pair (25th "
+                    f"percentile, 75th percentile) of the timed calls{width}")
+        return None
+    if pair.numel() != 2:
+        report.fail(f"{description}: middle_half_ms has {pair.numel()} numbers; it is the pair (25th percentile, "
+                    "75th percentile) of the timed calls")
+        return None
+    return float(pair.flatten()[0]), float(pair.flatten()[1])
 
 
 def check_cold_and_warm(cold_and_warm) -> CheckReport:
@@ -383,27 +442,27 @@ def check_cold_and_warm(cold_and_warm) -> CheckReport:
             report.fail(f"{description}: the clock given was never read: time with clock() (the check passes a "
                         "fake clock that moves only when the session works; time.perf_counter() reads the real one)")
             return report
+        expected = _cold_expected(load_ms, warmup, repeats)
         values = {}
-        for key in COLD_KEYS:
+        for key in COLD_KEYS[:-1]:
             value = report.tensor(result[key], f"result[{key!r}]", shape=())
             if value is None:
                 return report
             values[key] = value.item()
-        expected = _cold_expected(load_ms, warmup, repeats)
-        right = (abs(values["load_ms"] - expected["load_ms"]) < 1e-6
-                 and abs(values["first_ms"] - expected["first_ms"]) < 1e-6
-                 and abs(values["median_ms"] - expected["median_ms"]) < 1e-6
-                 and _p95_accepted(values["p95_ms"], expected["timed"]))
-        if right:
+        values["middle_half_ms"] = _middle_half_pair(report, result["middle_half_ms"], description, expected)
+        if values["middle_half_ms"] is None:
+            return report
+        if all(_accepted(key, values[key], expected) for key in COLD_KEYS):
+            low, high = expected["middle_half_ms"]
             report.ok(f"{description}: load {expected['load_ms']:.0f} ms, first call {expected['first_ms']:.0f} "
-                      f"ms, warm median {expected['median_ms']:.2f} ms, p95 {expected['p95_ms']:.2f} ms")
+                      f"ms, warm median {expected['median_ms']:.2f} ms, middle half {low:.2f}-{high:.2f} ms")
             continue
         for message, wrong in _cold_mistakes(load_ms, warmup, repeats).items():
-            if any(abs(values[key] - value) < 1e-6 and abs(value - expected[key]) > 1e-6
-                   for key, value in wrong.items()):
+            if any(_same(values[key], value) and not _accepted(key, value, expected) for key, value in wrong.items()):
                 report.fail(f"{description}: {message}")
                 return report
-        shown = ", ".join(f"{key} {values[key]:.3f} (expected {expected[key]:.3f})" for key in COLD_KEYS)
+        shown = ", ".join(f"{key} {np.round(values[key], 3)} (expected {np.round(expected[key], 3)})"
+                          for key in COLD_KEYS)
         report.fail(f"{description}: {shown}")
         return report
     return report
@@ -486,7 +545,10 @@ def check_predict_without_torch(predict_without_torch, session=None, tokenizer=N
         test_texts = list(load_rotten_tomatoes()["test"]["text"])
         texts = test_texts[:36] + ["Superb.", long_review(test_texts)]  # 38: batches of 32 leave a partial one
     id2label = {0: "rotten", 1: "fresh"}
-    expected_logits = predict_logits(OnnxClassifier(session), tokenizer, texts).double()  # (texts, labels)
+    # Batches of 8, sorted by length: only the long review's batch is padded to 512 positions (one batch of 38
+    # would pad all 38 there and take most of the check's time).
+    onnx_classifier = OnnxClassifier(session)
+    expected_logits = predict_logits(onnx_classifier, tokenizer, texts, batch_size=8).double()  # (texts, labels)
     token_counts = [len(tokenizer(text, verbose=False)["input_ids"]) for text in texts]  # no too-long warning
     fitting = [text for text, count in zip(texts, token_counts, strict=True) if count <= 512]
     uneven_pair = [min(fitting, key=len), max(fitting, key=len)] if fitting else []  # two lengths: needs padding
