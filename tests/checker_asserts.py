@@ -1,4 +1,5 @@
-"""What every checker test asserts about a report: the checker said no, and its FIX lines name the mistake."""
+"""What every checker test asserts about a report: right answers pass, and a wrong one fails with FIX lines naming
+the mistake."""
 
 
 def failures(report) -> list[str]:
@@ -11,6 +12,17 @@ def assert_rejected(report, *words: str) -> None:
     assert not report.passed, report
     text = " ".join(failures(report)).lower()
     assert all(word.lower() in text for word in words), report
+
+
+def assert_accepted(checker, *answers) -> list:
+    """``checker`` passes each of ``answers``; a failure names the answer and shows its report. Returns the reports,
+    for tests that also read their ok lines."""
+    reports = []
+    for answer in answers:
+        report = checker(answer)
+        assert report.passed, (getattr(answer, "__name__", repr(answer)), report)
+        reports.append(report)
+    return reports
 
 
 def _blank(*args):

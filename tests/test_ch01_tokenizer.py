@@ -28,6 +28,8 @@ from behind_pipeline.wordpiece import (
     wordpiece,
 )
 
+from checker_asserts import assert_accepted, assert_rejected
+
 KEYS = ("input_ids", "token_type_ids", "attention_mask")
 
 
@@ -219,17 +221,15 @@ def test_check_decode_accepts_the_answer(vocab):
     "a_space_before_every_token": {"glued": ()},
 }.items(), ids=lambda item: item[0])
 def test_check_decode_rejects(vocab, mistake):
-    report = check_decode(partial(_decode, vocab=vocab, **mistake[1]))
-    assert not report.passed
-    if mistake[0] == "forgets_that_unk_is_special":
-        assert "[UNK] is a special token too" in repr(report)
+    hints = {"forgets_that_unk_is_special": ["[UNK] is a special token too"]}.get(mistake[0], [])
+    assert_rejected(check_decode(partial(_decode, vocab=vocab, **mistake[1])), *hints)
 
 
 def test_check_decode_reports_without_raising():
     for answer in (..., lambda ids: None, lambda ids: 1 / 0, lambda ids: ids, lambda ids: np.array(ids)):
         report = check_decode(answer)
         assert not report.passed
-    assert "still `...`" in repr(check_decode(...))
+    assert_rejected(check_decode(...), "still `...`")
 
 
 def test_decode_texts_need_every_rule(tokenizer):
@@ -292,8 +292,7 @@ def test_check_word_ids_and_offsets_accepts_the_answer_in_several_forms():
         word_ids, offsets = _word_ids_and_offsets(text, vocab)
         return word_ids, [list(pair) for pair in offsets]
 
-    assert check_word_ids_and_offsets(_word_ids_and_offsets).passed
-    assert check_word_ids_and_offsets(as_array).passed and check_word_ids_and_offsets(as_lists).passed
+    assert_accepted(check_word_ids_and_offsets, _word_ids_and_offsets, as_array, as_lists)
 
 
 @pytest.mark.parametrize("mistake", ["offsets_in_the_normalized_text", "counts_the_hash_prefix",
@@ -301,13 +300,11 @@ def test_check_word_ids_and_offsets_accepts_the_answer_in_several_forms():
                                      "no_special_tokens", "unk_is_five_characters", "end_inclusive",
                                      "limit_at_100_inclusive"])
 def test_check_word_ids_and_offsets_rejects(mistake):
-    report = check_word_ids_and_offsets(partial(_word_ids_and_offsets, mistake=mistake))
-    assert not report.passed
     expected_hint = {"offsets_in_the_normalized_text": "ORIGINAL text", "counts_the_hash_prefix": "len(piece) - 2",
                      "words_split_on_spaces_only": "punctuation mark is a word", "no_special_tokens": "[CLS] and [SEP]",
                      "special_tokens_in_word_zero": "belong to no word", "unk_is_five_characters": "whole word",
                      "end_inclusive": "exclusive", "limit_at_100_inclusive": "exactly 100 characters"}[mistake]
-    assert expected_hint in repr(report)
+    assert_rejected(check_word_ids_and_offsets(partial(_word_ids_and_offsets, mistake=mistake)), expected_hint)
 
 
 def test_check_word_ids_and_offsets_rejects_the_library_with_the_course_vocabulary(tokenizer):
@@ -317,8 +314,7 @@ def test_check_word_ids_and_offsets_rejects_the_library_with_the_course_vocabula
         encoding = tokenizer(text, return_offsets_mapping=True)
         return encoding.word_ids(), encoding["offset_mapping"]
 
-    report = check_word_ids_and_offsets(course_tokenizer_only)
-    assert not report.passed and "without 4+ letter words" in repr(report)
+    assert_rejected(check_word_ids_and_offsets(course_tokenizer_only), "without 4+ letter words")
 
 
 def test_check_word_ids_and_offsets_reports_without_raising():
@@ -356,8 +352,7 @@ def test_the_window_cases_hit_their_boundaries(tokenizer):
 
 
 def test_check_windows_accepts_the_answer_as_lists_or_tensors():
-    assert check_windows(_windows).passed
-    assert check_windows(lambda ids, m, s: [torch.tensor(w) for w in _windows(ids, m, s)]).passed
+    assert_accepted(check_windows, _windows, lambda ids, m, s: [torch.tensor(w) for w in _windows(ids, m, s)])
 
 
 @pytest.mark.parametrize("mistake", ["forgets_the_special_tokens", "no_overlap", "one_window_too_many",
@@ -367,11 +362,9 @@ def test_check_windows_rejects(mistake):
         answer = partial(_windows, budget_room=0)
     else:
         answer = partial(_windows, mistake=mistake)
-    report = check_windows(answer)
-    assert not report.passed
     hint = {"forgets_the_special_tokens": "[CLS] and [SEP] included", "no_overlap": "share `stride`",
             "one_window_too_many": "too many windows", "frames_only_the_first": "frame every window"}[mistake]
-    assert hint in repr(report)
+    assert_rejected(check_windows(answer), hint)
 
 
 def test_check_windows_rejects_a_single_truncated_window():
@@ -419,25 +412,22 @@ def _train_wordpiece(texts, vocab_size, mistake=None):
 def test_check_train_wordpiece_accepts_the_answer_and_valid_variants():
     from transformers import PreTrainedTokenizerFast
 
-    assert check_train_wordpiece(_train_wordpiece).passed
-    assert check_train_wordpiece(partial(_train_wordpiece, mistake="course_normalizer")).passed
     def wrapped(texts, vocab_size):
         return PreTrainedTokenizerFast(tokenizer_object=_train_wordpiece(texts, vocab_size))
 
-    assert check_train_wordpiece(wrapped).passed
+    assert_accepted(check_train_wordpiece, _train_wordpiece, partial(_train_wordpiece, mistake="course_normalizer"),
+                    wrapped)
 
 
 @pytest.mark.parametrize("mistake", ["bpe_model", "fixed_vocab_size", "no_special_tokens", "cased",
                                      "whitespace_pre_tokenizer", "trained_on_the_train_split",
                                      "no_continuation_prefix"])
 def test_check_train_wordpiece_rejects(mistake):
-    report = check_train_wordpiece(partial(_train_wordpiece, mistake=mistake))
-    assert not report.passed
     hint = {"bpe_model": "models.WordPiece", "fixed_vocab_size": "pass vocab_size",
             "no_special_tokens": "special_tokens=", "cased": "BertNormalizer",
             "whitespace_pre_tokenizer": "BertPreTokenizer", "trained_on_the_train_split": "train on `texts`",
             "no_continuation_prefix": "'##' prefix"}[mistake]
-    assert hint in repr(report)
+    assert_rejected(check_train_wordpiece(partial(_train_wordpiece, mistake=mistake)), hint)
 
 
 def test_check_train_wordpiece_reports_without_raising():

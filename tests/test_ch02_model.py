@@ -17,7 +17,7 @@ from behind_pipeline.checks.ch02_model import (
     tiny_bert,
 )
 
-from checker_asserts import ODD_ANSWERS, assert_reported
+from checker_asserts import ODD_ANSWERS, assert_accepted, assert_rejected, assert_reported
 
 SAMPLE = 256  # test reviews compared layer by layer (the chapter compares all 1,445)
 BATCH_SIZE = 64
@@ -235,10 +235,10 @@ def test_checkers_report_odd_answers_without_raising(checker, name):
 # --- exercise 1: parameters -------------------------------------------------------------------------------------
 
 def test_parameter_count_checker_accepts_the_count_in_any_number_type():
-    assert check_bert_parameter_count(right_parameter_count).passed
-    assert check_bert_parameter_count(lambda config: np.int64(right_parameter_count(config))).passed
-    assert check_bert_parameter_count(lambda config: torch.tensor(right_parameter_count(config))).passed
-    assert check_bert_parameter_count(lambda config: float(right_parameter_count(config))).passed
+    assert_accepted(check_bert_parameter_count, right_parameter_count,
+                    lambda config: np.int64(right_parameter_count(config)),
+                    lambda config: torch.tensor(right_parameter_count(config)),
+                    lambda config: float(right_parameter_count(config)))
 
 
 @pytest.mark.parametrize(("mistake", "hint"), [
@@ -272,8 +272,7 @@ def test_parameter_count_checker_names_each_mistake(mistake, hint):
             "several_numbers": torch.tensor([right, right]),
         }[mistake]
 
-    report = check_bert_parameter_count(wrong)
-    assert not report.passed and hint in repr(report), repr(report)
+    assert_rejected(check_bert_parameter_count(wrong), hint)
 
 
 # --- exercise 2: the attention block ----------------------------------------------------------------------------
@@ -307,10 +306,9 @@ def attention_with(scale="d_head", mask="keys", heads=None, split="transpose", s
 
 
 def test_attention_checker_accepts_right_answers_in_other_forms():
-    assert check_attention_block(right_attention_block).passed
-    assert check_attention_block(attention_with(mask="-inf")).passed
-    assert check_attention_block(lambda *args: tuple(t.double() for t in right_attention_block(*args))).passed
-    assert check_attention_block(lambda *args: [t.numpy() for t in right_attention_block(*args)]).passed
+    assert_accepted(check_attention_block, right_attention_block, attention_with(mask="-inf"),
+                    lambda *args: tuple(t.double() for t in right_attention_block(*args)),
+                    lambda *args: [t.numpy() for t in right_attention_block(*args)])
 
 
 @pytest.mark.parametrize(("mistake", "hint"), [
@@ -332,23 +330,22 @@ def test_attention_checker_accepts_right_answers_in_other_forms():
         "returns_probs_first",
         "calls_the_package_answer"])
 def test_attention_checker_names_each_mistake(mistake, hint):
-    report = check_attention_block(mistake)
-    assert not report.passed and hint in repr(report), repr(report)
+    assert_rejected(check_attention_block(mistake), hint)
 
 
 def test_attention_checker_tries_other_head_counts_and_left_padding():
     """The 12-head answer passes on all-MiniLM-L6-v2, so only the other cases can catch it."""
-    report = repr(check_attention_block(attention_with(heads=12)))
-    assert "ok   all-MiniLM-L6-v2" in report and "4 heads" in report and "6 heads" in report
+    report = check_attention_block(attention_with(heads=12))
+    assert_rejected(report, "4 heads", "6 heads")
+    assert "ok   all-MiniLM-L6-v2" in repr(report), report
 
 
 # --- exercise 3: the whole encoder ------------------------------------------------------------------------------
 
 def test_encoder_checker_accepts_right_answers_in_other_forms():
-    assert check_my_encoder(encoder_with()).passed
-    assert check_my_encoder(encoder_with(activation=bert_by_hand.gelu)).passed
-    assert check_my_encoder(lambda *args: torch.stack(encoder_with()(*args)).double()).passed
-    assert check_my_encoder(lambda *args: tuple(s.numpy() for s in encoder_with()(*args))).passed
+    assert_accepted(check_my_encoder, encoder_with(), encoder_with(activation=bert_by_hand.gelu),
+                    lambda *args: torch.stack(encoder_with()(*args)).double(),
+                    lambda *args: tuple(s.numpy() for s in encoder_with()(*args)))
 
 
 @pytest.mark.parametrize(("mistake", "hint"), [
@@ -369,21 +366,20 @@ def test_encoder_checker_accepts_right_answers_in_other_forms():
         "no_embeddings_output",
         "calls_the_package_encoder"])
 def test_encoder_checker_names_each_mistake(mistake, hint):
-    report = check_my_encoder(mistake)
-    assert not report.passed and hint in repr(report), repr(report)
+    assert_rejected(check_my_encoder(mistake), hint)
 
 
 def test_encoder_checker_catches_hard_coded_sizes_only_on_other_models():
-    report = repr(check_my_encoder(encoder_with(attention_block=attention_with(eps=1e-12), eps=1e-12)))
-    assert "ok   all-MiniLM-L6-v2" in report and "FIX  a BERT of hidden size 48" in report
+    report = check_my_encoder(encoder_with(attention_block=attention_with(eps=1e-12), eps=1e-12))
+    assert_rejected(report, "a BERT of hidden size 48")
+    assert "ok   all-MiniLM-L6-v2" in repr(report), report
 
 
 # --- exercise 4: left padding -----------------------------------------------------------------------------------
 
 def test_left_pad_checker_accepts_right_answers_in_other_forms():
-    assert check_left_pad(left_pad_with()).passed
-    assert check_left_pad(left_pad_with(as_lists=True)).passed
-    assert check_left_pad(left_pad_with(positions="padding gets 1")).passed
+    assert_accepted(check_left_pad, left_pad_with(), left_pad_with(as_lists=True),
+                    left_pad_with(positions="padding gets 1"))
 
 
 @pytest.mark.parametrize(("mistake", "hint"), [
@@ -399,5 +395,4 @@ def test_left_pad_checker_accepts_right_answers_in_other_forms():
 ], ids=["right_padding", "positions_from_row_start", "positions_off_by_one", "minus_one_on_padding",
         "pad_id_hard_coded_0", "mask_from_pad_id", "returns_only_ids", "no_position_ids"])
 def test_left_pad_checker_names_each_mistake(mistake, hint):
-    report = check_left_pad(mistake)
-    assert not report.passed and hint in repr(report), repr(report)
+    assert_rejected(check_left_pad(mistake), hint)

@@ -34,6 +34,8 @@ from behind_pipeline.checks.ch06_batching import (
 )
 from behind_pipeline.predict import predict_logits
 
+from checker_asserts import assert_accepted, assert_rejected
+
 SAMPLE = 256  # test reviews run through the classifier: enough to mix short and long ones, quick on 2 cores
 
 
@@ -252,10 +254,8 @@ def fixed_batch_size(lengths, max_tokens):
 
 
 def test_check_token_budget_batches_accepts_the_answer_and_valid_alternatives():
-    for answer in (token_budget_batches, longest_first, as_tensors):
-        report = check_token_budget_batches(answer)
-        assert report.passed, (answer.__name__, report)
-        assert "same predictions" in repr(report) and "pad tokens" in repr(report)
+    for report in assert_accepted(check_token_budget_batches, token_budget_batches, longest_first, as_tensors):
+        assert "same predictions" in repr(report) and "pad tokens" in repr(report), report
 
 
 @pytest.mark.parametrize("wrong, hint", [
@@ -270,8 +270,7 @@ def test_check_token_budget_batches_accepts_the_answer_and_valid_alternatives():
     (fixed_batch_size, "over the budget"),
 ])
 def test_check_token_budget_batches_rejects_typical_mistakes(wrong, hint):
-    report = check_token_budget_batches(wrong)
-    assert not report.passed and hint in repr(report), (wrong.__name__, report)
+    assert_rejected(check_token_budget_batches(wrong), hint)
 
 
 def _fails(answer, lengths, max_tokens) -> bool:
@@ -394,9 +393,7 @@ def returns_a_tuple(run_batch, batches, lengths, repeats=3, clock=time.perf_coun
 
 
 def test_check_throughput_accepts_the_answer_and_valid_alternatives():
-    for answer in (throughput, timed_batch_by_batch):
-        report = check_throughput(answer)
-        assert report.passed, (answer.__name__, report)
+    assert_accepted(check_throughput, throughput, timed_batch_by_batch)
 
 
 @pytest.mark.parametrize("wrong, hint", [
@@ -417,8 +414,7 @@ def test_check_throughput_accepts_the_answer_and_valid_alternatives():
     (returns_a_tuple, "should be a dict"),
 ])
 def test_check_throughput_rejects_typical_mistakes(wrong, hint):
-    report = check_throughput(wrong)
-    assert not report.passed and hint in repr(report), (wrong.__name__, report)
+    assert_rejected(check_throughput(wrong), hint)
 
 
 def test_throughput_cases_tell_the_estimators_apart():
@@ -503,9 +499,7 @@ def pads_in_place(sequences, pad_id):
 
 
 def test_check_left_pad_batch_accepts_the_answer_and_valid_alternatives():
-    for answer in (left_pad_batch, positions_from_the_mask):
-        report = check_left_pad_batch(answer)
-        assert report.passed, (answer.__name__, report)
+    assert_accepted(check_left_pad_batch, left_pad_batch, positions_from_the_mask)
 
 
 @pytest.mark.parametrize("wrong, hint", [
@@ -520,8 +514,7 @@ def test_check_left_pad_batch_accepts_the_answer_and_valid_alternatives():
     (pads_in_place, "changed the lists it was given"),
 ])
 def test_check_left_pad_batch_rejects_typical_mistakes(wrong, hint):
-    report = check_left_pad_batch(wrong)
-    assert not report.passed and hint in repr(report), (wrong.__name__, report)
+    assert_rejected(check_left_pad_batch(wrong), hint)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -538,8 +531,8 @@ ODD_RESULTS = [None, 3.5, "text", [], [[]], {"input_ids": "x"}, torch.zeros(2, 3
 
 @pytest.mark.parametrize("check", [check_token_budget_batches, check_throughput, check_left_pad_batch])
 def test_checkers_report_and_never_raise(check):
-    assert "still `...`" in repr(check(...))
-    assert "RuntimeError: learner bug" in repr(check(_raises))
+    assert_rejected(check(...), "still `...`")
+    assert_rejected(check(_raises), "RuntimeError: learner bug")
     for odd in ODD_RESULTS:
         report = check(lambda *args, odd=odd: odd)
         assert not report.passed, (check.__name__, odd)

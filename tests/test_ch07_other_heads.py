@@ -20,7 +20,7 @@ from behind_pipeline.pooling import (
     top_k,
 )
 
-from checker_asserts import ODD_ANSWERS, assert_reported
+from checker_asserts import ODD_ANSWERS, assert_accepted, assert_rejected, assert_reported
 
 PARITY_SAMPLE = 128  # test reviews run alone through the pipeline: each is one forward pass, so keep it modest
 
@@ -137,8 +137,7 @@ def needs_contiguous(token_vectors, attention_mask):
 
 
 def test_check_max_pool_accepts_the_solution_and_the_library_way():
-    assert check_max_pool(max_pool).passed
-    assert check_max_pool(sentence_transformers_style).passed
+    assert_accepted(check_max_pool, max_pool, sentence_transformers_style)
 
 
 @pytest.mark.parametrize("answer, hint", [
@@ -152,8 +151,7 @@ def test_check_max_pool_accepts_the_solution_and_the_library_way():
     (needs_contiguous, "raised RuntimeError"),
 ])
 def test_check_max_pool_rejects(answer, hint):
-    report = check_max_pool(answer)
-    assert not report.passed and hint in repr(report), repr(report)
+    assert_rejected(check_max_pool(answer), hint)
 
 
 # --- exercise 2: word logits ------------------------------------------------------------------------------------
@@ -215,8 +213,7 @@ def test_check_word_logits_accepts_the_solution():
     (zeroes_the_logits_first, "the rows differ from the first piece"),
 ])
 def test_check_word_logits_rejects(answer, hint):
-    report = check_word_logits(answer)
-    assert not report.passed and hint in repr(report), repr(report)
+    assert_rejected(check_word_logits(answer), hint)
 
 
 # --- exercise 3: same-movie precision@k -------------------------------------------------------------------------
@@ -290,8 +287,7 @@ def test_check_precision_at_k_accepts_the_solution_and_agrees_with_the_reference
     (one_per_review, "return one number"),
 ])
 def test_check_precision_at_k_rejects(answer, hint):
-    report = check_precision_at_k(answer)
-    assert not report.passed and hint in repr(report), repr(report)
+    assert_rejected(check_precision_at_k(answer), hint)
 
 
 # --- every checker reports, whatever it is given --------------------------------------------------------------

@@ -46,6 +46,8 @@ from behind_pipeline.generation import (
     warp_logits,
 )
 
+from checker_asserts import assert_rejected
+
 PROMPTS = ["HAMLET\nTo be, or not to be:", "O", "Good my lord,", "QUEEN GERTRUDE\nThis is the very"]
 
 
@@ -414,8 +416,7 @@ def test_stop_string_checker_accepts_right_answers(answer):
     (pops_the_last_token, "changed the ids"),
 ])
 def test_stop_string_checker_rejects_typical_mistakes(answer, hint):
-    report = check_stop_string(answer)
-    assert not report.passed and hint in repr(report)
+    assert_rejected(check_stop_string(answer), hint)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -472,8 +473,7 @@ def test_penalty_checker_accepts_right_answers(answer):
     (penalizes_in_place, "in place"),
 ])
 def test_penalty_checker_rejects_typical_mistakes(answer, hint):
-    report = check_repetition_penalty(answer)
-    assert not report.passed and hint in repr(report)
+    assert_rejected(check_repetition_penalty(answer), hint)
 
 
 def test_the_penalty_changes_the_greedy_text(generator, gen_tokenizer):
@@ -576,8 +576,7 @@ def test_batch_checker_accepts_right_answers(answer):
     (mask_from_ids_not_pad, "not from input_ids != pad_token_id"),
 ])
 def test_batch_checker_rejects_typical_mistakes(answer, hint):
-    report = check_generate_batch(answer)
-    assert not report.passed and hint in repr(report)
+    assert_rejected(check_generate_batch(answer), hint)
 
 
 # ---------------------------------------------------------------------------------------------------------------
