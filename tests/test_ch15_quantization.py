@@ -834,3 +834,48 @@ def test_nf4_levels_checker_accepts_the_levels_from_scipy():
         return raw / raw[-1]
 
     assert check_nf4_levels(from_scipy).passed, check_nf4_levels(from_scipy)
+
+
+# --- A skeptical instructor's trial of the rewritten statements: mistakes the generic hint did not name ------------
+
+
+def _rescaled(x_part, w_part, rescale="both"):
+    """Build an int8_matmul from how each operand is prepared ("int", "float", "int255" or "half") and rescaled."""
+    def prepare(t, part):
+        if part == "float":
+            return t.double(), None
+        q, scale = _quantize_rows_as(t, divisor=255 if part == "int255" else 127)
+        return (q.half() if part == "half" else q), scale
+
+    def int8_matmul(x, weight):
+        (x_q, x_scale), (w_q, w_scale) = prepare(x, x_part), prepare(weight, w_part)
+        if x_scale is None or w_scale is None:  # one float operand: dequantize the other, float product
+            x_q = x_q if x_scale is None else x_q.double() * x_scale
+            w_q = w_q if w_scale is None else w_q.double() * w_scale
+            return (x_q @ w_q.T).float()
+        sums = (x_q @ w_q.T).float()
+        factor = {"both": x_scale * w_scale.T, "x": x_scale, "none": 1.0}[rescale]
+        return sums * factor
+
+    return int8_matmul
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (_rescaled("float", "int"), ["weight-only", "quantize each row of x"]),
+    (_rescaled("int", "float"), ["float w", "quantize each row of w"]),
+    (_rescaled("int", "int", "none"), ["never rescaled", "x_scale[i] * w_scale[j]"]),
+    (_rescaled("int", "int", "x"), ["x's scales only"]),
+    (_rescaled("int255", "int255"), ["/ 255", "/ 127"]),
+    (_rescaled("half", "half"), ["float16", "2,048", "int32"]),
+], ids=["weight_only", "x_only", "sums_not_rescaled", "rescaled_by_x_only", "divided_by_255", "float16_sums"])
+def test_int8_matmul_checker_names_what_the_generic_hint_did_not(wrong, words):
+    assert_rejected(check_int8_matmul(wrong), *words)
+
+
+def nf4_levels_evenly_spaced_on_each_side(offset):
+    return torch.cat([torch.linspace(-1, 0, 8), torch.linspace(0, 1, 9)[1:]])  # 7 negative, 0, 8 positive
+
+
+def test_nf4_levels_checker_names_levels_evenly_spaced_on_each_side():
+    assert_rejected(check_nf4_levels(nf4_levels_evenly_spaced_on_each_side), "evenly spaced values on each side",
+                    "quantile")

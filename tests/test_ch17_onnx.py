@@ -701,3 +701,63 @@ def test_predict_checker_accepts_an_array_of_label_names(course_session, tokeniz
     report = check_predict_without_torch(predictor_with(labels_as_array=True), session=course_session,
                                          tokenizer=tokenizer)
     assert report.passed, report
+
+
+# --- A skeptical instructor's trial of the rewritten statement: float32 figures, more spreads named ----------------
+
+
+def cold_and_warm_variant(middle_half=None, figures_as=None, first_with_warmup=False, warmup_last=False, unit=1000,
+                          real_clock_for_runs=False):
+    """The solution with one thing changed: how the middle half is taken from the timings (ms), the type the
+    figures come back in, where the warm-up calls go, the unit, the clock that times the warm calls."""
+    def cold_and_warm(make_session, feed, warmup=3, repeats=20, clock=time.perf_counter):
+        start = clock()
+        session = make_session()
+        load = clock() - start
+        start = clock()
+        session.run(None, feed)
+        for _ in range(warmup if first_with_warmup else 0):
+            session.run(None, feed)
+        first = clock() - start
+        for _ in range(0 if first_with_warmup or warmup_last else warmup):
+            session.run(None, feed)
+        read = time.perf_counter if real_clock_for_runs else clock
+        samples = []
+        for _ in range(repeats):
+            start = read()
+            session.run(None, feed)
+            samples.append((read() - start) * unit)
+        for _ in range(warmup if warmup_last else 0):
+            session.run(None, feed)
+        timed = np.asarray(samples)
+        figures = {"load_ms": load * unit, "first_ms": first * unit, "median_ms": np.median(timed),
+                   "middle_half_ms": (middle_half or (lambda t: tuple(np.percentile(t, [25, 75]))))(timed)}
+        if figures_as == "float32":
+            return {key: np.float32(value) if key != "middle_half_ms" else tuple(np.float32(value))
+                    for key, value in figures.items()}
+        if figures_as == "torch":
+            return {key: torch.tensor(value, dtype=torch.float32) for key, value in figures.items()}
+        return figures
+
+    return cold_and_warm
+
+
+@pytest.mark.parametrize("figures_as", ["float32", "torch"])
+def test_cold_checker_accepts_figures_in_float32(figures_as):
+    report = check_cold_and_warm(cold_and_warm_variant(figures_as=figures_as))  # 300.4 ms in float32: 300.39999
+    assert report.passed, report
+
+
+@pytest.mark.parametrize("mistake, options, words", [
+    ("unsorted_positions", {"middle_half": lambda t: (t[len(t) // 4], t[3 * len(t) // 4])}, ["unsorted", "sort"]),
+    ("middle_80_percent", {"middle_half": lambda t: tuple(np.percentile(t, [10, 90]))}, ["10th and the 90th"]),
+    ("middle_90_percent", {"middle_half": lambda t: tuple(np.percentile(t, [5, 95]))}, ["5th and the 95th"]),
+    ("median_and_p95", {"middle_half": lambda t: (np.median(t), np.percentile(t, 95))},
+     ["median and the 95th percentile"]),
+    ("first_includes_warmup", {"first_with_warmup": True}, ["first_ms includes the warm-up"]),
+    ("warmup_after_timed", {"warmup_last": True}, ["warm-up calls come after the timed ones"]),
+    ("microseconds", {"unit": 1e6}, ["microseconds"]),
+    ("warm_calls_on_the_real_clock", {"real_clock_for_runs": True}, ["read 4 times", "clock()"]),
+])
+def test_cold_checker_names_the_instructors_mistakes(mistake, options, words):
+    assert_rejected(check_cold_and_warm(cold_and_warm_variant(**options)), *words)

@@ -330,8 +330,27 @@ def _matmul_hint(x, weight, y, result, tolerance) -> str:
     if isinstance(result, torch.Tensor) and result.dtype in (torch.float16, torch.bfloat16):
         name, digits = ("float16", 3) if result.dtype == torch.float16 else ("bfloat16", 2)
         return f"the result is {name}, which keeps about {digits} significant digits: return it as float32 (`.float()`)"
+    (x_int, x_scale), (w_int, w_scale) = _rows_variant(x), _rows_variant(weight)
+    sums = (x_int @ w_int.T).double()
     variants = [
         (x.double() @ weight.double().T, "it equals the fp32 product x @ W.T: quantize both operands to int8 first"),
+        (x.double() @ (w_int.double() * w_scale).T,
+         "it equals the product of the float x with the int8 W (weight-only quantization): quantize each row of x "
+         "to int8 too"),
+        (x_int.double() * x_scale @ weight.double().T,
+         "it equals the product of the int8 x with the float W: quantize each row of W to int8 too"),
+        (sums, "it equals the integer sums x_int @ w_int.T, never rescaled: multiply entry (i, j) by "
+         "x_scale[i] * w_scale[j]"),
+        (sums * x_scale, "the integer sums are rescaled by x's scales only: multiply entry (i, j) by "
+         "x_scale[i] * w_scale[j]"),
+        (sums * w_scale.T, "the integer sums are rescaled by W's scales only: multiply entry (i, j) by "
+         "x_scale[i] * w_scale[j]"),
+        (_matmul_variant(x, weight, {"divisor": 255}, {"divisor": 255}),
+         "it equals the product with scale max|row| / 255 (the asymmetric exercise's 255 steps): symmetric int8 "
+         "puts max|row| at 127, so scale = max|row| / 127"),
+        ((x_int.half() @ w_int.half().T).double() * (x_scale * w_scale.T),
+         "the integer sums were computed in float16, which holds whole numbers exactly only up to 2,048: multiply "
+         "the integers as torch.int32"),
         (_per_tensor_matmul(x, weight),
          "it equals the product with one scale per tensor: take one scale per row of x and of W"),
         (_matmul_variant(x, weight, x_kind={"per_row": False}),
@@ -493,6 +512,10 @@ def _levels_right(report: CheckReport, levels, expected: torch.Tensor, descripti
         elif description != NF4_OFFSETS[0][1] and (values - nf4_levels().double()).abs().max().item() <= 1e-5:
             hint = ("these are the levels at offset 0.9677083 whatever the offset: compute them from the function's "
                     "`offset` argument")
+        elif torch.allclose(values, torch.cat([torch.linspace(-1, 0, 8, dtype=torch.float64),
+                                               torch.linspace(0, 1, 9, dtype=torch.float64)[1:]])):
+            hint = ("the levels are evenly spaced values on each side of 0; it is their probabilities that are "
+                    "evenly spaced: each level is a quantile of N(0, 1), scaled so that the outermost is -1 or 1")
         elif (values - _one_grid_for_both_sides(offset)).abs().max().item() <= 1e-5:
             hint = ("the negative levels sit on the positive side's probabilities (steps of (offset - 0.5) / 8, the "
                     "one nearest 0.5 left out); with 7 negative levels from 0.5 to the offset, each side has its own "
