@@ -6,14 +6,18 @@ mistake each: precision that dips below the target and recovers (a scan cannot s
 exactly at the target (a threshold must be kept there), tied confidences (a threshold routes a whole tie or none of
 it), four queues as well as three, a queue nobody is predicted into, costs that make "route nothing" the cheapest,
 and, for the drift alarm (a chi-square goodness-of-fit test, checked against :func:`scipy.stats.chisquare`), a
-p-value between 0.01 and 0.05, a queue empty in the reference and the window, and a queue the reference never saw.
+p-value between 0.01 and 0.05, a queue empty in the reference and the window, a queue the reference never saw, rare
+queues expecting about one item (rounded or pooled expected counts), and counts given as floats (a division made in
+place on the caller's counts).
 
 A wrong answer is named only by a mistake that gives the same answer on the failing case *and* on every case the
-learner passed before it; where no mistake, or more than one, fits, the report shows the case's inputs, the answer
-and the expected value instead of guessing a reason."""
+learner passed before it (for the drift alarm, whose answer is one bit, also on the later cases the learner answers);
+where no mistake, or more than one, fits, the report shows the case's inputs, the answer and the expected value
+instead of guessing a reason."""
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import scipy.stats
@@ -409,6 +413,11 @@ ALARM_CASES = [
     ([500, 400, 100, 0], [45, 45, 8, 2], 0.01, "two items in a queue the reference never saw: alarm"),
     ([100, 900], [20, 80], 0.01,
      "two queues, a window of 100 with twice the reference's share of the first queue: alarm"),
+    ([450, 450, 50, 50], [15, 2, 2, 2], 0.01,
+     "a window of 21 items, two rare queues expecting 1.05 items each (every queue a term of its own, the expected "
+     "counts not rounded): no alarm"),
+    ([500, 500], [121, 79], 0.01, "two equal queues, a window of 200 split 121 to 79: alarm (with k degrees of "
+     "freedom, 2, the p-value would be 0.0122, above alpha)"),
     ([300, 300, 300, 100], [40, 20, 30, 10], 0.05, "four queues, a moderate shift, alpha 0.05: no alarm"),
 ]
 
@@ -425,6 +434,8 @@ def _alarm_mistakes(reference_counts, window_counts, alpha) -> dict[str, bool]:
         return float(scipy.stats.chi2.sf(statistic, df))  # nan stays nan: nan < alpha is False
 
     seen = reference > 0
+    unseen = bool(np.any(~seen & (window > 0)))  # every answer but the one leaving it out returns True there
+    expected_seen = size * reference[seen] / reference.sum()
     unseen_left_out = float(scipy.stats.chi2.sf(alarm_statistic(reference[seen], window[seen]), seen.sum() - 1))
     right = alarm_p_value(reference, window)
     return {
@@ -451,21 +462,48 @@ def _alarm_mistakes(reference_counts, window_counts, alpha) -> dict[str, bool]:
         "a queue empty in both the reference and the window gave 0/0 = nan, and nan < alpha is False: leave such a "
         "queue out of the statistic and of the degrees of freedom": p_value(window, size * shares, queues - 1) < alpha,
         "a queue empty in both was left out of the statistic but still counted in the degrees of freedom: use the "
-        "queues that are left, minus one": right < alpha if np.any(~seen & (window > 0)) else float(
+        "queues that are left, minus one": right < alpha if unseen else float(
             scipy.stats.chi2.sf(alarm_statistic(reference, window), queues - 1)) < alpha,
         "a queue the reference never saw was left out: items predicted into a queue the reference never had are a "
         "change, so raise the alarm": unseen_left_out < alpha,
+        "the statistic came out smaller than Pearson's goodness of fit (a continuity (Yates) correction, 0.5 taken "
+        "off each |observed - expected|? a test of independence, chi2_contingency, that treats the reference as a "
+        "sample too?): the statistic is the plain sum of (observed - expected)^2 / expected, the reference's shares "
+        "taken as exact": right < alpha if unseen else float(scipy.stats.chi2.sf(
+            float(((np.abs(window[seen] - expected_seen) - 0.5) ** 2 / expected_seen).sum()), seen.sum() - 1)) < alpha,
+        "that is a G-test (the log-likelihood ratio): the statistic asked is Pearson's chi-square, the sum of "
+        "(observed - expected)^2 / expected": right < alpha if unseen else float(scipy.stats.power_divergence(
+            window[seen], expected_seen, lambda_="log-likelihood").pvalue) < alpha,
+        "scipy.stats.chisquare's ddof=1 took a second degree of freedom away (k - 2): its default, ddof=0, already "
+        "gives k - 1": right < alpha if unseen else float(scipy.stats.chisquare(window[seen], expected_seen,
+                                                                                 ddof=1).pvalue) < alpha,
+        "the alarm rings only on a window that matches the reference almost exactly: chi2.cdf (1 - the p-value), or "
+        "the statistic itself, was compared with alpha; the p-value is chi2.sf(statistic, k - 1)":
+            right < alpha if unseen else float(scipy.stats.chi2.cdf(alarm_statistic(reference, window),
+                                                                    seen.sum() - 1)) < alpha,
+        "the expected counts were not exactly the window's size x each queue's reference share, queue by queue "
+        "(rounded to whole items? rare queues pooled into one? n - 1 for n?): here each rare queue expects 1.05 "
+        "items and is a term of its own":
+            right < alpha if unseen else p_value(window[seen], np.round(expected_seen), seen.sum() - 1) < alpha,
     }
 
 
-def _as_alarm(report: CheckReport, got, reference_counts, window_counts, description: str) -> bool | None:
-    """The learner's answer as a bool (True, False, NumPy's or a 0-d bool tensor), or None and a FIX line."""
+def _alarm_value(got) -> bool | None:
+    """The learner's answer as a bool (True, False, NumPy's or a one-element bool array or tensor), else None."""
     if isinstance(got, bool | np.bool_):
         return bool(got)
     if isinstance(got, np.ndarray) and got.dtype == np.bool_ and got.size == 1:
         return bool(got.item())
     if isinstance(got, torch.Tensor) and got.dtype == torch.bool and got.numel() == 1:
         return bool(got.item())
+    return None
+
+
+def _as_alarm(report: CheckReport, got, reference_counts, window_counts, description: str) -> bool | None:
+    """The learner's answer as a bool (True, False, NumPy's or a 0-d bool tensor), or None and a FIX line."""
+    alarm = _alarm_value(got)
+    if alarm is not None:
+        return alarm
     number = as_tensor(got)
     kind = type(got).__name__
     if number is not None and number.numel() == 1:
@@ -490,36 +528,100 @@ def _p_shown(p_value: float) -> str:
     return f"= {p_value:.4f}" if p_value >= 1e-4 else "< 0.0001"
 
 
+def _counts_given(values, number: int):
+    """The counts as a NumPy array, a tensor, a list, or (counts held as floats, as a sum of one-hot rows gives them)
+    a float64 array or tensor, in turn: a checker must accept all five, and only the float ones show a division made
+    in place on the caller's counts (``/=`` on an int array raises instead), only a list an item deleted from it.
+    The window's kind is 3 steps after the reference's, so every pair differs and the first case with a queue empty
+    in both (the one a learner may delete) gives the window as a list."""
+    return [np.asarray(values), torch.as_tensor(values), list(values), np.asarray(values, dtype=np.float64),
+            torch.as_tensor(values, dtype=torch.float64)][number % 5]
+
+
+def _counts_now(given) -> list | None:
+    """What the caller's counts hold after the learner's call, as a list (None when they cannot be read)."""
+    try:
+        return given.tolist() if isinstance(given, np.ndarray | torch.Tensor) else list(given)
+    except Exception:
+        return None
+
+
+def _later_alarms(queue_mix_alarm, first: int) -> list[bool | None]:
+    """The learner's alarms on ``ALARM_CASES[first:]``, quietly (no report lines; None where it raises or answers
+    something other than a bool): more evidence for naming the mistake, never a verdict."""
+    alarms = []
+    for number, (reference_counts, window_counts, alpha, _) in enumerate(ALARM_CASES[first:], start=first):
+        try:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                alarms.append(_alarm_value(queue_mix_alarm(_counts_given(reference_counts, number),
+                                                           _counts_given(window_counts, number + 3), alpha)))
+        except Exception:  # a learner's bug on a later case only means less evidence
+            alarms.append(None)
+    return alarms
+
+
+def _the_alarm_mistake(mistakes_per_case: list[dict[str, bool]], alarms: list[bool | None], failing: int) -> str | None:
+    """The one mistake whose alarm equals the learner's on the failing case (where it differs from the expected
+    one), on every case before it (which the learner passed) and on every later case the learner answered whose
+    reference holds items in every queue; None when no mistake, or several, fit. A single alarm is one bit, so the
+    failing case alone would let many mistakes fit; later cases with an empty reference queue are left out because
+    implementations of one mistake differ there (an early `return True` for a queue the reference never saw, or
+    not)."""
+    expected = [alarm_reference(*case[:3]) for case in ALARM_CASES]
+
+    def fits(message: str) -> bool:
+        if mistakes_per_case[failing][message] == expected[failing]:
+            return False
+        return all(alarm is None or mistakes_per_case[number][message] == alarm
+                   for number, alarm in enumerate(alarms)
+                   if number <= failing or 0 not in ALARM_CASES[number][0])
+
+    fitting = [message for message in mistakes_per_case[failing] if fits(message)]
+    return fitting[0] if len(fitting) == 1 else None
+
+
 def check_queue_mix_alarm(queue_mix_alarm) -> CheckReport:
     """``queue_mix_alarm(reference_counts, window_counts, alpha)`` -> whether the window's queue mix moved."""
     report = CheckReport("Queue-mix drift alarm")
-    mistakes_per_case = []
+    alarms = []
     for number, (reference_counts, window_counts, alpha, description) in enumerate(ALARM_CASES):
         expected = alarm_reference(reference_counts, window_counts, alpha)
-        got = report.call(queue_mix_alarm, _given(reference_counts, number), _given(window_counts, number + 1),
-                          alpha, name="queue_mix_alarm")
+        given = {"reference_counts": _counts_given(reference_counts, number),
+                 "window_counts": _counts_given(window_counts, number + 3)}
+        got = report.call(queue_mix_alarm, *given.values(), alpha, name="queue_mix_alarm")
         if got is Ellipsis:
             if report.lines and "raised" in report.lines[-1]:
                 if "sum of the observed frequencies" in report.lines[-1]:
                     report.fail(f"{description}: scipy.stats.chisquare refused expected values that do not add up "
                                 "to the window's size: expected counts are the window's size x each queue's "
-                                "reference share, not the shares")
+                                "reference share (neither the shares nor the reference's own counts)")
                 elif 0 in reference_counts:
                     report.fail(f"{description}: this is the first case with a queue the reference never saw "
                                 f"(reference {reference_counts}, window {window_counts}): give it no expected "
                                 "count to divide by; leave it out when the window has none either, and raise the "
                                 "alarm when the window has items there")
             return report
+        changed = {name: now for name, now in ((name, _counts_now(value)) for name, value in given.items())
+                   if now != list(ALARM_CASES[number][0 if name == "reference_counts" else 1])}
+        if changed:
+            name, now = next(iter(changed.items()))
+            report.fail(f"{description}: queue_mix_alarm changed the {name} it was given, in place (they now read "
+                        f"{now}): the caller may use them again (the chapter passes one reference_counts for every "
+                        "window); work on a copy "
+                        "(np.array(x, dtype=float) copies, np.asarray(x, dtype=float) does not when x already is a "
+                        "float array)")
+            return report
         alarm = _as_alarm(report, got, reference_counts, window_counts, description)
         if alarm is None:
             return report
-        mistakes_per_case.append({message: (wrong != expected and alarm == wrong, wrong == expected) for message, wrong
-                                  in _alarm_mistakes(reference_counts, window_counts, alpha).items()})
+        alarms.append(alarm)
         p_value = alarm_p_value(reference_counts, window_counts)
         if alarm == expected:
             report.ok(f"{description} (p {_p_shown(p_value)})")
             continue
-        message = _the_mistake(mistakes_per_case)
+        mistakes_per_case = [_alarm_mistakes(*case[:3]) for case in ALARM_CASES]
+        message = _the_alarm_mistake(mistakes_per_case, alarms + _later_alarms(queue_mix_alarm, number + 1), number)
         report.fail(f"{description}: {message}" if message else
                     f"{description}: got {alarm}, expected {expected}: reference counts {reference_counts}, window "
                     f"counts {window_counts}, alpha {alpha}; the chi-square statistic is "
