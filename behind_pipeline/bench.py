@@ -30,19 +30,18 @@ import gc
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 
+from behind_pipeline.measure import latency_samples, latency_summary, peak_rss_mib, reset_peak_rss, rss_mib
 from behind_pipeline.paths import RESULTS_DIR, configure_environment
 from behind_pipeline.results import write_section
 from behind_pipeline.runtime import NUM_THREADS, file_mib, folder_mib
@@ -75,63 +74,7 @@ VERSIONED = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "bits
 # --- timing: the one way the benchmark and chapter 17 time a call --------------------------------------------------
 
 
-def latency_samples(run: Callable[[], object], warmup: int = 3, repeats: int = 20,
-                    clock: Callable[[], float] = time.perf_counter) -> list[float]:
-    """Seconds taken by each of ``repeats`` calls of ``run()``, after ``warmup`` calls that are not timed.
-
-    The first calls of a model pay for one-off work (allocating buffers, packing weights, starting threads); timing
-    them would measure that, not the steady state a server sees.
-    """
-    for _ in range(warmup):
-        run()
-    samples = []
-    for _ in range(repeats):
-        start = clock()
-        run()
-        samples.append(clock() - start)
-    return samples
-
-
-def latency_summary(samples: list[float]) -> dict[str, float]:
-    """Median and 95th percentile (linear interpolation, as ``numpy.percentile``) in milliseconds."""
-    values = np.asarray(samples, dtype=np.float64) * 1000
-    return {"median_ms": float(np.median(values)), "p95_ms": float(np.percentile(values, 95))}
-
-
 # --- one variant, in a worker process ------------------------------------------------------------------------------
-
-
-def rss_mib() -> float:
-    """Resident set size of this process now, in MiB (Linux ``/proc``; 0 where unavailable)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def reset_peak_rss() -> bool:
-    """Start the peak-memory count afresh (Linux: writing 5 to ``/proc/self/clear_refs`` resets ``VmHWM``).
-
-    Without it the peak would include what the imports and the data loading used before the model was loaded.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process since the last reset (``VmHWM``), in MiB; ``ru_maxrss`` (peak since
-    the start) where ``/proc`` does not tell."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load_variant(name: str, model_id: str, scratch: Path):

@@ -182,7 +182,7 @@ def _measure_named(name: str, texts: list[str], batch_sizes: list[int], repeats:
     import bitsandbytes  # noqa: F401  (imported before the baseline in every variant: the same libraries for all)
     from transformers import AutoTokenizer
 
-    from behind_pipeline.bench import latency_samples, peak_rss_mib, reset_peak_rss, rss_mib
+    from behind_pipeline.measure import latency_samples, peak_rss_mib, reset_peak_rss, rss_mib
     from behind_pipeline.models import classifier_id
     from behind_pipeline.runtime import NUM_THREADS
 
@@ -209,7 +209,7 @@ def measure_in_fresh_process(name: str, texts: list[str], batch_sizes=(1, 8, 32)
     """Load variant ``name`` (one of ``FRESH_VARIANTS``) in a new Python process and measure it there.
 
     Memory is the process's resident set above its level just before loading (libraries imported): after loading,
-    its peak while loading, and its peak over loading and the timed forward passes (``bench.reset_peak_rss``); a
+    its peak while loading, and its peak over loading and the timed forward passes (``measure.reset_peak_rss``); a
     fresh process keeps the figures of one variant apart from what an earlier one allocated. ``median_s``: median
     seconds of one forward pass on the first 1, 8 and 32 of ``texts``. ``footprint_mib``: ``get_memory_footprint()``
     (dynamic int8 has none that means anything: chapter 15). What the tests cannot compare: timings and memory.

@@ -24,9 +24,7 @@ import inspect
 import io
 import json
 import logging
-import time
 import warnings
-from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -289,31 +287,6 @@ def profile_by_op_type(session, skip_runs: int = 0) -> dict[str, dict[str, float
     return totals
 
 
-def interleaved_samples(runs: dict, warmup: int = 3, repeats: int = 20,
-                        clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
-    """Seconds of each call of each ``runs[name]()``, taken in turns: ``warmup`` untimed rounds, then
-    ``repeats`` rounds that call every run once. A burst of load from elsewhere then hits every run alike,
-    which timing one run after the other (``bench.latency_samples``) cannot promise."""
-    for _ in range(warmup):
-        for run in runs.values():
-            run()
-    samples = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = clock()
-            run()
-            samples[name].append(clock() - start)
-    return samples
-
-
-def spread_ms(samples: list[float]) -> str:
-    """``"5.12 ms (middle half 5.01-5.30, 40 calls)"``: the median and the quartiles of timings in seconds."""
-    import numpy as np
-
-    low, middle, high = np.percentile(np.asarray(samples) * 1000, [25, 50, 75])
-    return f"{middle:.2f} ms (middle half {low:.2f}-{high:.2f}, {len(samples)} calls)"
-
-
 class OnnxClassifier(torch.nn.Module):
     """An ONNX Runtime session dressed as a classifier: ``model(**encoding).logits``, so ``predict_logits`` and
     every other piece of the book that takes a classifier take it too.
@@ -367,7 +340,7 @@ WRITERS = (LogitsOnly, export_classifier, pre_process, quantize_int8, session_op
 def torch_latency_in_fresh_process(batch_sizes: tuple[int, ...] = (1, 8), warmup: int = 3, repeats: int = 20,
                                    omp_wait_policy: str | None = None) -> dict[int, dict[str, float]]:
     """PyTorch fp32 latency of the course classifier (median and p95 per batch size of the first test reviews,
-    ``bench.latency_summary``) measured in a new Python process whose ``OMP_WAIT_POLICY`` is ``omp_wait_policy``
+    ``measure.latency_summary``) measured in a new Python process whose ``OMP_WAIT_POLICY`` is ``omp_wait_policy``
     (``None``: unset, libgomp's default).
 
     PyTorch's CPU threads are OpenMP threads (libgomp in the PyPI wheel), and libgomp reads ``OMP_WAIT_POLICY``
@@ -394,8 +367,8 @@ def _time_torch(settings: dict) -> dict[str, dict[str, float]]:
     """The body of :func:`torch_latency_in_fresh_process`, run in the new process."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from behind_pipeline.bench import latency_samples, latency_summary
     from behind_pipeline.data import load_rotten_tomatoes
+    from behind_pipeline.measure import latency_samples, latency_summary
     from behind_pipeline.models import classifier_id
 
     torch.set_num_threads(NUM_THREADS)

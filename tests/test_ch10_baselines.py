@@ -232,6 +232,21 @@ def keeps_one_half(val_labels, val_fresh_probabilities):
     return 0.5
 
 
+def test_the_checkers_scores_per_threshold_equal_sklearns():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from behind_pipeline.checks.ch10_baselines import THRESHOLD_CASES, _scores_per_threshold, _threshold_case
+
+    cases = [_threshold_case(*case[1:]) for case in THRESHOLD_CASES]
+    cases.append((np.array([1, 0, 1, 0, 1]), np.array([0.2, 0.2, 0.7, 0.9, 0.9])))  # ties; a threshold above all
+    for labels, probabilities in cases:
+        macro_f1s, accuracies = _scores_per_threshold(labels, probabilities)
+        for threshold, got_f1, got_accuracy in zip(np.unique(probabilities), macro_f1s, accuracies, strict=True):
+            predicted = (probabilities >= threshold).astype(int)
+            assert got_f1 == pytest.approx(f1_score(labels, predicted, average="macro", zero_division=0), abs=1e-12)
+            assert got_accuracy == pytest.approx(accuracy_score(labels, predicted), abs=1e-12)
+
+
 def test_check_tune_threshold():
     assert_accepted(check_tune_threshold, tune_threshold, lambda labels, p: torch.tensor(tune_threshold(labels, p)))
     messages = {maximises_accuracy: "maximises accuracy", returns_the_best_score: "best macro-F1 itself",

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from behind_pipeline import onnx_export
+from behind_pipeline import measure, onnx_export
 from behind_pipeline.checks.ch17_onnx import (
     check_cold_and_warm,
     check_export_embedder,
@@ -144,11 +144,11 @@ def test_interleaved_samples_take_turns_and_time_only_after_the_warmup():
             now[0] += cost
         return call
 
-    samples = onnx_export.interleaved_samples({"a": run("a", 1.0), "b": run("b", 2.0)}, warmup=1, repeats=3,
+    samples = measure.interleaved_samples({"a": run("a", 1.0), "b": run("b", 2.0)}, warmup=1, repeats=3,
                                               clock=lambda: now[0])
     assert order == ["a", "b"] * 4  # turns, warm-up round included
     assert samples == {"a": [1.0] * 3, "b": [2.0] * 3}
-    assert onnx_export.spread_ms([0.001, 0.002, 0.003, 0.004]) == "2.50 ms (middle half 1.75-3.25, 4 calls)"
+    assert measure.spread_ms([0.001, 0.002, 0.003, 0.004]) == "2.50 ms (middle half 1.75-3.25, 4 calls)"
 
 
 def test_fingerprint_changes_with_the_exporter_code_and_the_library_versions(tmp_path, monkeypatch, tokenizer):
@@ -382,7 +382,7 @@ def cold_and_warm_with(warm_from_first=False, timed_warmup=False, skip_warmup=Fa
                 "mean_and_sd": (values.mean() - values.std(), values.mean() + values.std()),
                 "reversed": tuple(np.percentile(values, [75, 25])),
                 "width": np.subtract(*np.percentile(values, [75, 25])),
-                "spread_ms_text": onnx_export.spread_ms(list(values / 1000)),
+                "spread_ms_text": measure.spread_ms(list(values / 1000)),
                 "three_quartiles": np.percentile(values, [25, 50, 75])}[spread]
         return {"load_ms": load * scale, "first_ms": first * scale, "median_ms": middle, "middle_half_ms": half}
 
@@ -396,7 +396,7 @@ def test_cold_checker_accepts_the_solution_and_other_percentile_methods():
 
 
 def test_cold_checker_accepts_the_chapter_latency_samples_and_a_list_for_the_middle_half():
-    from behind_pipeline.bench import latency_samples
+    from behind_pipeline.measure import latency_samples
 
     def cold_and_warm(make_session, feed, warmup=3, repeats=20, clock=time.perf_counter):
         start = clock()
@@ -475,15 +475,8 @@ def predictor(mask=True, truncate=True, axis=-1, names=True, keep_order=True, so
     return predict_without_torch
 
 
-@pytest.fixture(scope="module")
-def course_session():
-    from behind_pipeline.checks.ch17_onnx import course_onnx_session
-
-    return course_onnx_session()
-
-
-def test_predict_checker_accepts_the_solution(course_session, tokenizer):
-    assert check_predict_without_torch(predictor(), session=course_session, tokenizer=tokenizer).passed
+def test_predict_checker_accepts_the_solution():
+    assert check_predict_without_torch(predictor()).passed
 
 
 @pytest.mark.parametrize("mistake, options, words", [
@@ -494,17 +487,17 @@ def test_predict_checker_accepts_the_solution(course_session, tokenizer):
     ("label_ids_not_names", {"names": False}, ["id2label"]),
     ("order_of_texts_lost", {"keep_order": False}, ["order"]),
 ])
-def test_predict_checker_rejects(mistake, options, words, course_session, tokenizer):
-    report = check_predict_without_torch(predictor(**options), session=course_session, tokenizer=tokenizer)
+def test_predict_checker_rejects(mistake, options, words):
+    report = check_predict_without_torch(predictor(**options))
     assert_rejected(report, *words)
 
 
-def test_predict_checker_refuses_torch_tensors(course_session, tokenizer):
+def test_predict_checker_refuses_torch_tensors():
     def with_torch(session, tokenizer_file, texts, id2label, batch_size=32):
         probs, labels = predictor()(session, tokenizer_file, texts, id2label, batch_size)
         return torch.from_numpy(probs), labels
 
-    assert_rejected(check_predict_without_torch(with_torch, session=course_session, tokenizer=tokenizer), "NumPy")
+    assert_rejected(check_predict_without_torch(with_torch), "NumPy")
 
 
 
@@ -681,8 +674,8 @@ def predictor_with(names="declared", pad=True, max_length=512, stable=True, sigm
     ("last_partial_batch_dropped", {"drop_last": True}, ["partial batch"]),
     ("truncated_too_short", {"max_length": 256}, ["only the text past 512 tokens", "max_length=512"]),
 ])
-def test_predict_checker_names_more_mistakes(mistake, options, words, course_session, tokenizer):
-    report = check_predict_without_torch(predictor_with(**options), session=course_session, tokenizer=tokenizer)
+def test_predict_checker_names_more_mistakes(mistake, options, words):
+    report = check_predict_without_torch(predictor_with(**options))
     assert_rejected(report, *words)
 
 
@@ -690,16 +683,14 @@ def test_predict_checker_names_more_mistakes(mistake, options, words, course_ses
     ("padding_not_enabled", {"pad": False}, ["enable padding"], "enable truncation"),
     ("label_keys_as_strings", {"label_keys": str}, ["raised KeyError"], "enable truncation"),
 ])
-def test_predict_checker_blames_truncation_only_when_it_is_the_cause(mistake, options, words, not_said,
-                                                                    course_session, tokenizer):
-    report = check_predict_without_torch(predictor_with(**options), session=course_session, tokenizer=tokenizer)
+def test_predict_checker_blames_truncation_only_when_it_is_the_cause(mistake, options, words, not_said):
+    report = check_predict_without_torch(predictor_with(**options))
     assert_rejected(report, *words)
     assert not_said not in " ".join(failures(report)), report
 
 
-def test_predict_checker_accepts_an_array_of_label_names(course_session, tokenizer):
-    report = check_predict_without_torch(predictor_with(labels_as_array=True), session=course_session,
-                                         tokenizer=tokenizer)
+def test_predict_checker_accepts_an_array_of_label_names():
+    report = check_predict_without_torch(predictor_with(labels_as_array=True))
     assert report.passed, report
 
 

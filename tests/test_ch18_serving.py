@@ -21,9 +21,9 @@ from behind_pipeline.service import bench
 from checker_asserts import assert_rejected
 
 
-def test_percentiles_are_in_milliseconds():
-    figures = bench.percentiles_ms([0.010] * 19 + [0.110])
-    assert figures == {"p50_ms": 10.0, "p95_ms": 15.0, "requests": 20}
+def test_request_summary_is_in_milliseconds():
+    figures = bench.request_summary([0.010] * 19 + [0.110])
+    assert figures == {"median_ms": 10.0, "p95_ms": 15.0, "requests": 20}
 
 
 def test_the_tiny_benchmark_writes_a_well_formed_service_section(tmp_path):
@@ -40,7 +40,7 @@ def test_the_tiny_benchmark_writes_a_well_formed_service_section(tmp_path):
         latency = figures[f"latency_batch_{bench.BATCH}"]
         assert latency["repeats"] == bench.SIZES["tiny"]["repeats"] == len(latency["runs"])
         for run in latency["runs"]:
-            assert 0 < run["p50_ms"] <= run["p95_ms"] and run["requests"] == bench.SIZES["tiny"]["latency_requests"]
+            assert 0 < run["median_ms"] <= run["p95_ms"] and run["requests"] == bench.SIZES["tiny"]["latency_requests"]
         for mode in ("throughput_micro_batching", "throughput_one_by_one"):
             for run in figures[mode]["runs"]:
                 assert run["texts_per_second"] > 0 and run["failed"] == 0 and 0 <= run["busy_share"] <= 1
@@ -54,7 +54,7 @@ def test_the_tiny_benchmark_writes_a_well_formed_service_section(tmp_path):
         assert figures[f"in_process_batch_{bench.IN_PROCESS_BATCH}_texts_per_second"] > 0
         for setting in ("token_budget", "no_token_budget"):
             for run in figures["head_of_line"][setting]["runs"]:
-                assert 0 < run["short_request_p50_ms"] <= run["short_request_max_ms"]
+                assert 0 < run["short_request_median_ms"] <= run["short_request_max_ms"]
         assert ("wrk_micro_batching" in figures) == (section["wrk"] is not None)
 
 
@@ -73,7 +73,7 @@ def test_wrk_output_is_read_in_milliseconds(monkeypatch):
     monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, out, ""))
     monkeypatch.setattr(bench, "_busy", lambda url: (0.0, 0))
     figures = bench.wrk_throughput("/usr/bin/wrk", "http://127.0.0.1:1", ["a review"], 4, 1)
-    assert (figures["texts_per_second"], figures["p50_ms"], figures["p99_ms"], figures["non_2xx"]) == (
+    assert (figures["texts_per_second"], figures["median_ms"], figures["p99_ms"], figures["non_2xx"]) == (
         123.5, 0.8, 1500.0, 7)
 
 

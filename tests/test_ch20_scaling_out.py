@@ -100,7 +100,7 @@ def test_the_accelerate_config_says_what_the_two_launch_lines_say():
 
 def _section(failed=0):
     figures = {"label": "Ray Serve, 1 replica", "replicas": 1, "threads_per_replica": 2,
-               "latency_batch_8": {"p50_ms": 40.0, "p50_ms_sd": 1.0, "p95_ms": 50.0, "p95_ms_sd": 2.0},
+               "latency_batch_8": {"median_ms": 40.0, "median_ms_sd": 1.0, "p95_ms": 50.0, "p95_ms_sd": 2.0},
                "throughput": {"texts_per_second": 90.0, "texts_per_second_sd": 3.0,
                               "runs": [{"failed": failed}]},
                "start_seconds": {"mean": 9.5, "sd": 0.5}, "memory_mib": {"mean": 1200.0, "sd": 10.0}}

@@ -90,8 +90,10 @@ def test_the_schema_declares_every_limit():
         assert declared in schema, declared
 
 
-SCHEMATHESIS_EXAMPLES = 60  # per operation
-SCHEMATHESIS_SECONDS = 90
+SCHEMATHESIS_EXAMPLES = 60  # per operation and phase
+# The bound that binds: in 90 s schemathesis 4.32 sent about 3,150 requests (35 a second on 2 cores); 30 s send about
+# 1,000, over the 4 operations, and the property tests above cover the parser on 400 bodies each.
+SCHEMATHESIS_SECONDS = 30
 
 
 def test_schemathesis_finds_no_server_error_and_no_broken_promise(tmp_path):

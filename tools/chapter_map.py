@@ -30,7 +30,7 @@ TEACHES = {
     "12_training_loop": ["training.py", "distributed.py"],
     "13_error_analysis": ["error_analysis.py"],
     "14_lora": ["lora.py"],
-    "15_quantization": ["quantize.py", "bench.py"],
+    "15_quantization": ["quantize.py", "measure.py", "bench.py"],
     "16_bitsandbytes": ["bnb.py"],
     "17_onnx": ["onnx_export.py"],
     "18_serving": ["service/"],

@@ -11,6 +11,7 @@ does not subtract each row's maximum overflows).
 """
 
 import copy
+import functools
 import json
 import statistics
 import tempfile
@@ -291,7 +292,7 @@ COLD_CASES = [
     (80.4, 0, 10, "no warm-up asked for (the boundary): 10 timed"),
 ]
 COLD_KEYS = ("load_ms", "first_ms", "median_ms", "middle_half_ms")
-MIDDLE_HALF = (25, 75)  # percentiles: the chapter's middle half (``onnx_export.spread_ms``)
+MIDDLE_HALF = (25, 75)  # percentiles: the chapter's middle half (``measure.spread_ms``)
 
 
 def middle_half(values) -> tuple[float, float]:
@@ -513,6 +514,26 @@ def course_onnx_session():
     return ort_session(classifier_onnx_file())
 
 
+@functools.cache
+def _course_reference(onnx_file: str) -> tuple[tuple[str, ...], torch.Tensor]:
+    """The default texts and the course graph's logits on them, computed once per graph file (its folder is the
+    weights' fingerprint): a learner who checks again, and the tests, do not pay for the reference again."""
+    from transformers import AutoTokenizer
+
+    from behind_pipeline.data import load_rotten_tomatoes
+    from behind_pipeline.models import classifier_id
+    from behind_pipeline.onnx_export import OnnxClassifier, ort_session
+    from behind_pipeline.predict import predict_logits
+
+    test_texts = list(load_rotten_tomatoes()["test"]["text"])
+    texts = (*test_texts[:36], "Superb.", long_review(test_texts))  # 38: batches of 8 (or 32) leave a partial one
+    tokenizer = AutoTokenizer.from_pretrained(classifier_id())
+    # Batches of 8, sorted by length: only the long review's batch is padded to 512 positions (one batch of 38
+    # would pad all 38 there and take most of the time).
+    logits = predict_logits(OnnxClassifier(ort_session(onnx_file)), tokenizer, list(texts), batch_size=8)
+    return texts, logits.double()  # (texts, labels)
+
+
 # Logits this many times the course model's: a confident model's, whose np.exp overflows (float32 and float64)
 # unless each row's maximum is subtracted first.
 LARGE_LOGITS = 1000.0
@@ -570,16 +591,20 @@ def check_predict_without_torch(predict_without_torch, session=None, tokenizer=N
     from behind_pipeline.predict import predict_logits
 
     report = CheckReport("Predictions without PyTorch")
+    course_case = session is None and tokenizer is None and texts is None
     session = session or course_onnx_session()
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(classifier_id())
-    if texts is None:
-        test_texts = list(load_rotten_tomatoes()["test"]["text"])
-        texts = test_texts[:36] + ["Superb.", long_review(test_texts)]  # 38: batches of 32 leave a partial one
     id2label = {0: "rotten", 1: "fresh"}
-    # Batches of 8, sorted by length: only the long review's batch is padded to 512 positions (one batch of 38
-    # would pad all 38 there and take most of the check's time).
-    onnx_classifier = OnnxClassifier(session)
-    expected_logits = predict_logits(onnx_classifier, tokenizer, texts, batch_size=8).double()  # (texts, labels)
+    if course_case:
+        from behind_pipeline.onnx_export import classifier_onnx_file
+
+        course_texts, course_logits = _course_reference(str(classifier_onnx_file()))
+        texts, expected_logits = list(course_texts), course_logits.clone()  # (texts, labels)
+    else:
+        if texts is None:
+            test_texts = list(load_rotten_tomatoes()["test"]["text"])
+            texts = test_texts[:36] + ["Superb.", long_review(test_texts)]
+        expected_logits = predict_logits(OnnxClassifier(session), tokenizer, texts, batch_size=8).double()
     token_counts = [len(tokenizer(text, verbose=False)["input_ids"]) for text in texts]  # no too-long warning
     fitting = [text for text, count in zip(texts, token_counts, strict=True) if count <= 512]
     uneven_pair = [min(fitting, key=len), max(fitting, key=len)] if fitting else []  # two lengths: needs padding
@@ -591,7 +616,9 @@ def check_predict_without_torch(predict_without_torch, session=None, tokenizer=N
         settings["truncation"], settings["padding"] = None, None
         tokenizer_file.write_text(json.dumps(settings), encoding="utf-8")
         tokenizer_file = str(tokenizer_file)
-        cases = [(session, 1.0, 32, list(range(len(texts))), "38 reviews, one past 512 tokens"),
+        # Batches of 8 in the first case: 38 leave a partial batch, and only the last one (the long review's) is
+        # padded to 512 positions, where batches of 32 would pad 32 reviews there and take most of the check's time.
+        cases = [(session, 1.0, 8, list(range(len(texts))), "38 reviews, one past 512 tokens"),
                  (session, 1.0, 8, [5, 1, 37, 2, 36], "5 reviews out of order, batches of 8"),
                  (session, 1.0, 32, [3], "a single review"),
                  (OtherGraphSession(session, ("token_type_ids",)), 1.0, 2, [4, 36, 0],

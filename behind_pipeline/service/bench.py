@@ -37,6 +37,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from behind_pipeline.measure import latency_summary
 from behind_pipeline.paths import PROJECT_ROOT
 from behind_pipeline.results import write_section
 from behind_pipeline.service.local import start_servers
@@ -60,10 +61,9 @@ TINY_MODELS = ("int8",)  # the tiny run checks the file's shape: one model is en
 ONE_BY_ONE = {"BTP_SERVICE_MAX_BATCH": "1"}
 
 
-def percentiles_ms(seconds: list[float]) -> dict:
-    """Median and p95 of request times, in milliseconds (one decimal)."""
-    p50, p95 = np.percentile(np.asarray(seconds) * 1000, [50, 95])
-    return {"p50_ms": round(float(p50), 1), "p95_ms": round(float(p95), 1), "requests": len(seconds)}
+def request_summary(seconds: list[float]) -> dict:
+    """Median and p95 of request times in milliseconds (one decimal, ``measure.latency_summary``) and their count."""
+    return {**latency_summary(seconds, digits=1), "requests": len(seconds)}
 
 
 def request_latencies(url: str, texts: list[str], batch: int, requests: int, warmup: int = 3) -> list[float]:
@@ -168,7 +168,7 @@ def wrk_throughput(wrk: str, url: str, texts: list[str], clients: int, seconds: 
         return round(float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)], 1)
 
     return {"texts_per_second": round(number(r"Requests/sec:\s+([\d.]+)"), 1),
-            "p50_ms": ms("50"), "p99_ms": ms("99"),
+            "median_ms": ms("50"), "p99_ms": ms("99"),
             "non_2xx": int(number(r"Non-2xx or 3xx responses:\s+(\d+)", 0)),
             "busy_share": round(min(1.0, (busy_after - busy_before) / elapsed), 3)}
 
@@ -192,7 +192,7 @@ def head_of_line(url: str, texts: list[str], probes: int) -> dict:
     """A short request's latency behind a request of LONG_REQUEST_TEXTS of the longest reviews: median and max."""
     long_texts = sorted(texts, key=len)[-LONG_REQUEST_TEXTS:]
     waits = np.asarray(run_async(_head_of_line(url, long_texts, min(texts, key=len), probes))) * 1000
-    return {"short_request_p50_ms": round(float(np.median(waits)), 1),
+    return {"short_request_median_ms": round(float(np.median(waits)), 1),
             "short_request_max_ms": round(float(waits.max()), 1), "probes": probes}
 
 
@@ -234,9 +234,9 @@ def measure_model(env: dict, texts: list[str], sizes: dict, wrk: str | None = No
     # The servers load side by side; an idle server costs memory, not CPU, so each is measured alone.
     micro, single, unbudgeted = start_servers([env, env | ONE_BY_ONE, env | NO_TOKEN_BUDGET])
     with micro, single, unbudgeted:
-        latency = repeated(lambda: percentiles_ms(request_latencies(micro.url, texts, BATCH,
+        latency = repeated(lambda: request_summary(request_latencies(micro.url, texts, BATCH,
                                                                     sizes["latency_requests"])),
-                           repeats, ("p50_ms", "p95_ms"))
+                           repeats, ("median_ms", "p95_ms"))
         keys = ("texts_per_second", "busy_share")
         batched = repeated(lambda: concurrent_throughput(micro.url, texts, CLIENTS, sizes["requests_per_client"]),
                            repeats, keys)
@@ -246,11 +246,11 @@ def measure_model(env: dict, texts: list[str], sizes: dict, wrk: str | None = No
         if wrk_available(wrk):
             figures["wrk_micro_batching"] = repeated(
                 lambda: wrk_throughput(wrk, micro.url, texts, CLIENTS, sizes["wrk_seconds"]), repeats,
-                ("texts_per_second", "p50_ms", "p99_ms", "busy_share"))
+                ("texts_per_second", "median_ms", "p99_ms", "busy_share"))
             figures["wrk_one_by_one"] = repeated(
                 lambda: wrk_throughput(wrk, single.url, texts, CLIENTS, sizes["wrk_seconds"]), repeats,
-                ("texts_per_second", "p50_ms", "p99_ms", "busy_share"))
-        hol_keys = ("short_request_p50_ms", "short_request_max_ms")
+                ("texts_per_second", "median_ms", "p99_ms", "busy_share"))
+        hol_keys = ("short_request_median_ms", "short_request_max_ms")
         figures["head_of_line"] = {
             "token_budget": repeated(lambda: head_of_line(micro.url, texts, sizes["head_of_line_probes"]),
                                      repeats, hol_keys),
@@ -368,7 +368,7 @@ def table_lines(service: dict) -> list[str]:
         latency = figures.get(latency_key, {})
         batched, alone = figures["throughput_micro_batching"], figures["throughput_one_by_one"]
         wrk_batched, wrk_alone = figures.get("wrk_micro_batching"), figures.get("wrk_one_by_one")
-        http.append([name, f"{spread(latency, 'p50_ms')} / {spread(latency, 'p95_ms')}",
+        http.append([name, f"{spread(latency, 'median_ms')} / {spread(latency, 'p95_ms')}",
                      spread(batched, "texts_per_second"),
                      f"{batched['busy_share']:.0%}" if "busy_share" in batched else "",
                      spread(alone, "texts_per_second"),
@@ -389,9 +389,9 @@ def table_lines(service: dict) -> list[str]:
                          + (["in-process (reviews/s)", "micro-batching / in-process"] if ceiling_key else []),
                          ceiling)]
     hol = [f"- {name}: a one-review request sent just after a request of the {LONG_REQUEST_TEXTS} longest reviews "
-           f"waited {spread(figures['head_of_line']['no_token_budget'], 'short_request_p50_ms', 0)} ms (median) "
+           f"waited {spread(figures['head_of_line']['no_token_budget'], 'short_request_median_ms', 0)} ms (median) "
            f"on a server whose passes hold up to {NO_TOKEN_BUDGET['BTP_SERVICE_MAX_BATCH']} texts with no token "
-           f"budget, {spread(figures['head_of_line']['token_budget'], 'short_request_p50_ms', 0)} ms on the "
+           f"budget, {spread(figures['head_of_line']['token_budget'], 'short_request_median_ms', 0)} ms on the "
            "default server (passes of at most max_batch texts and max_batch_tokens padded tokens)."
            for name, figures in models.items() if "head_of_line" in figures]
     targets = []
@@ -420,7 +420,7 @@ def summary_lines(section: dict) -> list[str]:
     for name, figures in section["models"].items():
         latency = figures[f"latency_batch_{BATCH}"]
         lines.append(
-            f"{name}: batch {BATCH} p50 {latency['p50_ms']:.1f} ms p95 {latency['p95_ms']:.1f} ms | "
+            f"{name}: batch {BATCH} p50 {latency['median_ms']:.1f} ms p95 {latency['p95_ms']:.1f} ms | "
             f"{CLIENTS} clients: micro-batching {figures['throughput_micro_batching']['texts_per_second']:.1f}"
             f" ± {figures['throughput_micro_batching']['texts_per_second_sd']:.1f}/s, "
             f"one by one {figures['throughput_one_by_one']['texts_per_second']:.1f}/s "
@@ -431,9 +431,9 @@ def summary_lines(section: dict) -> list[str]:
                f" ± {figures['wrk_micro_batching']['texts_per_second_sd']:.1f}/s" if "wrk_micro_batching" in figures
                else " | wrk: not installed")
             + f" | short request behind {LONG_REQUEST_TEXTS} long ones: "
-              f"{figures['head_of_line']['no_token_budget']['short_request_p50_ms']:.0f} ms with passes of up to "
+              f"{figures['head_of_line']['no_token_budget']['short_request_median_ms']:.0f} ms with passes of up to "
               f"{NO_TOKEN_BUDGET['BTP_SERVICE_MAX_BATCH']} and no token budget, "
-              f"{figures['head_of_line']['token_budget']['short_request_p50_ms']:.0f} ms on the default server")
+              f"{figures['head_of_line']['token_budget']['short_request_median_ms']:.0f} ms on the default server")
     return lines
 
 

@@ -32,9 +32,9 @@ from behind_pipeline.service.bench import (
     CLIENTS,
     RESULTS_FILE,
     markdown_table,
-    percentiles_ms,
     repeated,
     request_latencies,
+    request_summary,
     run_async,
     spread,
 )
@@ -113,8 +113,8 @@ def measure_system(name: str, texts: list[str], sizes: dict) -> dict:
             memories.append(process_tree_mib(server.process.pid))  # every start read at the same point: ready, idle
             if repeat == 0:  # the load figures come from the first start; the others measure start-up only
                 figures[f"latency_batch_{BATCH}"] = repeated(
-                    lambda url=url: percentiles_ms(request_latencies(url, texts, BATCH, sizes["latency_requests"])),
-                    sizes["repeats"], ("p50_ms", "p95_ms"))
+                    lambda url=url: request_summary(request_latencies(url, texts, BATCH, sizes["latency_requests"])),
+                    sizes["repeats"], ("median_ms", "p95_ms"))
                 figures["throughput"] = repeated(
                     lambda url=url: client_throughput(url, texts, CLIENTS, sizes["requests_per_client"]),
                     sizes["repeats"], ("texts_per_second",))
@@ -184,7 +184,7 @@ def table_lines(section: dict) -> list[str]:
         rows.append([
             figures["label"], f"{figures['replicas']} x {figures['threads_per_replica']}",
             f"{start['mean']:.1f} ± {start['sd']:.1f}", f"{memory['mean']:.0f} ± {memory['sd']:.0f}",
-            f"{spread(latency, 'p50_ms')} / {spread(latency, 'p95_ms')}",
+            f"{spread(latency, 'median_ms')} / {spread(latency, 'p95_ms')}",
             spread(figures["throughput"], "texts_per_second") + (f" ({failed} failed)" if failed else "")])
     return lines + markdown_table(header, rows)
 
