@@ -138,7 +138,7 @@ def router_dir(recipe: RouterRecipe = PREPARED, start_id: str | None = None) -> 
     if Path(start_id).resolve() != paths.CLASSIFIER_DIR.resolve():
         # another starting model (online mode, the stand-in): never overwrite the served router
         name += "-from-" + hashlib.sha256(start_model_fingerprint(start_id).encode()).hexdigest()[:8]
-    return paths.CACHE_DIR / "models" / name
+    return paths.MODELS_DIR / name
 
 
 def train_router(recipe: RouterRecipe, start_id: str, output_dir: Path, description: str = "ticket router") -> dict:

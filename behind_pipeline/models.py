@@ -15,7 +15,7 @@ HUB_CLASSIFIER_ID = "distilbert-base-uncased-finetuned-sst-2-english"
 # Chapter 8's text generator: a tiny GPT-2 trained on Hamlet by `make prepare` (behind_pipeline/tiny_gpt.py),
 # or the real GPT-2 from the Hub online.
 HUB_GENERATOR_ID = "gpt2"
-GENERATOR_DIR = paths.CACHE_DIR / "models" / "tiny-gpt-hamlet"
+GENERATOR_DIR = paths.GENERATOR_DIR  # defined with the other folders in paths.py
 
 
 def encoder_id() -> str:

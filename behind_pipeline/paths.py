@@ -15,8 +15,12 @@ WHEELS_DIR = CACHE_DIR / "wheels"
 ASSETS_DIR = CACHE_DIR / "assets"
 ENCODER_DIR = ASSETS_DIR / "all-MiniLM-L6-v2"
 CORPUS_FILE = ASSETS_DIR / "rotten_tomatoes_corpus_full.csv.bz2"
+# Every model the book trains (make prepare, chapter 19's routers, the online stand-ins) lives under one folder.
+MODELS_DIR = CACHE_DIR / "models"
 # The course's fine-tuned sentiment classifier, written by `make prepare`.
-CLASSIFIER_DIR = CACHE_DIR / "models" / "minilm-rotten-tomatoes"
+CLASSIFIER_DIR = MODELS_DIR / "minilm-rotten-tomatoes"
+# Chapter 8's tiny GPT-2, trained on Hamlet by `make prepare` (behind_pipeline/tiny_gpt.py).
+GENERATOR_DIR = MODELS_DIR / "tiny-gpt-hamlet"
 RESULTS_DIR = PROJECT_ROOT / "results"
 
 # Environment variables that would otherwise default to somewhere under the home directory.

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from behind_pipeline import paths
 
-STAND_IN_DIR = paths.CACHE_DIR / "models" / "online-stand-in"
-GENERATOR_STAND_IN_DIR = paths.CACHE_DIR / "models" / "online-generator-stand-in"
+STAND_IN_DIR = paths.MODELS_DIR / "online-stand-in"
+GENERATOR_STAND_IN_DIR = paths.MODELS_DIR / "online-generator-stand-in"
 
 
 def make_stand_in(folder: Path = STAND_IN_DIR) -> Path:

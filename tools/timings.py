@@ -14,10 +14,10 @@ import shutil
 import sys
 import time
 
+from behind_pipeline.paths import MODELS_DIR as MODELS
 from behind_pipeline.paths import PROJECT_ROOT as ROOT  # the one definition of the project root
 
 TIMINGS = ROOT / ".cache" / "timings"
-MODELS = ROOT / ".cache" / "models"
 # results file -> the model folder whose training summary it copies (chapter 0-7's classifier, chapter 8's
 # generator, chapter 19's router).
 SUMMARIES = {"prepare.json": "minilm-rotten-tomatoes", "prepare_generator.json": "tiny-gpt-hamlet",
