@@ -46,6 +46,34 @@ def test_a_start_that_never_gets_ready_is_stopped_in_bounded_time():
     assert time.monotonic() - began < 20 + ray_app.STOP_TIMEOUT_S + 15
 
 
+def test_the_port_chosen_for_serve_avoids_the_ports_ray_takes_for_itself(monkeypatch):
+    from ray._private import ray_constants
+    from ray.serve._private import constants as serve_constants
+
+    from behind_pipeline.service import local
+
+    assert ray_app.RAY_OWN_PORTS == {ray_constants.DEFAULT_PORT, ray_constants.DEFAULT_DASHBOARD_PORT,
+                                     ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT,
+                                     serve_constants.DEFAULT_HTTP_PORT, serve_constants.DEFAULT_GRPC_PORT}
+    drawn = iter([52365, 8265, 40123])  # what the kernel hands out, one bind after the other
+
+    class Probe:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            self.port = next(drawn)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(local.socket, "socket", Probe)
+    assert local.free_port(avoid=ray_app.RAY_OWN_PORTS) == 40123
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The config files
 

@@ -30,11 +30,15 @@ START_TIMEOUT_S = 120  # importing torch and loading the model on a busy 2-core 
 STOP_TIMEOUT_S = 20
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel picks it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_port(avoid: frozenset[int] = frozenset()) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel picks it), and none of ``avoid``:
+    ports a process about to start will take for itself (Ray's dashboard agent takes 52365, in the kernel's range)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec

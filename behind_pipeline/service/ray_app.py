@@ -58,6 +58,9 @@ RAY_VARIABLES = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_USAGE_STATS_PROMPT_ENABLED
                        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
                        "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
 RAY_INIT_ATTEMPTS = 2  # a second try when the raylet misses Ray's 30 s start-up window on a busy machine
+# Ray's default ports (ray._private.ray_constants: GCS, dashboard, dashboard agent; Serve's HTTP and gRPC): the
+# HTTP port chosen for Serve avoids them (tests/test_ch20_scaling_out.py compares this set with Ray's constants).
+RAY_OWN_PORTS = frozenset({6379, 8265, 52365, 8000, 9000})
 START_TIMEOUT_S = 240  # Ray, its controller and proxy, then each replica imports torch and loads the model
 STOP_TIMEOUT_S = 60
 WARM_UP_TEXT = "A warm-up review: the first real request must not pay for lazy initialisation."
@@ -347,7 +350,9 @@ def start_ray_serve(replicas: int | None = 1, threads: int | None = None, config
 
     if threads is None:
         threads = max(1, RAY_CPUS // (replicas or 1))
-    port = free_port()
+    # Not a port Ray takes for itself while it starts: a CI run once drew 52365, Ray's dashboard agent bound it
+    # first, and Serve's proxy failed with "Failed to bind to address '127.0.0.1:52365'".
+    port = free_port(avoid=RAY_OWN_PORTS)
     command = [sys.executable, "-m", "behind_pipeline.service.ray_app", "--config", str(config_file),
                "--port", str(port), "--threads", str(threads)]
     if replicas is not None:
