@@ -514,24 +514,36 @@ def course_onnx_session():
     return ort_session(classifier_onnx_file())
 
 
+def _default_texts() -> list[str]:
+    """36 test reviews, a one-word review and one far past 512 tokens: 38, so batches of 8 or 32 leave a partial
+    one."""
+    from behind_pipeline.data import load_rotten_tomatoes
+
+    test_texts = list(load_rotten_tomatoes()["test"]["text"])
+    return [*test_texts[:36], "Superb.", long_review(test_texts)]
+
+
+def _reference_logits(session, tokenizer, texts) -> torch.Tensor:
+    """The graph's logits on ``texts``, in float64 (texts, labels). Batches of 8, sorted by length: only the long
+    review's batch is padded to 512 positions (one batch of 38 would pad all 38 there and take most of the time)."""
+    from behind_pipeline.onnx_export import OnnxClassifier
+    from behind_pipeline.predict import predict_logits
+
+    return predict_logits(OnnxClassifier(session), tokenizer, texts, batch_size=8).double()
+
+
 @functools.cache
 def _course_reference(onnx_file: str) -> tuple[tuple[str, ...], torch.Tensor]:
     """The default texts and the course graph's logits on them, computed once per graph file (its folder is the
     weights' fingerprint): a learner who checks again, and the tests, do not pay for the reference again."""
     from transformers import AutoTokenizer
 
-    from behind_pipeline.data import load_rotten_tomatoes
     from behind_pipeline.models import classifier_id
-    from behind_pipeline.onnx_export import OnnxClassifier, ort_session
-    from behind_pipeline.predict import predict_logits
+    from behind_pipeline.onnx_export import ort_session
 
-    test_texts = list(load_rotten_tomatoes()["test"]["text"])
-    texts = (*test_texts[:36], "Superb.", long_review(test_texts))  # 38: batches of 8 (or 32) leave a partial one
+    texts = _default_texts()
     tokenizer = AutoTokenizer.from_pretrained(classifier_id())
-    # Batches of 8, sorted by length: only the long review's batch is padded to 512 positions (one batch of 38
-    # would pad all 38 there and take most of the time).
-    logits = predict_logits(OnnxClassifier(ort_session(onnx_file)), tokenizer, list(texts), batch_size=8)
-    return texts, logits.double()  # (texts, labels)
+    return tuple(texts), _reference_logits(ort_session(onnx_file), tokenizer, texts)
 
 
 # Logits this many times the course model's: a confident model's, whose np.exp overflows (float32 and float64)
@@ -585,10 +597,7 @@ def check_predict_without_torch(predict_without_torch, session=None, tokenizer=N
     """``predict_without_torch(session, tokenizer_file, texts, id2label)`` -> (probs, labels) as ``pipeline`` gives."""
     from transformers import AutoTokenizer
 
-    from behind_pipeline.data import load_rotten_tomatoes
     from behind_pipeline.models import classifier_id
-    from behind_pipeline.onnx_export import OnnxClassifier
-    from behind_pipeline.predict import predict_logits
 
     report = CheckReport("Predictions without PyTorch")
     course_case = session is None and tokenizer is None and texts is None
@@ -601,10 +610,8 @@ def check_predict_without_torch(predict_without_torch, session=None, tokenizer=N
         course_texts, course_logits = _course_reference(str(classifier_onnx_file()))
         texts, expected_logits = list(course_texts), course_logits.clone()  # (texts, labels)
     else:
-        if texts is None:
-            test_texts = list(load_rotten_tomatoes()["test"]["text"])
-            texts = test_texts[:36] + ["Superb.", long_review(test_texts)]
-        expected_logits = predict_logits(OnnxClassifier(session), tokenizer, texts, batch_size=8).double()
+        texts = _default_texts() if texts is None else texts
+        expected_logits = _reference_logits(session, tokenizer, texts)  # (texts, labels)
     token_counts = [len(tokenizer(text, verbose=False)["input_ids"]) for text in texts]  # no too-long warning
     fitting = [text for text, count in zip(texts, token_counts, strict=True) if count <= 512]
     uneven_pair = [min(fitting, key=len), max(fitting, key=len)] if fitting else []  # two lengths: needs padding
