@@ -22,7 +22,6 @@ what ``gather`` and ``gather_for_metrics`` return when they do not split evenly 
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 from behind_pipeline import paths
+from behind_pipeline.runtime import free_port
 
 GLOBAL_BATCH = 8  # reviews in the step: 4 per process when 2 run
 LEARNING_RATE = 2e-4  # the peak learning rate of the course classifier (behind_pipeline.prepare.SETTINGS)
@@ -232,13 +232,6 @@ def launch_command(launcher_flags: tuple[str, ...], output: Path, count_only: bo
 def examples_file(output: Path) -> Path:
     """Where :func:`launch` puts the step's reviews for a run that writes ``output``."""
     return Path(output).with_name(Path(output).stem + "_examples.json")
-
-
-def free_port() -> int:
-    """A port no other program listens on, so that two launches (or two readers) never collide."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def launch(launcher_flags: tuple[str, ...], output: Path, count_only: bool = False) -> dict:

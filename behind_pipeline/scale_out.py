@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from behind_pipeline import distributed, paths
+from behind_pipeline.runtime import free_port
 
 MACHINES = 2
 PROCESSES_PER_MACHINE = 1  # one process per "machine": the 2 cores of this machine, one each
@@ -51,7 +52,7 @@ def launch_two_machines(output: Path, timeout_s: float = LAUNCH_TIMEOUT_S) -> di
     Each launcher gets a process group of its own, so a run that hangs (machine 1 never reaching machine 0) is
     stopped whole after ``timeout_s``, with no process left behind.
     """
-    port = distributed.free_port()
+    port = free_port()
     output = paths.PROJECT_ROOT / Path(output)
     output.unlink(missing_ok=True)
     distributed.write_examples(distributed.examples_file(output))

@@ -50,7 +50,7 @@ def test_the_port_chosen_for_serve_avoids_the_ports_ray_takes_for_itself(monkeyp
     from ray._private import ray_constants
     from ray.serve._private import constants as serve_constants
 
-    from behind_pipeline.service import local
+    from behind_pipeline import runtime
 
     assert ray_app.RAY_OWN_PORTS == {ray_constants.DEFAULT_PORT, ray_constants.DEFAULT_DASHBOARD_PORT,
                                      ray_constants.DEFAULT_DASHBOARD_AGENT_LISTEN_PORT,
@@ -70,8 +70,8 @@ def test_the_port_chosen_for_serve_avoids_the_ports_ray_takes_for_itself(monkeyp
         def getsockname(self):
             return ("127.0.0.1", self.port)
 
-    monkeypatch.setattr(local.socket, "socket", Probe)
-    assert local.free_port(avoid=ray_app.RAY_OWN_PORTS) == 40123
+    monkeypatch.setattr(runtime.socket, "socket", Probe)
+    assert runtime.free_port(avoid=ray_app.RAY_OWN_PORTS) == 40123
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ Python process that started it exits (``atexit``), and by the kernel if that pro
 import atexit
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,23 +21,13 @@ from dataclasses import dataclass, field
 import httpx
 
 from behind_pipeline.paths import PROJECT_ROOT
+from behind_pipeline.runtime import free_port
 
 # uvicorn's pure-Python HTTP parser and asyncio's loop, named: `ray[serve]` (chapter 20) installs httptools and
 # uvloop, which uvicorn's "auto" would otherwise pick, and chapter 18 was measured and tested without them.
 UVICORN_STACK = ("--http", "h11", "--loop", "asyncio")
 START_TIMEOUT_S = 120  # importing torch and loading the model on a busy 2-core machine
 STOP_TIMEOUT_S = 20
-
-
-def free_port(avoid: frozenset[int] = frozenset()) -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel picks it), and none of ``avoid``:
-    ports a process about to start will take for itself (Ray's dashboard agent takes 52365, in the kernel's range)."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port not in avoid:
-            return port
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec

@@ -346,7 +346,8 @@ def start_ray_serve(replicas: int | None = 1, threads: int | None = None, config
 
     import httpx
 
-    from behind_pipeline.service.local import _die_with_parent, free_port
+    from behind_pipeline.runtime import free_port
+    from behind_pipeline.service.local import _die_with_parent
 
     if threads is None:
         threads = max(1, RAY_CPUS // (replicas or 1))
