@@ -75,9 +75,9 @@ $(CLASSIFIER): $(PREPARE_SOURCES) | $(ASSETS)
 $(GENERATOR): behind_pipeline/tiny_gpt.py | $(ASSETS)
 	$(BIN)/python -m behind_pipeline.tiny_gpt
 
-# The router: capstone.py compares a fingerprint (its recipe, its training items, the course classifier's
+# The router: capstone/router.py compares a fingerprint (its recipe, its training items, the course classifier's
 # fingerprint, versions) and trains again only when it changed.
-$(ROUTER) $(ROUTER_WEIGHTED) &: $(CLASSIFIER) behind_pipeline/capstone.py $(PREPARE_SOURCES)
+$(ROUTER) $(ROUTER_WEIGHTED) &: $(CLASSIFIER) $(wildcard behind_pipeline/capstone/*.py) $(PREPARE_SOURCES)
 	$(BIN)/python -m behind_pipeline.capstone
 
 test: $(MODELS)
@@ -165,9 +165,15 @@ serve-ray: $(CLASSIFIER)
 	$(BIN)/python -m behind_pipeline.service.ray_app --port $(SERVE_PORT) \
 	  $(if $(SERVE_RAY_REPLICAS),--replicas $(SERVE_RAY_REPLICAS))
 
-# Opens as soon as the classifier exists (chapters 0-7 need only it): chapter 8 trains its generator and chapter
-# 19 its router the first time they need them (about a minute each, with a progress line).
-lab: $(CLASSIFIER)
+# Opens as soon as the environment and the assets exist. The course classifier (chapters 0-7 need only it) trains
+# in the background meanwhile (log: .cache/prepare-lab.log); a chapter that needs it first waits for that training
+# and shows its progress (models.classifier_id). Chapter 8 trains its generator and chapter 19 its router the first
+# time they need them (about a minute each, with a progress line).
+lab: $(ASSETS)
+	@if ! $(MAKE) --no-print-directory -q $(CLASSIFIER); then \
+	  echo "Training the course classifier in the background (about 3 minutes; log: .cache/prepare-lab.log)."; \
+	  nohup $(MAKE) --no-print-directory $(CLASSIFIER) > $(CACHE)/prepare-lab.log 2>&1 & \
+	fi
 	$(BIN)/jupyter lab --allow-root --notebook-dir=.
 
 # Re-execute every notebook in place (after editing one) and store fresh outputs.

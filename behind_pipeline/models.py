@@ -6,7 +6,7 @@ so the loading code a reader sees is the real one.
 
 import os
 
-from behind_pipeline import assets, paths
+from behind_pipeline import assets, paths, trained_once
 
 HUB_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # A reader online gets a ready-made sentiment model from the Hub. It is a DistilBERT, so the chapters that
@@ -31,9 +31,32 @@ def classifier_id() -> str:
         return os.environ["BTP_CLASSIFIER_ID"]
     if paths.is_online():
         return HUB_CLASSIFIER_ID
-    if not (paths.CLASSIFIER_DIR / "model.safetensors").exists():
-        raise FileNotFoundError("The course classifier is missing: run `make prepare` in the project folder first.")
+    if not (paths.CLASSIFIER_DIR / trained_once.WEIGHTS_FILE).exists() or trained_once.is_training(
+            paths.CLASSIFIER_DIR):
+        # `make lab` opens the book before the classifier exists (and trains it in the background).
+        train_classifier_on_first_need()
     return str(paths.CLASSIFIER_DIR)
+
+
+def train_classifier_on_first_need() -> None:
+    """Run ``make prepare``'s training in a child process and show its log: the chapter that first needs the course
+    classifier waits for it. A training already running (the one `make lab` started) holds the training lock, so the
+    child waits for it and then finds the model current instead of training a second one beside it. A child process,
+    so the notebook keeps the seed and threads its ``setup_chapter`` set."""
+    import subprocess
+    import sys
+
+    print("The course classifier is being trained, once (about 3 minutes on 2 cores; `make prepare` does the "
+          "same). This cell goes on when it is ready.", flush=True)
+    child = subprocess.Popen([sys.executable, "-m", "behind_pipeline.prepare"], cwd=paths.PROJECT_ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = []
+    for line in child.stdout:  # the progress bar's updates too: text mode ends a line at each carriage return
+        log.append(line)
+        print(line, end="", flush=True)
+    if child.wait() != 0 or not (paths.CLASSIFIER_DIR / trained_once.WEIGHTS_FILE).exists():
+        raise RuntimeError("Training the course classifier failed (its log is above): run `make prepare` in the "
+                           "project folder to see why, then restart the kernel.\n" + "".join(log[-20:]))
 
 
 def generator_id() -> str:

@@ -1,7 +1,7 @@
 """Models trained once: one summary file, one freshness rule, one lock and one atomic save for all three.
 
 The book trains three models once and loads them like Hub checkpoints: the course classifier (``prepare.py``,
-chapters 0-7 and later), the tiny generator (``tiny_gpt.py``, chapter 8) and the ticket router (``capstone.py``,
+chapters 0-7 and later), the tiny generator (``tiny_gpt.py``, chapter 8) and the ticket router (``capstone/``,
 chapter 19). Each lives in a folder of ``.cache/models`` written by ``save_pretrained``, with
 ``training_summary.json`` beside the weights. The summary's fingerprint hashes what shapes the weights:
 
@@ -81,6 +81,21 @@ def training_lock(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def is_training(folder: Path) -> bool:
+    """True while another process holds :func:`training_lock` for ``folder`` (a training, or a freshness check that
+    may turn into one): a reader should wait for it rather than load the folder."""
+    lock_path = Path(folder).with_name(Path(folder).name + ".lock")
+    if not lock_path.exists():
+        return False
+    with open(lock_path) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
 
 
 def save(folder: Path, write_files: Callable[[Path], None], summary: dict) -> dict:

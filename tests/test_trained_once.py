@@ -116,3 +116,64 @@ def test_concurrent_callers_train_once(tmp_path):
     for thread in threads:
         thread.join()
     assert len(calls) == 1 and sorted(results) == [False, True]
+
+
+def test_is_training_sees_a_held_lock_and_only_while_it_is_held(tmp_path):
+    folder = tmp_path / "model"
+    assert not trained_once.is_training(folder)  # no lock file yet
+    with trained_once.training_lock(folder):
+        assert trained_once.is_training(folder)
+    assert not trained_once.is_training(folder)
+
+
+class FakeTraining:
+    """Stands in for `python -m behind_pipeline.prepare` in a child process: prints a log, writes the weights."""
+
+    def __init__(self, folder, returncode=0):
+        self.folder, self.returncode, self.commands = folder, returncode, []
+
+    def __call__(self, command, **kwargs):
+        self.commands.append(command)
+        if self.returncode == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / trained_once.WEIGHTS_FILE).write_bytes(b"weights")
+        self.stdout = iter(["training minilm-rotten-tomatoes once ...\n", "step 10/158\n"])
+        return self
+
+    def wait(self):
+        return self.returncode
+
+
+def test_the_classifier_is_trained_in_a_child_process_on_first_need(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from behind_pipeline import models, paths
+
+    folder = tmp_path / "minilm-rotten-tomatoes"
+    monkeypatch.setattr(paths, "CLASSIFIER_DIR", folder)
+    monkeypatch.delenv("BTP_CLASSIFIER_ID", raising=False)
+    monkeypatch.delenv("BTP_ONLINE", raising=False)
+    training = FakeTraining(folder)
+    monkeypatch.setattr(subprocess, "Popen", training)
+    assert models.classifier_id() == str(folder)
+    assert [command[-2:] for command in training.commands] == [["-m", "behind_pipeline.prepare"]]
+    assert "step 10/158" in capsys.readouterr().out  # the learner sees the training's progress
+    assert models.classifier_id() == str(folder)  # trained: no second child
+    assert len(training.commands) == 1
+    with trained_once.training_lock(folder):  # a training in progress (make lab's): wait for it
+        models.classifier_id()
+    assert len(training.commands) == 2
+
+
+def test_a_failed_first_need_training_says_so_with_its_log(tmp_path, monkeypatch):
+    import subprocess
+
+    from behind_pipeline import models, paths
+
+    folder = tmp_path / "minilm-rotten-tomatoes"
+    monkeypatch.setattr(paths, "CLASSIFIER_DIR", folder)
+    monkeypatch.delenv("BTP_CLASSIFIER_ID", raising=False)
+    monkeypatch.delenv("BTP_ONLINE", raising=False)
+    monkeypatch.setattr(subprocess, "Popen", FakeTraining(folder, returncode=1))
+    with pytest.raises(RuntimeError, match="(?s)make prepare.*step 10/158"):
+        models.classifier_id()
