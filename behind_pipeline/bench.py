@@ -42,11 +42,10 @@ from pathlib import Path
 import numpy as np
 
 from behind_pipeline.measure import latency_samples, latency_summary, peak_rss_mib, reset_peak_rss, rss_mib
-from behind_pipeline.paths import RESULTS_DIR, configure_environment
+from behind_pipeline.paths import BENCH_FILE, configure_environment
 from behind_pipeline.results import write_section
 from behind_pipeline.runtime import NUM_THREADS, file_mib, folder_mib
 
-BENCH_FILE = RESULTS_DIR / "bench.json"
 SECTION = "models"
 VARIANTS = {  # name -> label in tables
     "fp32": "PyTorch fp32",

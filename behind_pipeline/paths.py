@@ -22,6 +22,9 @@ CLASSIFIER_DIR = MODELS_DIR / "minilm-rotten-tomatoes"
 # Chapter 8's tiny GPT-2, trained on Hamlet by `make prepare` (behind_pipeline/tiny_gpt.py).
 GENERATOR_DIR = MODELS_DIR / "tiny-gpt-hamlet"
 RESULTS_DIR = PROJECT_ROOT / "results"
+# The benchmarks' one file: the models (make bench), the service (make bench-service) and Ray Serve (make bench-ray)
+# each rewrite their own section of it.
+BENCH_FILE = RESULTS_DIR / "bench.json"
 
 # Environment variables that would otherwise default to somewhere under the home directory.
 _CACHE_VARIABLES = {

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from behind_pipeline import bench, measure
+from behind_pipeline import bench, measure, paths
 
-ROOT = bench.RESULTS_DIR.parent
+ROOT = paths.PROJECT_ROOT
 
 
 class StepClock:
@@ -213,7 +213,7 @@ def test_bench_tables_refuse_a_file_that_lost_its_markers(tmp_path, monkeypatch,
     page, readme = tmp_path / "benchmark.md", tmp_path / "README.md"
     page.write_text("# Benchmark\n\nno block here\n")
     readme.write_text("<!-- bench-tables:start -->\n<!-- bench-tables:end -->\n")
-    monkeypatch.setattr(bench_tables, "RESULTS", results)
+    monkeypatch.setattr(bench_tables, "BENCH_FILE", results)
     monkeypatch.setattr(bench_tables, "PAGE", page)
     monkeypatch.setattr(bench_tables, "README", readme)
     monkeypatch.setattr(bench_tables, "PLOT", tmp_path / "benchmark.png")

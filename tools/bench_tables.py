@@ -15,12 +15,12 @@ import argparse
 import json
 import sys
 
+from behind_pipeline.paths import BENCH_FILE
 from behind_pipeline.service.bench import markdown_table as table
 
 from blocks import exit_status, update
 from notebook_files import ROOT
 
-RESULTS = ROOT / "results" / "bench.json"
 PAGE = ROOT / "book" / "benchmark.md"
 README = ROOT / "README.md"
 PLOT = ROOT / "book" / "_static" / "benchmark.png"
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = json.loads(BENCH_FILE.read_text()) if BENCH_FILE.exists() else {}
     stale = []
     for path, image in ((PAGE, "_static/benchmark.png"), (README, "book/_static/benchmark.png")):
         stale += update(path, {BLOCK: body(results, image)}, args.check)

@@ -38,12 +38,11 @@ import httpx
 import numpy as np
 
 from behind_pipeline.measure import latency_summary
-from behind_pipeline.paths import PROJECT_ROOT
+from behind_pipeline.paths import BENCH_FILE
 from behind_pipeline.results import write_section
 from behind_pipeline.service.local import start_servers
 
 SECTION = "service"
-RESULTS_FILE = PROJECT_ROOT / "results" / "bench.json"
 BATCH = 8  # reviews per request in the latency measurement
 CLIENTS = 16  # concurrent clients in the throughput measurement
 IN_PROCESS_BATCH = 32  # the ceiling: the same model over the same reviews, batches of 32, no HTTP
@@ -448,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a few requests only: checks the file, not the speed")
     parser.add_argument("--wrk", default="/usr/bin/wrk", help="wrk's path; runs without wrk are marked skipped")
-    parser.add_argument("--output", type=Path, default=RESULTS_FILE, help="the results file (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=BENCH_FILE, help="the results file (default: %(default)s)")
     args = parser.parse_args(argv)
     if not wrk_available(args.wrk):
         print(f"SKIPPED: the wrk runs (no executable wrk at {args.wrk}); the httpx clients still run")

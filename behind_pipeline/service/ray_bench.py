@@ -27,10 +27,10 @@ from pathlib import Path
 
 import httpx
 
+from behind_pipeline.paths import BENCH_FILE
 from behind_pipeline.service.bench import (
     BATCH,
     CLIENTS,
-    RESULTS_FILE,
     markdown_table,
     repeated,
     request_latencies,
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a few requests only: checks the file, not the speed")
-    parser.add_argument("--output", type=Path, default=RESULTS_FILE, help="the results file (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=BENCH_FILE, help="the results file (default: %(default)s)")
     args = parser.parse_args(argv)
     section = measure(tiny=args.tiny)
     write_section(args.output, SECTION, section)
