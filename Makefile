@@ -43,6 +43,8 @@ NBVAL := --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 # pytest-xdist workers on 2 cores then fight for them. Measured on 2 cores: nbval over 4 chapters took 148 s with
 # `-n 2 --dist loadfile` and 101 s in one process; the unit tests of chapters 3-7, 129 s and 58 s.
 PARALLEL := -p no:xdist
+# Every test run ends with its 30 slowest steps, so a fresh clone's log (CI's) is also its profile.
+DURATIONS := --durations=30
 
 .PHONY: install assets prepare test test-unit test-notebooks test-exercises book lab execute runtimes \
         exercises clean-notebooks lint clean small full serve grade test-site browser canary bench check render
@@ -86,14 +88,14 @@ test: $(MODELS)
 	$(BIN)/python tools/timings.py record test $$start
 
 test-unit: $(MODELS)
-	$(BIN)/pytest $(PARALLEL) tests
+	$(BIN)/pytest $(PARALLEL) $(DURATIONS) tests
 
 test-notebooks: $(MODELS)
-	$(BIN)/pytest $(PARALLEL) $(NBVAL) --nbval notebooks solutions book
+	$(BIN)/pytest $(PARALLEL) $(DURATIONS) $(NBVAL) --nbval notebooks solutions book
 
 # The blank exercise notebooks, run to the end in one kernel (tests/run_blank_exercises.py says why).
 test-exercises: $(MODELS)
-	$(BIN)/pytest $(PARALLEL) tests/run_blank_exercises.py
+	$(BIN)/pytest $(PARALLEL) $(DURATIONS) tests/run_blank_exercises.py
 
 # One chapter's loop for authors (about a minute): `make check CH=15` runs chapter 15's notebook and solutions
 # under nbval, its blank exercise notebook, its unit and checker tests, and ruff over what it touches.
