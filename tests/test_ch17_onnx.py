@@ -111,12 +111,18 @@ def test_optimized_graph_is_saved_once_has_fewer_nodes_and_the_same_logits(tiny_
     assert (predict_logits(loaded, tokenizer, texts) - expected).abs().max().item() < 1e-4
 
 
+def profiled_session(path, folder, runs: int):
+    """A profiling session of the exported graph that has run ``runs`` times on one short text."""
+    session = ort_session(path, profile_prefix=str(folder / "profile"))
+    feed = {"input_ids": np.array([[101, 2009, 102]]), "attention_mask": np.ones((1, 3), dtype=np.int64)}
+    for _ in range(runs):
+        session.run(None, feed)
+    return session
+
+
 def test_profile_sums_node_times_by_operator_type(tiny_export, tmp_path):
     _, path = tiny_export
-    session = ort_session(path, profile_prefix=str(tmp_path / "profile"))
-    feed = {"input_ids": np.array([[101, 2009, 102]]), "attention_mask": np.ones((1, 3), dtype=np.int64)}
-    for _ in range(4):
-        session.run(None, feed)
+    session = profiled_session(path, tmp_path, runs=4)
     profile = onnx_export.profile_by_op_type(session)
     runs = profile.pop("runs")
     assert runs["calls"] == 4 and runs["ms"] > 0
@@ -128,10 +134,7 @@ def test_profile_sums_node_times_by_operator_type(tiny_export, tmp_path):
 
 def test_profile_leaves_out_the_warmup_runs(tiny_export, tmp_path):
     _, path = tiny_export
-    session = ort_session(path, profile_prefix=str(tmp_path / "profile"))
-    feed = {"input_ids": np.array([[101, 2009, 102]]), "attention_mask": np.ones((1, 3), dtype=np.int64)}
-    for _ in range(5):
-        session.run(None, feed)
+    session = profiled_session(path, tmp_path, runs=5)
     assert onnx_export.profile_by_op_type(session, skip_runs=2)["runs"]["calls"] == 3
 
 

@@ -327,7 +327,7 @@ def test_pack_checker_never_raises(answer):
 
 def reference_run_isolated(run, requests):
     try:
-        logits = run([text for texts in requests for text in texts])
+        return _shared(run, requests)
     except Exception:
         answers = []
         for texts in requests:
@@ -336,11 +336,6 @@ def reference_run_isolated(run, requests):
             except Exception as error:
                 answers.append(error)
         return answers
-    answers, start = [], 0
-    for texts in requests:
-        answers.append(logits[start:start + len(texts)])
-        start += len(texts)
-    return answers
 
 
 def fails_everyone(run, requests):
