@@ -1,7 +1,7 @@
 """Chapter 19: the 3-class split, the triage helpers, the router's head transfer, the model card, the golden files,
 and the checkers (they accept the solutions and reject typical wrong answers).
 
-Golden-file tests (``test_golden_*``): each model below is run on ``capstone.GOLDEN_TEXTS`` and compared with
+Golden-file tests (``test_golden_*``): each model below is run on ``capstone.golden.GOLDEN_TEXTS`` and compared with
 ``tests/golden/<name>.json``: the same label for every text, and every probability within ``GOLDEN_TOLERANCE``
 (0.01, absolute). What they catch:
 
@@ -26,7 +26,55 @@ import pytest
 import scipy.stats
 import torch
 
-from behind_pipeline import capstone
+from behind_pipeline.capstone.__main__ import main
+from behind_pipeline.capstone.card import (
+    BOUND_RULE,
+    ROUTER_ROW,
+    TFIDF_ROW,
+    full_run_lines,
+    render_model_card,
+    write_model_card,
+)
+from behind_pipeline.capstone.golden import (
+    GOLDEN_DIR,
+    GOLDEN_TOLERANCE,
+    LONG_CHARS,
+    ROUTES_GOLDEN,
+    golden_differences,
+    golden_models,
+    golden_record,
+)
+from behind_pipeline.capstone.router import (
+    MAX_LENGTH,
+    PREPARED,
+    ROUTER_NAME,
+    ClassWeightedLoss,
+    RouterRecipe,
+    balanced_class_weights,
+    class_weighted_fingerprint,
+    class_weighted_router_dir,
+    fingerprint,
+    is_current,
+    router_dir,
+    router_from,
+    training_subset,
+)
+from behind_pipeline.capstone.triage import (
+    HUMAN,
+    drift_monitor,
+    ensure_router,
+    per_queue_f1,
+    precision_per_queue,
+    read_triage,
+    routes,
+    threshold_for_precision,
+    threshold_for_precision_bound,
+    triage_at,
+    triage_curve,
+    triage_is_current,
+    wilson_interval,
+    wilson_lower_bound,
+)
 from behind_pipeline.checks.ch19_capstone import (
     ALARM_CASES,
     alarm_reference,
@@ -36,6 +84,7 @@ from behind_pipeline.checks.ch19_capstone import (
     check_queue_mix_alarm,
     per_queue_reference,
 )
+from behind_pipeline.data import QUEUE_NAMES
 
 from checker_asserts import assert_rejected, failures
 
@@ -66,10 +115,10 @@ def test_the_3class_split_keeps_the_2class_split_and_adds_the_plot_summaries(spl
 
 
 def test_the_training_subset_is_a_seeded_prefix(splits):
-    first = capstone.training_subset(splits["train"], 50, seed=0)
-    assert first["text"] == capstone.training_subset(splits["train"], 50, seed=0)["text"]
-    assert first["text"] != capstone.training_subset(splits["train"], 50, seed=1)["text"]
-    assert len(capstone.training_subset(splits["train"], None)) == len(splits["train"])
+    first = training_subset(splits["train"], 50, seed=0)
+    assert first["text"] == training_subset(splits["train"], 50, seed=0)["text"]
+    assert first["text"] != training_subset(splits["train"], 50, seed=1)["text"]
+    assert len(training_subset(splits["train"], None)) == len(splits["train"])
 
 
 # --- triage -------------------------------------------------------------------------------------------------------
@@ -78,32 +127,32 @@ def test_the_training_subset_is_a_seeded_prefix(splits):
 def test_triage_curve_routes_whole_ties_and_ends_at_full_coverage():
     probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.8, 0.1, 0.1], [0.2, 0.2, 0.6], [0.3, 0.6, 0.1]])
     labels = np.array([0, 1, 1, 2, 0])  # right, right, wrong (0.8 tie), right, wrong
-    curve = capstone.triage_curve(probs, labels)
+    curve = triage_curve(probs, labels)
     assert curve["threshold"].tolist() == [0.9, 0.8, 0.6]  # the two items at 0.8 form one point
     assert curve["routed"].tolist() == [1, 3, 5]
     assert curve["coverage"].tolist() == [0.2, 0.6, 1.0]
     assert np.allclose(curve["precision"], [1.0, 2 / 3, 3 / 5])
-    assert capstone.threshold_for_precision(curve, 2 / 3) == 0.8  # exactly at the target counts
-    assert capstone.threshold_for_precision(curve, 0.7) == 0.9
-    assert capstone.threshold_for_precision(curve, 0.5) == 0.6
-    assert capstone.threshold_for_precision(capstone.triage_curve(probs, [2, 2, 2, 0, 2]), 0.5) == math.inf
+    assert threshold_for_precision(curve, 2 / 3) == 0.8  # exactly at the target counts
+    assert threshold_for_precision(curve, 0.7) == 0.9
+    assert threshold_for_precision(curve, 0.5) == 0.6
+    assert threshold_for_precision(triage_curve(probs, [2, 2, 2, 0, 2]), 0.5) == math.inf
 
 
 def test_triage_at_agrees_with_the_curve_at_each_of_its_thresholds():
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(3) * 0.5, 200)
     labels = np.where(rng.uniform(size=200) < probs.max(axis=1), probs.argmax(axis=1), rng.integers(0, 3, 200))
-    curve = capstone.triage_curve(probs, labels)
+    curve = triage_curve(probs, labels)
     for threshold, coverage, precision in zip(curve["threshold"], curve["coverage"], curve["precision"], strict=True):
-        point = capstone.triage_at(probs, labels, threshold)
+        point = triage_at(probs, labels, threshold)
         assert point["coverage"] == pytest.approx(coverage) and point["precision"] == pytest.approx(precision)
     assert np.all(np.diff(curve["coverage"]) > 0)
-    nobody = capstone.triage_at(probs, labels, 1.5)
+    nobody = triage_at(probs, labels, 1.5)
     assert nobody["coverage"] == 0 and math.isnan(nobody["precision"]) and nobody["to_human"] == 200
 
 
 def test_per_queue_f1_gives_zero_to_a_queue_never_predicted():
-    f1 = capstone.per_queue_f1([0, 1, 2, 2], [0, 1, 1, 1])
+    f1 = per_queue_f1([0, 1, 2, 2], [0, 1, 1, 1])
     assert f1 == {"rotten": 1.0, "fresh": pytest.approx(0.5), "plot": 0.0}
 
 
@@ -119,7 +168,7 @@ def test_the_router_keeps_the_course_classifiers_rotten_and_fresh_rows():
     texts = ["A triumph.", "Dull and far too long, with nothing to say.", "It has its moments."]
     tokenizer = AutoTokenizer.from_pretrained(classifier_id())
     course = predict_logits(AutoModelForSequenceClassification.from_pretrained(classifier_id()), tokenizer, texts)
-    router = capstone.router_from(classifier_id())
+    router = router_from(classifier_id())
     logits = predict_logits(router, tokenizer, texts)
     assert logits.shape == (3, 3) and router.config.id2label == {0: "rotten", 1: "fresh", 2: "plot"}
     assert torch.allclose(logits[:, :2], course, atol=1e-5)
@@ -129,14 +178,14 @@ def test_the_router_keeps_the_course_classifiers_rotten_and_fresh_rows():
 def test_router_folders_never_collide():
     from behind_pipeline.models import classifier_id
 
-    served = capstone.router_dir(capstone.PREPARED, classifier_id())
-    assert served.name == capstone.ROUTER_NAME
-    full = capstone.router_dir(capstone.RouterRecipe(train_examples=None), classifier_id())
+    served = router_dir(PREPARED, classifier_id())
+    assert served.name == ROUTER_NAME
+    full = router_dir(RouterRecipe(train_examples=None), classifier_id())
     assert full != served and full.parent == served.parent
-    other_start = capstone.router_dir(capstone.PREPARED, "some/hub-model")
-    assert other_start != served and other_start.name.startswith(capstone.ROUTER_NAME)
-    assert capstone.fingerprint(capstone.PREPARED, classifier_id()) != capstone.fingerprint(
-        capstone.RouterRecipe(learning_rate=1e-4), classifier_id())
+    other_start = router_dir(PREPARED, "some/hub-model")
+    assert other_start != served and other_start.name.startswith(ROUTER_NAME)
+    assert fingerprint(PREPARED, classifier_id()) != fingerprint(
+        RouterRecipe(learning_rate=1e-4), classifier_id())
 
 
 # --- the threshold's confidence bound ----------------------------------------------------------------------------
@@ -145,14 +194,14 @@ def test_router_folders_never_collide():
 def test_wilson_interval_against_known_values_and_scipy():
     from scipy.stats import binomtest
 
-    low, high = capstone.wilson_interval(8, 10)
+    low, high = wilson_interval(8, 10)
     assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)  # the textbook example (Wilson 1927; Newcombe 1998)
     for successes, total in ((0, 5), (5, 5), (500, 526), (953, 1000)):
         expected = binomtest(successes, total).proportion_ci(confidence_level=0.95, method="wilson")
-        assert np.allclose(capstone.wilson_interval(successes, total), (expected.low, expected.high), atol=1e-12)
+        assert np.allclose(wilson_interval(successes, total), (expected.low, expected.high), atol=1e-12)
         one_sided = binomtest(successes, total).proportion_ci(confidence_level=0.90, method="wilson").low
-        assert math.isclose(capstone.wilson_lower_bound(successes, total, 0.95), one_sided, abs_tol=1e-12)
-    assert capstone.wilson_interval(0, 0) == (0.0, 1.0)
+        assert math.isclose(wilson_lower_bound(successes, total, 0.95), one_sided, abs_tol=1e-12)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_the_bound_rule_keeps_a_margin_the_plain_rule_does_not():
@@ -160,32 +209,32 @@ def test_the_bound_rule_keeps_a_margin_the_plain_rule_does_not():
     probs = np.array([[1 - c, c] for c in np.linspace(0.99, 0.6, 20)])
     labels = np.ones(20, dtype=int)
     labels[-1] = 0
-    curve = capstone.triage_curve(probs, labels)
-    assert capstone.threshold_for_precision(curve, 0.95) == pytest.approx(0.6)  # the measured 0.95 is enough
-    assert capstone.threshold_for_precision_bound(curve, 0.95) == math.inf  # 19 of 20 bounds nothing near 0.95
+    curve = triage_curve(probs, labels)
+    assert threshold_for_precision(curve, 0.95) == pytest.approx(0.6)  # the measured 0.95 is enough
+    assert threshold_for_precision_bound(curve, 0.95) == math.inf  # 19 of 20 bounds nothing near 0.95
     many = np.repeat(probs[:19], 200, axis=0), np.ones(19 * 200, dtype=int)  # 3,800 right answers
-    bound_rule = capstone.threshold_for_precision_bound(capstone.triage_curve(*many), 0.95)
+    bound_rule = threshold_for_precision_bound(triage_curve(*many), 0.95)
     assert bound_rule == pytest.approx(0.6 + 0.39 / 19)  # every group routed: its bound is above 0.998
 
 
 def test_routes_send_low_confidence_to_a_person_and_keep_the_confidence():
     probs = [[0.1, 0.85, 0.05], [0.5, 0.3, 0.2], [0.05, 0.05, 0.9]]
-    assert capstone.routes(probs, 0.85) == [{"queue": "fresh", "confidence": 0.85},
-                                            {"queue": capstone.HUMAN, "confidence": 0.5},
+    assert routes(probs, 0.85) == [{"queue": "fresh", "confidence": 0.85},
+                                            {"queue": HUMAN, "confidence": 0.5},
                                             {"queue": "plot", "confidence": 0.9}]
 
 
 def test_precision_per_queue_counts_only_routed_items_predicted_into_the_queue():
     probs = [[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.6, 0.4, 0.0], [0.1, 0.9, 0.0]]
-    table = capstone.precision_per_queue(probs, [0, 1, 0, 1], 0.7)
+    table = precision_per_queue(probs, [0, 1, 0, 1], 0.7)
     assert (table["rotten"]["routed"], table["rotten"]["correct"]) == (2, 1)
     assert (table["fresh"]["routed"], table["fresh"]["correct"]) == (1, 1)
     assert table["plot"]["routed"] == 0 and math.isnan(table["plot"]["precision"])
-    assert table["rotten"]["interval"] == capstone.wilson_interval(1, 2)
+    assert table["rotten"]["interval"] == wilson_interval(1, 2)
 
 
 def test_balanced_class_weights_weigh_each_queue_alike():
-    weights = capstone.balanced_class_weights([0, 0, 0, 1, 2, 2])
+    weights = balanced_class_weights([0, 0, 0, 1, 2, 2])
     assert torch.allclose(weights, torch.tensor([6 / 9, 6 / 3, 6 / 6]))
     assert torch.allclose(torch.tensor([3, 1, 2]) * weights, torch.full((3,), 2.0))
 
@@ -199,10 +248,10 @@ def test_the_class_weighted_loss_is_plain_cross_entropy_with_equal_weights():
 
     labels = torch.tensor([1, 1])
     plain = torch.nn.functional.cross_entropy(Fixed()().logits, labels)
-    assert torch.isclose(capstone.ClassWeightedLoss(Fixed(), torch.ones(3))(labels=labels).loss, plain)
-    weighted = capstone.ClassWeightedLoss(Fixed(), torch.tensor([1.0, 3.0, 1.0]))(labels=labels).loss
+    assert torch.isclose(ClassWeightedLoss(Fixed(), torch.ones(3))(labels=labels).loss, plain)
+    weighted = ClassWeightedLoss(Fixed(), torch.tensor([1.0, 3.0, 1.0]))(labels=labels).loss
     assert torch.isclose(weighted, plain)  # every item of one queue: the weight cancels in the weighted mean
-    mixed = capstone.ClassWeightedLoss(Fixed(), torch.tensor([1.0, 3.0, 1.0]))(labels=torch.tensor([0, 1])).loss
+    mixed = ClassWeightedLoss(Fixed(), torch.tensor([1.0, 3.0, 1.0]))(labels=torch.tensor([0, 1])).loss
     losses = torch.nn.functional.cross_entropy(Fixed()().logits, torch.tensor([0, 1]), reduction="none")
     assert torch.isclose(mixed, (losses[0] + 3 * losses[1]) / 4)
 
@@ -212,22 +261,22 @@ def test_prepare_leaves_the_router_and_its_class_weighted_twin_current():
     from behind_pipeline import trained_once
     from behind_pipeline.models import classifier_id
 
-    assert capstone.main([]) == 0
+    assert main([]) == 0
     start_id = classifier_id()
-    assert capstone.is_current(capstone.router_dir(capstone.PREPARED, start_id), capstone.PREPARED, start_id)
-    assert trained_once.is_current(capstone.class_weighted_router_dir(capstone.PREPARED, start_id),
-                                   capstone.class_weighted_fingerprint(capstone.PREPARED, start_id))
+    assert is_current(router_dir(PREPARED, start_id), PREPARED, start_id)
+    assert trained_once.is_current(class_weighted_router_dir(PREPARED, start_id),
+                                   class_weighted_fingerprint(PREPARED, start_id))
 
 
 def test_the_served_router_carries_its_triage_settings():
     from transformers import AutoTokenizer
 
-    folder = capstone.ensure_router()
-    saved = capstone.read_triage(folder)
-    assert capstone.triage_is_current(folder)
-    assert saved["max_length"] == capstone.MAX_LENGTH == AutoTokenizer.from_pretrained(folder).model_max_length
+    folder = ensure_router()
+    saved = read_triage(folder)
+    assert triage_is_current(folder)
+    assert saved["max_length"] == MAX_LENGTH == AutoTokenizer.from_pretrained(folder).model_max_length
     assert saved["validation"]["lower_bound"] >= saved["target_precision"]
-    assert saved["validation"]["lower_bound"] == capstone.wilson_lower_bound(
+    assert saved["validation"]["lower_bound"] == wilson_lower_bound(
         saved["validation"]["correct"], saved["validation"]["routed"], saved["bound_confidence"])
     assert 0.5 < saved["temperature"] < 5 and 0 < saved["threshold"] < 1
 
@@ -235,26 +284,26 @@ def test_the_served_router_carries_its_triage_settings():
 # --- golden files -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(capstone.golden_models()))
+@pytest.mark.parametrize("name", list(golden_models()))
 def test_golden_file(name):
-    golden = json.loads((capstone.GOLDEN_DIR / name).read_text())
-    assert golden["tolerance"] == capstone.GOLDEN_TOLERANCE
-    classifier, tokenizer = capstone.golden_models()[name]()
-    today = capstone.golden_record(classifier, tokenizer)
-    problems = capstone.golden_differences(golden["records"], today)
+    golden = json.loads((GOLDEN_DIR / name).read_text())
+    assert golden["tolerance"] == GOLDEN_TOLERANCE
+    classifier, tokenizer = golden_models()[name]()
+    today = golden_record(classifier, tokenizer)
+    problems = golden_differences(golden["records"], today)
     assert not problems, (f"{name}: {problems}; if the change is meant, run "
                           "`python -m behind_pipeline.capstone --refresh-golden` and review the diff")
 
 
 def test_golden_differences_fails_on_a_moved_label_or_probability():
     record = [{"text": "a", "label": "fresh", "probs": [0.2, 0.7, 0.1]}]
-    assert capstone.golden_differences(record, record) == []
+    assert golden_differences(record, record) == []
     moved = [{"text": "a", "label": "fresh", "probs": [0.2, 0.68, 0.12]}]
-    assert len(capstone.golden_differences(record, moved, tolerance=0.01)) == 1
-    assert capstone.golden_differences(record, moved, tolerance=0.05) == []
+    assert len(golden_differences(record, moved, tolerance=0.01)) == 1
+    assert golden_differences(record, moved, tolerance=0.05) == []
     relabelled = [{"text": "a", "label": "rotten", "probs": [0.2, 0.7, 0.1]}]
-    assert "label" in capstone.golden_differences(record, relabelled)[0]
-    assert "texts differ" in capstone.golden_differences(record, [{**record[0], "text": "b"}])[0]
+    assert "label" in golden_differences(record, relabelled)[0]
+    assert "texts differ" in golden_differences(record, [{**record[0], "text": "b"}])[0]
 
 
 # --- the model card -----------------------------------------------------------------------------------------------
@@ -265,7 +314,7 @@ def _results():
     counts = {"train": {"rotten": 11, "fresh": 12, "plot": 13}, "validation": {"rotten": 21, "fresh": 22, "plot": 23},
               "test": {"rotten": 31, "fresh": 32, "plot": 33}, "test_total": 96}
     return {
-        capstone.ROUTER_ROW: {"accuracy": 0.8111, "macro_f1": 0.8222, "f1": f1, "train_examples": 3000, "epochs": 1,
+        ROUTER_ROW: {"accuracy": 0.8111, "macro_f1": 0.8222, "f1": f1, "train_examples": 3000, "epochs": 1,
                               "temperature": 1.2345, "ece_before": 0.0456, "ece_after": 0.0123, "threshold": 0.8765,
                               "target_precision": 0.95, "coverage": 0.6543, "precision": 0.9432, "to_human": 33,
                               "split_counts": counts, "test_plots_over_2000_chars": 4,
@@ -273,8 +322,8 @@ def _results():
                               "served_max_length": 384, "bound_confidence": 0.95, "validation_correct": 512,
                               "validation_routed": 530, "validation_lower_bound": 0.9512,
                               "precision_interval": [0.9123, 0.9634], "routed": 63,
-                              "threshold_rule": capstone.BOUND_RULE},
-        capstone.TFIDF_ROW: {"accuracy": 0.7777, "macro_f1": 0.7666, "f1": {"rotten": 0.6, "fresh": 0.7,
+                              "threshold_rule": BOUND_RULE},
+        TFIDF_ROW: {"accuracy": 0.7777, "macro_f1": 0.7666, "f1": {"rotten": 0.6, "fresh": 0.7,
                                                                             "plot": 0.8}},
         "_machine": "x86_64, 2 torch threads", "_measured_on": "2026-01-01",
         "_versions": {"torch": "9.9.9", "transformers": "9.8.7", "tokenizers": "0.65.4"},
@@ -282,54 +331,54 @@ def _results():
 
 
 def test_the_model_card_shows_every_recorded_number():
-    card = capstone.render_model_card(_results())
+    card = render_model_card(_results())
     for number in ("0.8111", "0.8222", "0.7123", "0.8234", "0.9345", "0.7777", "0.7666", "1.2345", "0.0456",
                    "0.0123", "0.8765", "0.95", "0.6543", "0.9432", "33 of 96", "3,000", "rotten 31, fresh 32, plot 33",
                    "4 of the 33", "2026-01-01", "rotten 17 of 31, fresh 14 of 32, plot 2 of 33", "2 of the 33",
                    "transformers 9.8.7", "tokenizers 0.65.4", "512 of 530", "0.9512", "No full run"):
         assert number in card, number
-    low, high = capstone.wilson_interval(59, 63)  # precision 0.9432 of 63 routed items: 59 right
+    low, high = wilson_interval(59, 63)  # precision 0.9432 of 63 routed items: 59 right
     assert f"59 right of 63 routed items: 95% Wilson interval {low:.4f} to {high:.4f}" in card
     assert "with no margin" not in card  # the bound rule's row
     plain = _results()
-    del plain[capstone.ROUTER_ROW]["threshold_rule"]
-    assert "with no margin" in capstone.render_model_card(plain)
+    del plain[ROUTER_ROW]["threshold_rule"]
+    assert "with no margin" in render_model_card(plain)
     changed = _results()
-    changed[capstone.ROUTER_ROW]["coverage"] = 0.5
-    assert capstone.render_model_card(changed) != card
+    changed[ROUTER_ROW]["coverage"] = 0.5
+    assert render_model_card(changed) != card
 
 
 def test_the_model_card_reports_the_full_run_met_or_not_and_by_which_rule():
     old_rule = _results()
-    old_rule[capstone.ROUTER_ROW] = {**old_rule[capstone.ROUTER_ROW], "precision": 0.9297, "routed": 953,
+    old_rule[ROUTER_ROW] = {**old_rule[ROUTER_ROW], "precision": 0.9297, "routed": 953,
                                      "train_examples": 10938}
-    del old_rule[capstone.ROUTER_ROW]["threshold_rule"]
-    card = capstone.render_model_card(_results(), full=old_rule)
-    low, high = capstone.wilson_interval(886, 953)  # 0.9297 of 953 routed items: 886 right
+    del old_rule[ROUTER_ROW]["threshold_rule"]
+    card = render_model_card(_results(), full=old_rule)
+    low, high = wilson_interval(886, 953)  # 0.9297 of 953 routed items: 886 right
     for words in ("all 10,938 train items", "0.9297", f"{low:.4f} to {high:.4f}", "**missed**", "plain rule",
                   "not been repeated"):
         assert words in card, words
     met = _results()
-    met[capstone.ROUTER_ROW].update(precision=0.98, routed=2000)  # interval 0.9731 to 0.9854: all above 0.95
-    card = capstone.render_model_card(_results(), full=met)
+    met[ROUTER_ROW].update(precision=0.98, routed=2000)  # interval 0.9731 to 0.9854: all above 0.95
+    card = render_model_card(_results(), full=met)
     assert "**met**" in card and "Wilson lower bound of validation precision reached 0.95" in card
     unsettled = _results()  # the book's full run of 2026-12-06: 792 of 827 right, interval 0.9417 to 0.9694
-    unsettled[capstone.ROUTER_ROW].update(precision=792 / 827, routed=827)
-    card = capstone.render_model_card(_results(), full=unsettled)
+    unsettled[ROUTER_ROW].update(precision=792 / 827, routed=827)
+    card = render_model_card(_results(), full=unsettled)
     assert "**cannot say**" in card and "above the 0.95 target" in card and "**met**" not in card
 
 
 def test_the_full_run_line_names_its_library_versions_or_says_they_were_not_recorded():
     full = _results()
     full["_versions"] = {"torch": "9.9.9", "transformers": "1.2.3", "tokenizers": "4.5.6"}
-    line = capstone.full_run_lines(full)[0]
+    line = full_run_lines(full)[0]
     assert "transformers 1.2.3" in line and "tokenizers 4.5.6" in line
     full["_versions"] = {}
-    assert "did not record its transformers and tokenizers versions" in capstone.full_run_lines(full)[0]
+    assert "did not record its transformers and tokenizers versions" in full_run_lines(full)[0]
 
 
 def test_the_stored_model_card_is_what_the_results_file_gives():
-    assert capstone.write_model_card(check=True) == 0, "run `python -m behind_pipeline.capstone --card`"
+    assert write_model_card(check=True) == 0, "run `python -m behind_pipeline.capstone --card`"
 
 
 # --- Exercise 1: per-queue thresholds -----------------------------------------------------------------------------
@@ -338,7 +387,7 @@ def test_the_stored_model_card_is_what_the_results_file_gives():
 def per_queue(probs, labels, target, mistake=None):
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).reshape(-1)
     if mistake == "global":
-        return [capstone.threshold_for_precision(capstone.triage_curve(probs, labels), target)] * probs.shape[1]
+        return [threshold_for_precision(triage_curve(probs, labels), target)] * probs.shape[1]
     predicted = probs.argmax(axis=1)
     out = []
     for queue in range(probs.shape[1]):
@@ -346,7 +395,7 @@ def per_queue(probs, labels, target, mistake=None):
         if not mine.any():
             out.append(math.inf)
             continue
-        curve = capstone.triage_curve(probs[mine], labels[mine])
+        curve = triage_curve(probs[mine], labels[mine])
         if mistake == "first_drop":  # walk down from the highest threshold, stop at the first one below the target
             kept = math.inf
             for threshold, precision in zip(curve["threshold"], curve["precision"], strict=True):
@@ -431,7 +480,7 @@ def test_per_queue_checker_names_the_chapters_bound_rule():
     def bound_rule(p, y, t):
         p, y = np.asarray(p, dtype=np.float64), np.asarray(y).reshape(-1)
         predicted = p.argmax(axis=1)
-        return [capstone.threshold_for_precision_bound(capstone.triage_curve(p[predicted == q], y[predicted == q]), t)
+        return [threshold_for_precision_bound(triage_curve(p[predicted == q], y[predicted == q]), t)
                 if (predicted == q).any() else math.inf for q in range(p.shape[1])]
 
     assert_rejected(check_per_queue_thresholds(bound_rule), "bound rule", "measured precision")
@@ -442,7 +491,7 @@ def test_a_queue_nobody_is_predicted_into_is_named_when_the_answer_raises_there(
     def unguarded(p, y, t):
         p, y = np.asarray(p, dtype=np.float64), np.asarray(y).reshape(-1)
         predicted = p.argmax(axis=1)
-        return [capstone.threshold_for_precision(capstone.triage_curve(p[predicted == q], y[predicted == q]), t)
+        return [threshold_for_precision(triage_curve(p[predicted == q], y[predicted == q]), t)
                 for q in range(p.shape[1])]
 
     assert_rejected(check_per_queue_thresholds(unguarded), "raised IndexError", "queue 2", "math.inf")
@@ -572,7 +621,7 @@ def test_cost_checker_never_raises():
 
 def test_the_package_drift_monitor_on_a_hand_made_stream():
     probs = [[0.2, 0.8, 0.0], [1.0, 0.0, 0.0], [0.5, 0.25, 0.25]]
-    assert capstone.drift_monitor(probs, 0.8, 2, 4) == [
+    assert drift_monitor(probs, 0.8, 2, 4) == [
         {"size": 2, "coverage": 1.0, "mix": [0.5, 0.5, 0.0], "histogram": [0, 0, 0, 2]},
         {"size": 1, "coverage": 0.0, "mix": [1.0, 0.0, 0.0], "histogram": [0, 0, 1, 0]}]
 
@@ -837,16 +886,16 @@ def test_the_http_service_routes_the_golden_near_threshold_and_long_items():
 
     from behind_pipeline.service.local import start_server
 
-    golden = json.loads((capstone.GOLDEN_DIR / capstone.ROUTES_GOLDEN).read_text())
+    golden = json.loads((GOLDEN_DIR / ROUTES_GOLDEN).read_text())
     records = golden["records"]
-    triage = capstone.read_triage(capstone.ensure_router())
+    triage = read_triage(ensure_router())
     assert (golden["threshold"], golden["temperature"]) == (triage["threshold"], triage["temperature"]), (
         "the router's triage settings changed: refresh the golden files and review the diff")
     confidences = [max(record["probs"]) for record in records]
     assert sum(c >= golden["threshold"] for c in confidences) >= 3 and sum(
         c < golden["threshold"] for c in confidences) >= 3  # both sides of the threshold are exercised
-    assert sum(len(record["text"]) > capstone.LONG_CHARS for record in records) >= 1
-    with start_server({"BTP_SERVICE_MODEL": str(capstone.ensure_router())}) as server:
+    assert sum(len(record["text"]) > LONG_CHARS for record in records) >= 1
+    with start_server({"BTP_SERVICE_MODEL": str(ensure_router())}) as server:
         health = httpx.get(f"{server.url}/health", timeout=30).json()
         answer = httpx.post(f"{server.url}/predict", timeout=120,
                             json={"texts": [record["text"] for record in records], "top_k": None})
@@ -857,7 +906,7 @@ def test_the_http_service_routes_the_golden_near_threshold_and_long_items():
     for record, ranked, route in zip(records, body["predictions"], body["routes"], strict=True):
         served = {entry["label"]: entry["score"] for entry in ranked}
         assert ranked[0]["label"] == record["label"], record["text"][:60]
-        assert max(abs(served[name] - p) for name, p in zip(capstone.QUEUE_NAMES, record["probs"], strict=True)
+        assert max(abs(served[name] - p) for name, p in zip(QUEUE_NAMES, record["probs"], strict=True)
                    ) <= golden["tolerance"]
         assert route["queue"] == record["route"], (record["text"][:60], route, max(record["probs"]))
         assert route["confidence"] == pytest.approx(max(served.values()), abs=1e-9)

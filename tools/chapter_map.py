@@ -34,7 +34,7 @@ TEACHES = {
     "16_bitsandbytes": ["bnb.py"],
     "17_onnx": ["onnx_export.py"],
     "18_serving": ["service/"],
-    "19_capstone": ["capstone.py"],
+    "19_capstone": ["capstone/"],
     "20_scaling_out": ["service/ray_app.py", "service/ray_bench.py", "scale_out.py"],
 }
 # Modules no single chapter teaches: the foundation every chapter stands on, and the checkers' shared core.

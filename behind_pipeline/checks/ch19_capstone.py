@@ -23,7 +23,7 @@ import numpy as np
 import scipy.stats
 import torch
 
-from behind_pipeline.capstone import threshold_for_precision, threshold_for_precision_bound, triage_curve
+from behind_pipeline.capstone.triage import threshold_for_precision, threshold_for_precision_bound, triage_curve
 from behind_pipeline.checks._core import CheckReport, as_tensor, is_stub
 
 # --- shared -----------------------------------------------------------------------------------------------------

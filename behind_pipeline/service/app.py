@@ -89,7 +89,7 @@ def answer(logits: torch.Tensor, id2label: dict, top_k: int | None, served: Serv
     if served.routing is None:
         scores = scores_from_logits(logits)
     else:
-        from behind_pipeline.capstone import routes as route_each
+        from behind_pipeline.capstone.triage import routes as route_each
 
         scores = scores_from_logits(logits.double() / served.routing.temperature)
         routes = [Route(**route) for route in route_each(scores.numpy(), served.routing.threshold, id2label)]
@@ -134,9 +134,9 @@ def load_routing(settings: ServiceSettings) -> Routing | None:
     from behind_pipeline.models import classifier_id
 
     folder = Path(settings.model or classifier_id())
-    if not (folder / "triage.json").is_file():  # capstone.TRIAGE_FILE: a classifier's start-up skips the import
+    if not (folder / "triage.json").is_file():  # capstone.triage.TRIAGE_FILE: a classifier's start-up skips the import
         return None
-    from behind_pipeline.capstone import read_triage
+    from behind_pipeline.capstone.triage import read_triage
 
     saved = read_triage(folder)
     return None if saved is None else Routing(**{name: saved[name] for name in Routing.model_fields})
