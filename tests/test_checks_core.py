@@ -283,3 +283,107 @@ def test_an_index_into_an_empty_array_is_told_it_is_empty_not_a_wrong_axis():
         np.zeros((2, 3)).argmax(axis=2)
     except Exception as error:  # a real wrong axis keeps its hint
         assert "axis does not exist" in error_hint(error)
+
+
+# --- the two steps most checkers share: naming the mistake behind a wrong answer, one case's answer as a tensor ---
+
+
+def _near(answer, wrong) -> bool:
+    return abs(answer - wrong) < 1e-6
+
+
+def test_named_mistakes_names_every_mistake_the_answer_matches_in_the_dicts_order():
+    from behind_pipeline.checks._core import named_mistakes
+
+    mistakes = {"forgot the bias": 0.25, "used the mean": 0.5, "divided by n": 0.25, "took the max": 0.9}
+    assert named_mistakes(0.25, mistakes, _near) == ["forgot the bias", "divided by n"]
+    assert named_mistakes(0.9, mistakes, _near) == ["took the max"]
+    assert named_mistakes(0.3, mistakes, _near) == []
+    assert named_mistakes(0.25, {}, _near) == []
+
+
+def test_named_mistakes_leaves_out_a_mistake_that_gives_the_right_answer_here():
+    from behind_pipeline.checks._core import named_mistakes
+
+    # In this case "divided by n" gives the expected 0.25 too: an answer of 0.25 is right, not that mistake.
+    mistakes = {"divided by n": 0.25, "used the mean": 0.5}
+    assert named_mistakes(0.25, mistakes, _near, expected=0.25) == []
+    assert named_mistakes(0.5, mistakes, _near, expected=0.25) == ["used the mean"]
+    assert named_mistakes(0.25, mistakes, _near) == ["divided by n"]  # without expected, it is named
+
+
+@pytest.mark.parametrize("answer", [float("nan"), "0.25", None, Ellipsis, [0.25, 0.5], {"value": 0.25},
+                                    torch.zeros(3, 2), np.zeros(4)])
+def test_named_mistakes_never_raises_on_an_answer_of_another_kind(answer):
+    from behind_pipeline.checks._core import named_mistakes
+
+    numbers = {"forgot the bias": 0.25, "used the mean": 0.5}
+    tensors = {"the padding took part": torch.ones(2, 2), "the mask was inverted": torch.zeros(2, 2)}
+
+    def same_tensor(value, wrong):
+        return torch.allclose(torch.as_tensor(value, dtype=wrong.dtype), wrong)
+
+    assert named_mistakes(answer, numbers, _near, expected=0.75) == []
+    assert named_mistakes(answer, tensors, same_tensor) == []
+
+
+def test_named_mistakes_compares_tensors_with_the_matcher_given():
+    from behind_pipeline.checks._core import named_mistakes
+
+    expected = torch.tensor([[0.1, 0.9]])
+    mistakes = {"no softmax": torch.tensor([[-2.0, 2.0]]), "softmax over the batch": torch.tensor([[1.0, 1.0]])}
+
+    def close(answer, wrong):
+        return torch.allclose(answer, wrong, atol=1e-4)
+
+    assert named_mistakes(torch.tensor([[-2.0, 2.00001]]), mistakes, close, expected) == ["no softmax"]
+    assert named_mistakes(torch.tensor([[1.0, 1.0]]), mistakes, close, expected) == ["softmax over the batch"]
+    assert named_mistakes(expected, mistakes, close, expected) == []
+    assert named_mistakes(torch.ones(3), mistakes, close, expected) == []  # allclose raises on (3,) against (1, 2)
+
+
+def _square(values):
+    return [value * value for value in values]
+
+
+def _ragged(values):
+    return [[1.0, 2.0], [3.0]]
+
+
+def _raises(values):
+    raise ValueError("a bug in the learner's code")
+
+
+def _nothing(values):
+    return None
+
+
+def _call_then_tensor(report, function, *args, shape):
+    """What checkers did before ``tensor_answer``: ``call``, then ``tensor``; the helper must write the same lines."""
+    answer = report.call(function, *args, name="square")
+    return None if answer is Ellipsis else report.tensor(answer, "the squares", shape=shape)
+
+
+@pytest.mark.parametrize("function", [_square, _ragged, _raises, _nothing, Ellipsis, None])
+@pytest.mark.parametrize("shape", [None, (3,), (2, 2)])
+def test_tensor_answer_writes_what_call_then_tensor_write(function, shape):
+    helper, by_hand = CheckReport("demo"), CheckReport("demo")
+    got = helper.tensor_answer(function, [1, 2, 3], name="square", what="the squares", shape=shape)
+    want = _call_then_tensor(by_hand, function, [1, 2, 3], shape=shape)
+    assert helper.lines == by_hand.lines and helper.failures == by_hand.failures
+    assert (got is None) == (want is None)
+    if want is not None:
+        assert torch.equal(got, want)
+
+
+def test_tensor_answer_returns_the_answer_as_float64_or_none_with_the_reason():
+    report = CheckReport("demo")
+    squares = report.tensor_answer(_square, [1, 2, 3], name="square", what="the squares", shape=(3,))
+    assert squares.dtype == torch.float64 and squares.tolist() == [1.0, 4.0, 9.0] and not report.lines
+    assert report.tensor_answer(_square, [1, 2, 3], name="square", what="the squares", shape=(2,)) is None
+    assert report.tensor_answer(_raises, [1], name="square", what="the squares") is None
+    assert report.tensor_answer(_ragged, [1], name="square", what="the squares") is None
+    text = repr(report)
+    assert "the squares has shape (3,), expected (2,)" in text
+    assert "square(...) raised ValueError: a bug in the learner's code" in text
+    assert "the squares should be a tensor" in text and report.failures == 3

@@ -86,6 +86,14 @@ class CheckReport:
         tensor = self.tensor(value, name, shape=())
         return None if tensor is None else tensor.item()
 
+    def tensor_answer(self, function, *args, name: str, what: str, shape: tuple | None = None) -> torch.Tensor | None:
+        """The learner's answer to one case as a tensor: ``function(*args)`` through :meth:`call`, then
+        :meth:`tensor` under the name ``what``. None when either wrote a FIX line (the call raised or returned
+        nothing; the answer is no tensor, or not of ``shape``): the case loops of chapters 3, 8, 10, 13 and 16 stop
+        there."""
+        answer = self.call(function, *args, name=name)
+        return None if answer is Ellipsis else self.tensor(answer, what, shape=shape)
+
     def collection(self, value, kind: type, message: str):
         """``kind(value)`` (``list``, ``set``) for a learner's answer, or None and the FIX line ``message``: a value
         that is not iterable, or an iterable that raises while it is read (a generator), never escapes the
@@ -255,6 +263,28 @@ def allclose(value, expected: torch.Tensor, atol: float = 1e-5) -> bool:
     tensor = as_tensor(value, dtype=torch.float64)
     return (tensor is not None and tensor.shape == expected.shape
             and bool(torch.allclose(tensor, expected.double(), atol=atol)))
+
+
+_NOT_GIVEN = object()
+
+
+def named_mistakes(answer, mistakes: dict, matches, expected=_NOT_GIVEN) -> list[str]:
+    """The messages of ``mistakes`` (``{message: what that mistake returns}``) whose wrong value the learner's
+    ``answer`` matches, in the dict's order, e.g. ``named_mistakes(0.5, {"a": 0.5, "b": 0.7, "c": 0.5}, lambda x, w:
+    abs(x - w) < 1e-6)`` is ``["a", "c"]``. The checkers of chapters 2-4, 6, 7 and 10-17 name mistakes this way.
+
+    ``matches(answer, wrong)`` compares. With ``expected`` given, a mistake whose wrong value ``matches(wrong,
+    expected)`` gives the right answer in this case, so it is not named. Never raises: a comparison that raises (an
+    answer of another type or shape than the mistake's) is no match.
+    """
+    named = []
+    for message, wrong in mistakes.items():
+        try:
+            if matches(answer, wrong) and (expected is _NOT_GIVEN or not matches(wrong, expected)):
+                named.append(message)
+        except Exception:  # an answer of any type must not crash the checker
+            continue
+    return named
 
 
 def tensor_of_shape(report: CheckReport, value, shape: tuple, name: str) -> bool:

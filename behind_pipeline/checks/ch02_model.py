@@ -12,13 +12,14 @@ import copy
 import functools
 import inspect
 import math
+import operator
 import sys
 from collections.abc import Mapping
 
 import torch
 
 from behind_pipeline import bert_by_hand
-from behind_pipeline.checks._core import CheckReport, as_tensor, course_encoder
+from behind_pipeline.checks._core import CheckReport, as_tensor, course_encoder, named_mistakes
 
 TOLERANCE = 1e-4
 # The package's own versions of what exercises 2 and 3 ask for: an answer may use the chapter's small pieces
@@ -47,6 +48,19 @@ def _never_raises(checker):
             return report
 
     return safe
+
+
+def _check_each_case(report: CheckReport, function, name: str, cases, check_case) -> CheckReport:
+    """``check_case(report, function, case)`` for each of ``cases()``, each case writing its own lines; the loop ends
+    once ``function`` turns out unwritten (a stub, or a body that returns None), which every later case would repeat.
+    """
+    if not report.answered(function, name):
+        return report
+    for case in cases():
+        check_case(report, function, case)
+        if any("still `...`" in line or "returned None" in line for line in report.lines):
+            break
+    return report
 
 
 def _call_watching(report: CheckReport, function, arguments: tuple, name: str, answers: tuple[str, ...]):
@@ -163,30 +177,29 @@ def _library_parameters(config) -> int:
         return sum(p.numel() for p in BertModel(config).parameters())
 
 
-def _parameter_mistakes(config, expected: int) -> dict[int, str]:
-    """What a typical wrong formula gives for ``config``, and the hint for it."""
+def _parameter_mistakes(config, expected: int) -> dict[str, int]:
+    """What a typical wrong formula gives for ``config``, keyed by the hint for it (a formula that gives
+    ``expected`` for this config is no mistake here: ``named_mistakes`` leaves it out)."""
     h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     one_layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * 2 * h
-    mistakes = {
-        expected - (h * h + h): "the pooler is missing: BertModel ends with pooler.dense (hidden -> hidden, with bias)",
-        expected - 2 * 2 * h * layers - 2 * h: "the LayerNorms are missing (a weight and a bias of hidden_size each: "
-                                               "2 per layer, 1 after the embeddings)",
-        expected - 2 * 2 * h * layers: "the layers' LayerNorms are missing (2 per layer, weight and bias each)",
-        expected - 2 * h: "the embeddings' LayerNorm is missing (weight and bias of hidden_size)",
-        expected - layers * (4 * h + i + h) - h: "the biases are missing: every Linear has one per output unit",
-        expected - config.max_position_embeddings * h: "the position table is missing "
-                                                        "(max_position_embeddings rows of hidden_size)",
-        expected - config.type_vocab_size * h: "the token-type table is missing (type_vocab_size rows of hidden_size)",
-        expected - (layers - 1) * one_layer: "only one layer is counted: multiply by num_hidden_layers",
-        expected + (2 - config.type_vocab_size) * h: "the token-type table has config.type_vocab_size rows, not 2",
-        expected + (30522 - config.vocab_size) * h: "the word table has config.vocab_size rows, not 30,522",
-        expected + (512 - config.max_position_embeddings) * h: "the position table has "
-                                                               "config.max_position_embeddings rows, not 512",
-        expected + layers * (2 * h + 1) * (4 * h - i): "the feed-forward size is config.intermediate_size, which "
-                                                       "need not be 4 * hidden_size",
+    return {
+        "the pooler is missing: BertModel ends with pooler.dense (hidden -> hidden, with bias)": expected - (h * h + h),
+        "the LayerNorms are missing (a weight and a bias of hidden_size each: 2 per layer, 1 after the embeddings)":
+            expected - 2 * 2 * h * layers - 2 * h,
+        "the layers' LayerNorms are missing (2 per layer, weight and bias each)": expected - 2 * 2 * h * layers,
+        "the embeddings' LayerNorm is missing (weight and bias of hidden_size)": expected - 2 * h,
+        "the biases are missing: every Linear has one per output unit": expected - layers * (4 * h + i + h) - h,
+        "the position table is missing (max_position_embeddings rows of hidden_size)":
+            expected - config.max_position_embeddings * h,
+        "the token-type table is missing (type_vocab_size rows of hidden_size)": expected - config.type_vocab_size * h,
+        "only one layer is counted: multiply by num_hidden_layers": expected - (layers - 1) * one_layer,
+        "the token-type table has config.type_vocab_size rows, not 2": expected + (2 - config.type_vocab_size) * h,
+        "the word table has config.vocab_size rows, not 30,522": expected + (30522 - config.vocab_size) * h,
+        "the position table has config.max_position_embeddings rows, not 512":
+            expected + (512 - config.max_position_embeddings) * h,
+        "the feed-forward size is config.intermediate_size, which need not be 4 * hidden_size":
+            expected + layers * (2 * h + 1) * (4 * h - i),
     }
-    mistakes.pop(expected, None)  # a "mistake" that changes nothing for this config is no mistake here
-    return mistakes
 
 
 @_never_raises
@@ -206,8 +219,8 @@ def check_bert_parameter_count(bert_parameter_count) -> CheckReport:
             report.ok(f"{name}: {expected:,} parameters, as BertModel(config) has")
         elif got != int(got):
             report.fail(f"{name}: {got} is not a whole number: parameters are counted, not estimated")
-        elif int(got) in _parameter_mistakes(config, expected):
-            report.fail(f"{name}: {int(got):,}: {_parameter_mistakes(config, expected)[int(got)]}")
+        elif named := named_mistakes(int(got), _parameter_mistakes(config, expected), operator.eq, expected):
+            report.fail(f"{name}: {int(got):,}: {named[0]}")
         else:
             report.fail(f"{name}: got {int(got):,}, BertModel(config) has {expected:,} "
                         f"({'more' if got < expected else 'fewer'} than you count)")
@@ -238,22 +251,22 @@ def _attention_cases():
     )
 
 
-def _attention_variants(hidden, weights, prefix, config, mask):
-    """Probabilities of typical mistakes: (probs, hint) pairs, checked in this order."""
+def _attention_variants(hidden, weights, prefix, config, mask) -> dict[str, torch.Tensor]:
+    """The probabilities typical mistakes give, keyed by the hint that names each, checked in this order."""
     heads, hidden_size = config.num_attention_heads, hidden.shape[-1]
     projections = [bert_by_hand.linear(hidden, weights, f"{prefix}.self.{name}") for name in ("query", "key")]
     query, key = (bert_by_hand.split_heads(p, heads) for p in projections)
     scores = query @ key.transpose(-2, -1)  # (batch, heads, seq, seq), not yet scaled
     batch, seq, _ = hidden.shape
     query_t, key_t = (p.reshape(batch, heads, seq, hidden_size // heads) for p in projections)
-    return (
-        (torch.softmax(scores + mask, dim=-1), "the scores are not scaled: divide Q K^T by sqrt(d_head)"),
-        (torch.softmax(scores / math.sqrt(hidden_size) + mask, dim=-1),
-         "the scores are divided by sqrt(hidden_size): divide by sqrt(d_head) = sqrt(hidden_size / heads)"),
-        (torch.softmax(query_t @ key_t.transpose(-2, -1) / math.sqrt(hidden_size // heads) + mask, dim=-1),
-         "the heads mix tokens: view as (batch, seq, heads, d_head), then .transpose(1, 2); a straight view to "
-         "(batch, heads, seq, d_head) has the right shape and the wrong values"),
-    )
+    return {
+        "the scores are not scaled: divide Q K^T by sqrt(d_head)": torch.softmax(scores + mask, dim=-1),
+        "the scores are divided by sqrt(hidden_size): divide by sqrt(d_head) = sqrt(hidden_size / heads)":
+            torch.softmax(scores / math.sqrt(hidden_size) + mask, dim=-1),
+        "the heads mix tokens: view as (batch, seq, heads, d_head), then .transpose(1, 2); a straight view to "
+        "(batch, heads, seq, d_head) has the right shape and the wrong values":
+            torch.softmax(query_t @ key_t.transpose(-2, -1) / math.sqrt(hidden_size // heads) + mask, dim=-1),
+    }
 
 
 def _check_attention_case(report, attention_block, case) -> None:
@@ -293,10 +306,9 @@ def _check_attention_case(report, attention_block, case) -> None:
                     "(1 - attention_mask) times a huge negative number to the scores, shaped (batch, 1, 1, seq) so it "
                     "blocks keys (columns), not queries")
     elif not _close(probs, expected_probs):
-        variants = _attention_variants(hidden, weights, prefix, config, mask)
-        hint = next((hint for variant, hint in variants if _close(probs, variant)), None)
-        report.fail(f"{where}: " + (hint or "probs differ from softmax(Q K^T / sqrt(d_head) + mask) by up to "
-                                            f"{_max_diff(probs, expected_probs):.1e}"))
+        named = named_mistakes(probs, _attention_variants(hidden, weights, prefix, config, mask), _close)
+        report.fail(f"{where}: " + (named[0] if named else "probs differ from softmax(Q K^T / sqrt(d_head) + mask) "
+                                                           f"by up to {_max_diff(probs, expected_probs):.1e}"))
     output = report.tensor(output, f"{where}: output", shape=(batch, seq, hidden_size))
     if output is None:
         return
@@ -325,14 +337,8 @@ def _check_attention_case(report, attention_block, case) -> None:
 @_never_raises
 def check_attention_block(attention_block) -> CheckReport:
     """``attention_block(hidden, weights, prefix, config, attention_mask) -> (output, probs)`` for any head count."""
-    report = CheckReport("The attention block, with a padding mask")
-    if not report.answered(attention_block, "attention_block"):
-        return report
-    for case in _attention_cases():
-        _check_attention_case(report, attention_block, case)
-        if any("still `...`" in line or "returned None" in line for line in report.lines):
-            break
-    return report
+    return _check_each_case(CheckReport("The attention block, with a padding mask"), attention_block,
+                            "attention_block", _attention_cases, _check_attention_case)
 
 
 # --- exercise 3: the whole encoder ------------------------------------------------------------------------------
@@ -562,11 +568,5 @@ def _check_left_pad_vectors(report, where, model, sequences, fields) -> None:
 def check_left_pad(left_pad) -> CheckReport:
     """``left_pad(sequences, pad_token_id)`` -> dict of (batch, longest) ``input_ids``, ``attention_mask``,
     ``position_ids``, padded on the left, positions counted from each sequence's first real token."""
-    report = CheckReport("Left padding with position ids")
-    if not report.answered(left_pad, "left_pad"):
-        return report
-    for case in _left_pad_cases():
-        _check_left_pad_case(report, left_pad, case)
-        if any("still `...`" in line or "returned None" in line for line in report.lines):
-            break
-    return report
+    return _check_each_case(CheckReport("Left padding with position ids"), left_pad, "left_pad", _left_pad_cases,
+                            _check_left_pad_case)

@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from behind_pipeline.checks._core import CheckReport, course_encoder
+from behind_pipeline.checks._core import CheckReport, course_encoder, named_mistakes
 
 # ---------------------------------------------------------------------------------------------------------------
 # Exercise 1: a classifier for other labels, from the same body
@@ -196,9 +196,9 @@ def _feature_mistake(result: torch.Tensor, states: torch.Tensor, mask: torch.Ten
         "you took the last real token; [CLS] is the first token, position 0": states[torch.arange(len(mask)), last],
         "that is the [CLS] vector; pooling='mean' averages every real token": states[:, 0],
     }
-    for message, guess in guesses.items():
-        if torch.allclose(result, guess, atol=1e-4):
-            return message
+    named = named_mistakes(result, guesses, lambda answer, guess: torch.allclose(answer, guess, atol=1e-4))
+    if named:
+        return named[0]
     if pooling == "mean":
         inner = mask3.clone()
         inner[:, 0] = 0
@@ -221,10 +221,9 @@ def check_sentence_features(sentence_features) -> CheckReport:
             where = f"pooling={pooling!r}, lengths {lengths}{' (a non-contiguous view)' if view else ''}"
             expected = reference_features(states, mask, pooling).double()
             # clone() keeps a view's strides; the copy keeps an in-place edit from changing our own inputs
-            result = report.call(sentence_features, states.clone(), mask.clone(), pooling, name="sentence_features")
-            if result is Ellipsis:
-                return report
-            result = report.tensor(result, f"{where}: the features", shape=(len(lengths), hidden))
+            result = report.tensor_answer(sentence_features, states.clone(), mask.clone(), pooling,
+                                          name="sentence_features", what=f"{where}: the features",
+                                          shape=(len(lengths), hidden))
             if result is None:
                 return report
             if torch.allclose(result, expected, atol=1e-4):
@@ -337,10 +336,9 @@ def _frozen_features(report: CheckReport, sentence_features, texts: list[str]) -
         states = states.clone()  # a normal tensor again, outside inference mode
         for pooling in features:
             expected = reference_features(states, padded["attention_mask"], pooling).double()
-            value = report.call(sentence_features, states.clone(), padded["attention_mask"].clone(), pooling,
-                                name="sentence_features")
-            value = None if value is Ellipsis else report.tensor(value, f"sentence_features(..., {pooling!r})",
-                                                                 shape=(len(batch), states.shape[-1]))
+            value = report.tensor_answer(sentence_features, states.clone(), padded["attention_mask"].clone(), pooling,
+                                         name="sentence_features", what=f"sentence_features(..., {pooling!r})",
+                                         shape=(len(batch), states.shape[-1]))
             if value is None:
                 return None
             if not torch.allclose(value, expected, atol=1e-4):

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from behind_pipeline.checks._core import CheckReport, course_tokenizer
+from behind_pipeline.checks._core import CheckReport, course_tokenizer, named_mistakes
 from behind_pipeline.runtime import rounded
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -267,8 +267,8 @@ def check_calibration_error(calibration_error) -> CheckReport:
         if abs(got - expected) < 1e-6:
             report.ok(f"{name}: {expected:.4f}")
             continue
-        hints = [why for why, wrong in _wrong_variants(data32, np.asarray(correct), n_bins, strategy).items()
-                 if abs(got - wrong) < 1e-6]
+        hints = named_mistakes(got, _wrong_variants(data32, np.asarray(correct), n_bins, strategy),
+                               lambda answer, wrong: abs(answer - wrong) < 1e-6)
         if not hints and strategy == "quantile" and abs(got - reference_calibration_error(data32, correct, n_bins,
                                                                                          "uniform")) < 1e-6:
             hints = ["that is the equal-width result: with strategy='quantile' the edges are quantiles of the "

@@ -13,7 +13,7 @@ from functools import cache
 import torch
 
 from behind_pipeline.batching import batches_in_order, padding_tokens, tokens_computed
-from behind_pipeline.checks._core import CheckReport, course_encoder, course_tokenizer
+from behind_pipeline.checks._core import CheckReport, course_encoder, course_tokenizer, named_mistakes
 
 # ---------------------------------------------------------------------------------------------------------------
 # Shared helpers
@@ -283,7 +283,7 @@ def _throughput_case(report: CheckReport, throughput, lengths, batches, slowdown
     minima = sum(min(machine.cost(p, b) for p in range(repeats)) for b in range(len(batches)))
     summaries = {"mean of the passes": sum(passes) / repeats, "first pass": passes[0], "last pass": passes[-1],
                  "slowest pass": max(passes)}
-    names = [name for name, value in summaries.items() if _same(seconds, value)]
+    names = named_mistakes(seconds, summaries, _same)
     hints = {
         "seconds": (f"that is the {' and the '.join(names)}: keep the fastest pass" if names else
                     "that adds the fastest time of each batch from different passes: time whole passes"

@@ -10,7 +10,7 @@ is a report line.
 
 import torch
 
-from behind_pipeline.checks._core import CheckReport, as_tensor, course_tokenizer
+from behind_pipeline.checks._core import CheckReport, as_tensor, course_tokenizer, named_mistakes
 from behind_pipeline.pooling import cosine_similarity_matrix, mean_pool
 
 TOLERANCE = 1e-5
@@ -54,10 +54,9 @@ def _max_pool_mistake(result: torch.Tensor, vectors: torch.Tensor, mask: torch.T
         "you kept the padding and dropped the real tokens: fill where attention_mask == 0": vectors.masked_fill(
             mask3 == 1, float("-inf")).amax(1),
     }
-    for hint, value in candidates.items():
-        if torch.allclose(result, value, atol=TOLERANCE, equal_nan=True):
-            return hint
-    return "the values differ from the largest value over each text's real tokens"
+    named = named_mistakes(result, candidates,
+                           lambda answer, value: torch.allclose(answer, value, atol=TOLERANCE, equal_nan=True))
+    return named[0] if named else "the values differ from the largest value over each text's real tokens"
 
 
 def check_max_pool(max_pool) -> CheckReport:
@@ -137,10 +136,9 @@ def _word_mistake(result: torch.Tensor, logits: torch.Tensor, word_ids: list) ->
             [logits[pieces[w]].mean(dim=0) for w in words]),
         "that is each word's last piece; take its first": torch.stack([logits[pieces[w][-1]] for w in words]),
     }
-    for hint, value in candidates.items():
-        if result.shape == value.shape and torch.allclose(result, value, atol=TOLERANCE):
-            return hint
-    return "the rows differ from the first piece of each word, in word order"
+    named = named_mistakes(result, candidates, lambda answer, value: answer.shape == value.shape
+                           and torch.allclose(answer, value, atol=TOLERANCE))
+    return named[0] if named else "the rows differ from the first piece of each word, in word order"
 
 
 def check_word_logits(word_logits) -> CheckReport:
@@ -262,8 +260,8 @@ def check_precision_at_k(precision_at_k) -> CheckReport:
         if abs(value - expected) < TOLERANCE:
             report.ok(f"{where}: {expected:.4f}")
             continue
-        mistakes = _precision_mistakes(embeddings, movies, k)
-        hint = next((hint for hint, wrong in mistakes.items() if abs(value - wrong) < TOLERANCE
-                     and abs(wrong - expected) >= TOLERANCE), "the value differs")
+        named = named_mistakes(value, _precision_mistakes(embeddings, movies, k),
+                               lambda answer, wrong: abs(answer - wrong) < TOLERANCE, expected)
+        hint = named[0] if named else "the value differs"
         report.fail(f"{where}: got {value:.4f}, expected {expected:.4f}: {hint}")
     return report

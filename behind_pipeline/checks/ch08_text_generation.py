@@ -203,11 +203,9 @@ PENALTY_NEW_TOKENS = 16
 
 def _penalty_case(report, repetition_penalty, where, input_ids, logits, penalty) -> bool:
     given_ids, given = input_ids.clone(), logits.clone()
-    result = report.call(repetition_penalty, given_ids, given, penalty, name="repetition_penalty")
-    if result is Ellipsis:
-        return False
     where = f"{where}, penalty={penalty}"
-    values = report.tensor(result, f"{where}: repetition_penalty(...)", shape=tuple(logits.shape))
+    values = report.tensor_answer(repetition_penalty, given_ids, given, penalty, name="repetition_penalty",
+                                  what=f"{where}: repetition_penalty(...)", shape=tuple(logits.shape))
     if values is None:
         return False
     if not torch.equal(given, logits) or not torch.equal(given_ids, input_ids):

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.checks._core import CheckReport, named_mistakes
 
 MIN_ACCURACY = 0.70  # always answering fresh scores 0.646 on the test split
 
@@ -66,10 +66,8 @@ def check_macro_f1_from_confusion(macro_f1_from_confusion) -> CheckReport:
     report = CheckReport("Macro-F1 from a confusion matrix")
     for matrix in CONFUSIONS:
         confusion = np.array(matrix)
-        result = report.call(macro_f1_from_confusion, confusion.copy(), name="macro_f1_from_confusion")
-        if result is Ellipsis:
-            return report
-        value = report.tensor(result, f"macro_f1_from_confusion({matrix})", shape=())
+        value = report.tensor_answer(macro_f1_from_confusion, confusion.copy(), name="macro_f1_from_confusion",
+                                     what=f"macro_f1_from_confusion({matrix})", shape=())
         if value is None:
             return report
         gold, predicted = _labels_from_confusion(confusion)
@@ -79,7 +77,8 @@ def check_macro_f1_from_confusion(macro_f1_from_confusion) -> CheckReport:
                         "as scikit-learn does")
             return report
         if abs(float(value) - expected) > 1e-6:
-            mistakes = [why for why, other in _other_averages(confusion).items() if abs(float(value) - other) < 1e-6]
+            mistakes = named_mistakes(float(value), _other_averages(confusion),
+                                      lambda answer, other: abs(answer - other) < 1e-6)
             report.fail(f"{matrix}: got {float(value):.4f}, expected {expected:.4f}"
                         + (f"; {mistakes[0]}" if mistakes else ""))
             return report
@@ -141,12 +140,11 @@ def check_tune_threshold(tune_threshold) -> CheckReport:
     for where, seed, size, share, shift in THRESHOLD_CASES:
         labels, probabilities = _threshold_case(seed, size, share, shift)
         given = (labels.tolist(), probabilities.tolist()) if seed == 0 else (labels.copy(), probabilities.copy())
-        result = report.call(tune_threshold, *given, name="tune_threshold")
-        if result is Ellipsis:
+        value = report.tensor_answer(tune_threshold, *given, name="tune_threshold",
+                                     what=f"{where}: tune_threshold(...)", shape=())
+        if value is None:
             return report
-        threshold = report.scalar(result, f"{where}: tune_threshold(...)")
-        if threshold is None:
-            return report
+        threshold = value.item()
         got = _macro_f1_at(labels, probabilities, threshold)
         macro_f1s, accuracies = _scores_per_threshold(labels, probabilities)
         best = float(macro_f1s.max())
@@ -215,10 +213,8 @@ def check_cluster_bootstrap(cluster_bootstrap) -> CheckReport:
         # Lists in one case, NumPy arrays in the other: both are what a learner may be handed.
         given = [values.tolist() if index == 0 else values.copy()
                  for values in (labels, predictions_a, predictions_b, groups)]
-        result = report.call(cluster_bootstrap, *given, BOOTSTRAP_RESAMPLES, 0, name="cluster_bootstrap")
-        if result is Ellipsis:
-            return report
-        bounds = report.tensor(result, f"{where}: cluster_bootstrap(...)", shape=(2,))
+        bounds = report.tensor_answer(cluster_bootstrap, *given, BOOTSTRAP_RESAMPLES, 0, name="cluster_bootstrap",
+                                      what=f"{where}: cluster_bootstrap(...)", shape=(2,))
         if bounds is None:
             return report
         low, high = float(bounds[0]), float(bounds[1])
@@ -300,10 +296,8 @@ def _test_predictions(report: CheckReport, model) -> torch.Tensor | None:
         report.fail("bigram_model has no predict(): fit a scikit-learn pipeline ending in LogisticRegression, as the "
                     "chapter does")
         return None
-    predictions = report.call(predict, list(texts), name="bigram_model.predict")
-    if predictions is Ellipsis:
-        return None
-    return report.tensor(predictions, "bigram_model.predict(test texts)", shape=(len(texts),))
+    return report.tensor_answer(predict, list(texts), name="bigram_model.predict",
+                                what="bigram_model.predict(test texts)", shape=(len(texts),))
 
 
 def check_bigram_against_unigram(cluster_bootstrap, bigram_model) -> CheckReport:
@@ -336,11 +330,9 @@ def check_bigram_against_unigram(cluster_bootstrap, bigram_model) -> CheckReport
                                                                                        bigram)):
         report.ok(f"{name}: accuracy {np.mean(predictions == gold):.4f}, macro-F1 "
                   f"{f1_score(gold, predictions, average='macro'):.4f}, predicted fresh {np.mean(predictions):.1%}")
-    result = report.call(cluster_bootstrap, gold.tolist(), bigram.tolist(), unigram.tolist(), list(movies),
-                         BOOTSTRAP_RESAMPLES, 0, name="cluster_bootstrap")
-    if result is Ellipsis:
-        return report
-    bounds = report.tensor(result, "cluster_bootstrap(...)", shape=(2,))
+    bounds = report.tensor_answer(cluster_bootstrap, gold.tolist(), bigram.tolist(), unigram.tolist(), list(movies),
+                                  BOOTSTRAP_RESAMPLES, 0, name="cluster_bootstrap", what="cluster_bootstrap(...)",
+                                  shape=(2,))
     if bounds is None:
         return report
     from behind_pipeline.metrics import cluster_bootstrap_interval

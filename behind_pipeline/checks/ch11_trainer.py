@@ -8,6 +8,7 @@ every case in ``tests/test_ch11_trainer.py``.
 """
 
 import math
+import operator
 from typing import NamedTuple
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.checks._core import CheckReport, named_mistakes
 
 COURSE_ID2LABEL = {0: "rotten", 1: "fresh"}
 THREE_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
@@ -112,6 +113,11 @@ def _metric_mistakes(id2label: dict, logits: np.ndarray, labels: np.ndarray) -> 
     return mistakes
 
 
+def _same_scores(scores: dict, some: dict) -> bool:
+    """Whether ``scores`` hold each of the scores in ``some`` (to 1e-6)."""
+    return all(math.isclose(scores[key], value, abs_tol=1e-6) for key, value in some.items())
+
+
 def check_make_compute_metrics(make_compute_metrics) -> CheckReport:
     """``make_compute_metrics(id2label)`` returns Trainer's hook: macro-F1 and ``recall_<label>`` for each label."""
     report = CheckReport("compute_metrics with per-label recall")
@@ -159,11 +165,12 @@ def check_make_compute_metrics(make_compute_metrics) -> CheckReport:
         if not wrong:
             report.ok(f"{description}: " + ", ".join(f"{key} {value:.4f}" for key, value in expected.items()))
             continue
-        for message, values in _metric_mistakes(id2label, logits, labels).items():
-            if all(math.isclose(numbers[key], value, abs_tol=1e-6) for key, value in values.items()) and any(
-                    not math.isclose(value, expected[key], abs_tol=1e-6) for key, value in values.items()):
-                report.fail(f"{description}: {message}")
-                break
+        # A mistake is named by the scores it changes; one that leaves them right in this case is no mistake here.
+        named = named_mistakes(numbers, _metric_mistakes(id2label, logits, labels),
+                               lambda scores, some, expected=expected: _same_scores(scores, some)
+                               and not _same_scores(expected, some))
+        if named:
+            report.fail(f"{description}: {named[0]}")
         else:
             report.fail(f"{description}: " + ", ".join(f"{key} {numbers[key]:.4f} (expected {expected[key]:.4f})"
                                                        for key in wrong))
@@ -403,8 +410,8 @@ def check_early_stopping_outcome(early_stopping_outcome, real_trainer: bool = Tr
             report.ok(f"{description}: {outcome}")
             passed.append(inputs)
             continue
-        fits = [message for message, mistaken in _early_stopping_mistakes(*inputs).items()
-                if outcome == mistaken and _agrees_where_passed(message, passed)]
+        fits = [message for message in named_mistakes(outcome, _early_stopping_mistakes(*inputs), operator.eq)
+                if _agrees_where_passed(message, passed)]
         if len(fits) == 1:
             report.fail(f"{description}: got {outcome}, expected {expected}: {fits[0]}")
         elif fits:  # two mistakes give the same outcome here: name neither, show the case
@@ -545,9 +552,8 @@ def check_make_weighted_loss(make_weighted_loss, real_trainer: bool = True) -> C
             report.expect(same_gradient, f"{description}: loss {value:.4f} and its gradient as expected",
                           f"{description}: the loss value is right but its gradient differs")
             continue
-        fits = [message for message, wrong in _loss_mistakes(train_labels, num_labels, logits, labels,
-                                                             num_items).items()
-                if math.isclose(value, wrong.item(), abs_tol=1e-5)]
+        fits = named_mistakes(value, _loss_mistakes(train_labels, num_labels, logits, labels, num_items),
+                              lambda answer, wrong: math.isclose(answer, wrong.item(), abs_tol=1e-5))
         report.fail(f"{description}: loss {value:.4f}, expected {expected.item():.4f}"
                     + (f": {fits[0]}" if len(fits) == 1 else ""))
     if real_trainer and report.passed:

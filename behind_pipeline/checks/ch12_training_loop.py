@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from behind_pipeline.checks._core import CheckReport, is_stub
+from behind_pipeline.checks._core import CheckReport, is_stub, named_mistakes
 
 # --- Exercise 1: a cosine schedule with warmup by hand ------------------------------------------------------------
 
@@ -112,10 +112,11 @@ def check_cosine_warmup_lr(cosine_warmup_lr) -> CheckReport:
                       f"equal at steps 0..{steps[-1]}")
             continue
         first = wrong[0]
-        for message, rates in _schedule_mistakes(peak, warmup_steps, total_steps, steps).items():
-            if all(_same_rate(a, b, peak) for a, b in zip(got, rates, strict=True)):
-                report.fail(f"{description}: {message}")
-                break
+        named = named_mistakes(got, _schedule_mistakes(peak, warmup_steps, total_steps, steps),
+                               lambda rates, wrong_rates, peak=peak: all(
+                                   _same_rate(a, b, peak) for a, b in zip(rates, wrong_rates, strict=True)))
+        if named:
+            report.fail(f"{description}: {named[0]}")
         else:
             report.fail(f"{description}: at step {first} got {got[first]:.9g}, the library gives "
                         f"{expected[first]:.9g} ({len(wrong)} of {len(steps)} steps differ)")
@@ -204,11 +205,10 @@ def check_clip_gradients(clip_gradients) -> CheckReport:
         if close and math.isclose(norm.item(), expected_norm, rel_tol=1e-5):
             report.ok(f"{description}: norm {expected_norm:.4f}, gradients equal clip_grad_norm_'s")
             continue
-        wrong_norm = next((message for message, value in _norm_mistakes([before[i].grad for i in trained]).items()
-                           if math.isclose(norm.item(), value, rel_tol=1e-4) and not math.isclose(
-                               value, expected_norm, rel_tol=1e-4)), None)
+        wrong_norm = named_mistakes(norm.item(), _norm_mistakes([before[i].grad for i in trained]),
+                                    lambda answer, value: math.isclose(answer, value, rel_tol=1e-4), expected_norm)
         if wrong_norm:
-            report.fail(f"{description}: the returned norm, {norm.item():.4f}, is {wrong_norm}")
+            report.fail(f"{description}: the returned norm, {norm.item():.4f}, is {wrong_norm[0]}")
             continue
         if close:
             clipped_norm = min(expected_norm, max_norm)
@@ -326,6 +326,11 @@ def _accumulation_mistakes(sizes, seed, lr=0.5) -> dict[str, dict[str, torch.Ten
     }
 
 
+def _same_parameters(got: dict, other: dict) -> bool:
+    """Whether every parameter of ``got`` (a state dict) equals ``other``'s to 1e-6."""
+    return all(torch.allclose(got[name], other[name], atol=1e-6) for name in got)
+
+
 def _watch(model: torch.nn.Module) -> tuple[list, list]:
     """The batch size of every forward of ``model`` and one entry per backward that reaches its first parameter."""
     seen_sizes, backward_passes = [], []
@@ -368,8 +373,7 @@ def check_accumulated_step(accumulated_step) -> CheckReport:
             mistakes = _accumulation_mistakes(sizes, seed)
             message = "the optimizer stepped after each micro-batch: accumulate all, then step once"
             report.fail(f"{description}: optimizer.step() was called {optimizer.steps} times: "
-                        + (message if optimizer.steps == len(sizes) and all(torch.allclose(
-                            got[name], mistakes[message][name], atol=1e-6) for name in got) else
+                        + (message if optimizer.steps == len(sizes) and _same_parameters(got, mistakes[message]) else
                            "call it once, after the last micro-batch"))
             continue
         if optimizer.steps != 1:
@@ -399,22 +403,21 @@ def check_accumulated_step(accumulated_step) -> CheckReport:
             report.ok(f"{description}: parameters equal one step on all {sum(sizes)} examples "
                       f"(max abs diff {diff:.1e}), one optimizer step")
             continue
-        for message, wrong in _accumulation_mistakes(sizes, seed).items():
-            if all(torch.allclose(got[name], wrong[name], atol=1e-6) for name in got):
-                report.fail(f"{description}: {message}")
-                break
+        named = named_mistakes(got, _accumulation_mistakes(sizes, seed), _same_parameters)
+        if named:
+            report.fail(f"{description}: {named[0]}")
+            continue
+        moved = {name: got[name] - initial[name] for name in got}
+        right = {name: expected[name] - initial[name] for name in got}
+        ratio = (sum((moved[n] * right[n]).sum() for n in got) / sum((right[n] ** 2).sum() for n in got)).item()
+        off_line = max((moved[n] - ratio * right[n]).abs().max().item() for n in got)
+        if max(value.abs().max().item() for value in moved.values()) < 1e-9:
+            report.fail(f"{description}: the step did not move the parameters: the gradients were 0 or cleared "
+                        "at optimizer.step() (a loss scale of 0, as len(labels) // total gives, or zero_grad() "
+                        "between backward() and step())")
+        elif off_line < 1e-6:
+            report.fail(f"{description}: the step is {ratio:.3g} times the step on the whole batch: scale each "
+                        "micro-batch's mean loss by len(labels) / total, once")
         else:
-            moved = {name: got[name] - initial[name] for name in got}
-            right = {name: expected[name] - initial[name] for name in got}
-            ratio = (sum((moved[n] * right[n]).sum() for n in got) / sum((right[n] ** 2).sum() for n in got)).item()
-            off_line = max((moved[n] - ratio * right[n]).abs().max().item() for n in got)
-            if max(value.abs().max().item() for value in moved.values()) < 1e-9:
-                report.fail(f"{description}: the step did not move the parameters: the gradients were 0 or cleared "
-                            "at optimizer.step() (a loss scale of 0, as len(labels) // total gives, or zero_grad() "
-                            "between backward() and step())")
-            elif off_line < 1e-6:
-                report.fail(f"{description}: the step is {ratio:.3g} times the step on the whole batch: scale each "
-                            "micro-batch's mean loss by len(labels) / total, once")
-            else:
-                report.fail(f"{description}: parameters differ from one step on the whole batch by up to {diff:.2e}")
+            report.fail(f"{description}: parameters differ from one step on the whole batch by up to {diff:.2e}")
     return report

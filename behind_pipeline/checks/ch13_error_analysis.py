@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.checks._core import CheckReport, named_mistakes
 
 # --- Exercise 1: McNemar's exact test --------------------------------------------------------------------------------
 
@@ -73,20 +73,18 @@ def check_mcnemar_p_value(mcnemar_p_value) -> CheckReport:
     for seed, (both_right, only_a, only_b, both_wrong, kind, description) in enumerate(MCNEMAR_CASES):
         labels, predictions_a, predictions_b = paired_predictions(both_right, only_a, only_b, both_wrong, seed)
         expected = exact_mcnemar(only_a, only_b)
-        got = report.call(mcnemar_p_value, _as(labels, kind), _as(predictions_a, kind), _as(predictions_b, kind),
-                          name="mcnemar_p_value")
-        if got is Ellipsis:
+        answer = report.tensor_answer(mcnemar_p_value, _as(labels, kind), _as(predictions_a, kind),
+                                      _as(predictions_b, kind), name="mcnemar_p_value", what="the p-value", shape=())
+        if answer is None:
             return report
-        value = report.scalar(got, "the p-value")
-        if value is None:
-            return report
+        value = answer.item()
         if math.isclose(value, expected, rel_tol=1e-6, abs_tol=1e-12):
             report.ok(f"{description}: p = {expected:.4g}")
             continue
-        for message, wrong in _mcnemar_mistakes(both_right, only_a, only_b, both_wrong).items():
-            if not math.isclose(wrong, expected, rel_tol=1e-6) and math.isclose(value, wrong, rel_tol=1e-6):
-                report.fail(f"{description}: {message}")
-                break
+        named = named_mistakes(value, _mcnemar_mistakes(both_right, only_a, only_b, both_wrong),
+                               lambda p, wrong: math.isclose(p, wrong, rel_tol=1e-6), expected)
+        if named:
+            report.fail(f"{description}: {named[0]}")
         else:
             report.fail(f"{description}: got p = {value:.6g}, expected {expected:.6g} (b = {only_a}, "
                         f"c = {only_b} disagreements)")
@@ -145,6 +143,12 @@ def _dispersion_mistakes(sizes, wrong) -> dict[str, tuple[float, float]]:
     }
 
 
+def _same_test(result: tuple[float, float], other: tuple[float, float]) -> bool:
+    """Whether two (statistic, p-value) pairs agree: the statistic to 1e-6, the p-value to 1e-5 (relative)."""
+    return math.isclose(result[0], other[0], rel_tol=1e-6) and math.isclose(result[1], other[1], rel_tol=1e-5,
+                                                                            abs_tol=1e-12)
+
+
 def check_dispersion_test(dispersion_test) -> CheckReport:
     """``dispersion_test(movies, errors)`` -> (Pearson's statistic, p-value) against one shared binomial rate."""
     report = CheckReport("Errors clustered by movie: a dispersion test")
@@ -152,32 +156,25 @@ def check_dispersion_test(dispersion_test) -> CheckReport:
         movies, errors = movie_reviews(sizes, wrong, seed)
         expected = _dispersion(sizes, wrong)
         given_errors = [errors, errors.astype(int).tolist(), torch.as_tensor(errors), errors.tolist()][seed % 4]
-        got = report.call(dispersion_test, movies, given_errors, name="dispersion_test")
-        if got is Ellipsis:
-            return report
-        pair = report.tensor(got, "the (statistic, p-value) pair", shape=(2,))
+        pair = report.tensor_answer(dispersion_test, movies, given_errors, name="dispersion_test",
+                                    what="the (statistic, p-value) pair", shape=(2,))
         if pair is None:
             return report
         statistic, p_value = float(pair[0]), float(pair[1])
-        if math.isclose(statistic, expected[0], rel_tol=1e-6) and math.isclose(p_value, expected[1], rel_tol=1e-5,
-                                                                                abs_tol=1e-12):
+        if _same_test((statistic, p_value), expected):
             report.ok(f"{description}: statistic {expected[0]:.2f} on {len(sizes) - 1} degrees of freedom, "
                       f"p = {expected[1]:.3g}")
             continue
-        for message, (wrong_statistic, wrong_p) in _dispersion_mistakes(sizes, wrong).items():
-            same = math.isclose(statistic, wrong_statistic, rel_tol=1e-6) and math.isclose(
-                p_value, wrong_p, rel_tol=1e-5, abs_tol=1e-12)
-            if same:
-                report.fail(f"{description}: {message}")
-                break
+        named = named_mistakes((statistic, p_value), _dispersion_mistakes(sizes, wrong), _same_test)
+        if named:
+            report.fail(f"{description}: {named[0]}")
+        elif not 0 <= p_value <= 1:
+            report.fail(f"{description}: the p-value {p_value:.4g} is not a probability")
+        elif math.isclose(statistic, expected[0], rel_tol=1e-6):
+            report.fail(f"{description}: right statistic, wrong p-value: got {p_value:.6g}, expected "
+                        f"{expected[1]:.6g} (chi-squared with {len(sizes) - 1} degrees of freedom, upper tail)")
         else:
-            if not 0 <= p_value <= 1:
-                report.fail(f"{description}: the p-value {p_value:.4g} is not a probability")
-            elif math.isclose(statistic, expected[0], rel_tol=1e-6):
-                report.fail(f"{description}: right statistic, wrong p-value: got {p_value:.6g}, expected "
-                            f"{expected[1]:.6g} (chi-squared with {len(sizes) - 1} degrees of freedom, upper tail)")
-            else:
-                report.fail(f"{description}: got statistic {statistic:.6g}, expected {expected[0]:.6g}")
+            report.fail(f"{description}: got statistic {statistic:.6g}, expected {expected[0]:.6g}")
         return report
     return report
 

@@ -7,12 +7,13 @@ wrong scale shows), and with factors that are not zero (so the update counts). D
 ``use_dora=True`` layer, outputs and gradients.
 """
 
+import operator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from behind_pipeline.checks._core import NOT_DONE_HINT, CheckReport, describe_error
+from behind_pipeline.checks._core import NOT_DONE_HINT, CheckReport, describe_error, named_mistakes
 from behind_pipeline.lora import LoRALinear, add_lora
 
 # --- Exercise 1: merge a LoRA layer by hand ----------------------------------------------------------------------
@@ -106,13 +107,12 @@ def check_merge_lora(merge_lora) -> CheckReport:
         if not bias and merged.bias is not None and merged.bias.detach().abs().max() > 0:
             report.fail(f"{description}: the base layer has no bias, the merged layer got a non-zero one")
             return report
-        weight = merged.weight.detach().double()
-        for message, wrong in _merged_weights_with_mistakes(layer).items():
-            if torch.allclose(weight, wrong.double(), atol=1e-5) and not torch.allclose(
-                    wrong.double(), (layer.base.weight + layer.scaling * layer.lora_B @ layer.lora_A).double(),
-                    atol=1e-5):
-                report.fail(f"{description}: {message}")
-                return report
+        named = named_mistakes(merged.weight.detach(), _merged_weights_with_mistakes(layer),
+                               lambda weight, wrong: torch.allclose(weight.double(), wrong.double(), atol=1e-5),
+                               layer.base.weight + layer.scaling * layer.lora_B @ layer.lora_A)
+        if named:
+            report.fail(f"{description}: {named[0]}")
+            return report
         try:
             with torch.no_grad():
                 got = merged(x)
@@ -210,11 +210,11 @@ def _dora_outputs_with_mistakes(x, base, A, B, magnitude, alpha, r) -> dict[str,
 
 def _named_mistake(report, description, got, expected, x, base, A, B, magnitude, alpha, r) -> bool:
     """Record a FIX line naming the typical mistake that computes ``got`` (and not ``expected``), if one does."""
-    for message, wrong in _dora_outputs_with_mistakes(x, base, A, B, magnitude, alpha, r).items():
-        if torch.allclose(got, wrong, atol=1e-4) and not torch.allclose(wrong, expected, atol=1e-4):
-            report.fail(f"{description}: {message}")
-            return True
-    return False
+    named = named_mistakes(got, _dora_outputs_with_mistakes(x, base, A, B, magnitude, alpha, r),
+                           lambda output, wrong: torch.allclose(output, wrong, atol=1e-4), expected)
+    if named:
+        report.fail(f"{description}: {named[0]}")
+    return bool(named)
 
 
 def _dora_parts(report, module, base, d_in, d_out, r, description):
@@ -470,10 +470,10 @@ def check_lora_trainable_parameters(lora_trainable_parameters) -> CheckReport:
             report.fail(f"{description}: predicted {value.item():,}, not a whole number: a count of parameters is "
                         "an int (use // or int(...) where a / crept in)")
             return report
-        for message, wrong in _count_mistakes(hidden, layers, intermediate, labels, r, targets).items():
-            if wrong != expected and value.item() == wrong:
-                report.fail(f"{description}: {message}")
-                break
+        named = named_mistakes(value.item(), _count_mistakes(hidden, layers, intermediate, labels, r, targets),
+                               operator.eq, expected)
+        if named:
+            report.fail(f"{description}: {named[0]}")
         else:
             report.fail(f"{description}: predicted {value.item():,.0f}, the model has {expected:,} trainable "
                         "parameters")

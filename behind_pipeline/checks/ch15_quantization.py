@@ -16,7 +16,7 @@ import warnings
 import torch
 from torch.overrides import TorchFunctionMode
 
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.checks._core import CheckReport, named_mistakes
 from behind_pipeline.quantize import nf4_levels
 
 # --- Exercise 1: asymmetric int8, one scale and zero point per output row -----------------------------------------
@@ -324,58 +324,50 @@ def _largest_sum(x: torch.Tensor, weight: torch.Tensor) -> int:
 
 
 def _matmul_hint(x, weight, y, result, tolerance) -> str:
-    def near(candidate):
-        return (y - candidate).abs().max().item() <= tolerance
-
     if isinstance(result, torch.Tensor) and result.dtype in (torch.float16, torch.bfloat16):
         name, digits = ("float16", 3) if result.dtype == torch.float16 else ("bfloat16", 2)
         return f"the result is {name}, which keeps about {digits} significant digits: return it as float32 (`.float()`)"
     (x_int, x_scale), (w_int, w_scale) = _rows_variant(x), _rows_variant(weight)
     sums = (x_int @ w_int.T).double()
-    variants = [
-        (x.double() @ weight.double().T, "it equals the fp32 product x @ W.T: quantize both operands to int8 first"),
-        (x.double() @ (w_int.double() * w_scale).T,
-         "it equals the product of the float x with the int8 W (weight-only quantization): quantize each row of x "
-         "to int8 too"),
-        (x_int.double() * x_scale @ weight.double().T,
-         "it equals the product of the int8 x with the float W: quantize each row of W to int8 too"),
-        (sums, "it equals the integer sums x_int @ w_int.T, never rescaled: multiply entry (i, j) by "
-         "x_scale[i] * w_scale[j]"),
-        (sums * x_scale, "the integer sums are rescaled by x's scales only: multiply entry (i, j) by "
-         "x_scale[i] * w_scale[j]"),
-        (sums * w_scale.T, "the integer sums are rescaled by W's scales only: multiply entry (i, j) by "
-         "x_scale[i] * w_scale[j]"),
-        (_matmul_variant(x, weight, {"divisor": 255}, {"divisor": 255}),
-         "it equals the product with scale max|row| / 255 (the asymmetric exercise's 255 steps): symmetric int8 "
-         "puts max|row| at 127, so scale = max|row| / 127"),
-        ((x_int.half() @ w_int.half().T).double() * (x_scale * w_scale.T),
-         "the integer sums were computed in float16, which holds whole numbers exactly only up to 2,048: multiply "
-         "the integers as torch.int32"),
-        (_per_tensor_matmul(x, weight),
-         "it equals the product with one scale per tensor: take one scale per row of x and of W"),
-        (_matmul_variant(x, weight, x_kind={"per_row": False}),
-         "it equals the product with one scale for all of x (as the chapter's dynamic Linear) and one per row of "
-         "W: give each token, each row of x, its own scale"),
-        (_matmul_variant(x, weight, w_kind={"per_row": False}),
-         "it equals the product with one scale for all of W: give each output row of W its own scale"),
-        (_matmul_variant(x, weight, {"rounding": torch.trunc}, {"rounding": torch.trunc}),
-         "the integers look truncated toward 0 (`.to(torch.int32)` without torch.round, or floor): round first"),
-        (_matmul_variant(x, weight, {"absolute": False}, {"absolute": False}),
-         "it equals the product with scales from max(row) instead of max(|row|): take the absolute value first"),
-        (_matmul_variant(x, weight, {"divisor": 128, "low": -128}, {"divisor": 128, "low": -128}),
-         "it equals the product with scale max|row| / 128 and integers in [-128, 127]: symmetric int8 uses "
-         "max|row| / 127 and [-127, 127], so that -max and max are both stored"),
-        (_matmul_variant(x, weight, wrap_bits=16),
-         f"the integer sums wrapped around at int16's 32,767 (these reach {_largest_sum(x, weight):,}): multiply "
-         "the integers as torch.int32"),
-        (_matmul_variant(x, weight, wrap_bits=8),
-         "the integer sums wrapped around at int8's 127: multiply the integers as torch.int32"),
-    ]
-    for candidate, hint in variants:
-        if near(candidate):
-            return hint
-    return ("quantize each row of x and each row of W with max|row| / 127, multiply the integers "
-            "(int32: int8 sums overflow), then multiply entry (i, j) by x_scale[i] * w_scale[j]")
+    variants = {
+        "it equals the fp32 product x @ W.T: quantize both operands to int8 first": x.double() @ weight.double().T,
+        "it equals the product of the float x with the int8 W (weight-only quantization): quantize each row of x "
+        "to int8 too": x.double() @ (w_int.double() * w_scale).T,
+        "it equals the product of the int8 x with the float W: quantize each row of W to int8 too":
+            x_int.double() * x_scale @ weight.double().T,
+        "it equals the integer sums x_int @ w_int.T, never rescaled: multiply entry (i, j) by "
+        "x_scale[i] * w_scale[j]": sums,
+        "the integer sums are rescaled by x's scales only: multiply entry (i, j) by "
+        "x_scale[i] * w_scale[j]": sums * x_scale,
+        "the integer sums are rescaled by W's scales only: multiply entry (i, j) by "
+        "x_scale[i] * w_scale[j]": sums * w_scale.T,
+        "it equals the product with scale max|row| / 255 (the asymmetric exercise's 255 steps): symmetric int8 "
+        "puts max|row| at 127, so scale = max|row| / 127": _matmul_variant(x, weight, {"divisor": 255},
+                                                                           {"divisor": 255}),
+        "the integer sums were computed in float16, which holds whole numbers exactly only up to 2,048: multiply "
+        "the integers as torch.int32": (x_int.half() @ w_int.half().T).double() * (x_scale * w_scale.T),
+        "it equals the product with one scale per tensor: take one scale per row of x and of W":
+            _per_tensor_matmul(x, weight),
+        "it equals the product with one scale for all of x (as the chapter's dynamic Linear) and one per row of "
+        "W: give each token, each row of x, its own scale": _matmul_variant(x, weight, x_kind={"per_row": False}),
+        "it equals the product with one scale for all of W: give each output row of W its own scale":
+            _matmul_variant(x, weight, w_kind={"per_row": False}),
+        "the integers look truncated toward 0 (`.to(torch.int32)` without torch.round, or floor): round first":
+            _matmul_variant(x, weight, {"rounding": torch.trunc}, {"rounding": torch.trunc}),
+        "it equals the product with scales from max(row) instead of max(|row|): take the absolute value first":
+            _matmul_variant(x, weight, {"absolute": False}, {"absolute": False}),
+        "it equals the product with scale max|row| / 128 and integers in [-128, 127]: symmetric int8 uses "
+        "max|row| / 127 and [-127, 127], so that -max and max are both stored":
+            _matmul_variant(x, weight, {"divisor": 128, "low": -128}, {"divisor": 128, "low": -128}),
+        f"the integer sums wrapped around at int16's 32,767 (these reach {_largest_sum(x, weight):,}): multiply "
+        "the integers as torch.int32": _matmul_variant(x, weight, wrap_bits=16),
+        "the integer sums wrapped around at int8's 127: multiply the integers as torch.int32":
+            _matmul_variant(x, weight, wrap_bits=8),
+    }
+    named = named_mistakes(y, variants, lambda answer, candidate: (answer - candidate).abs().max().item() <= tolerance)
+    return named[0] if named else ("quantize each row of x and each row of W with max|row| / 127, multiply the "
+                                   "integers (int32: int8 sums overflow), then multiply entry (i, j) by x_scale[i] * "
+                                   "w_scale[j]")
 
 
 def check_int8_matmul(int8_matmul) -> CheckReport:

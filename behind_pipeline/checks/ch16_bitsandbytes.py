@@ -7,6 +7,7 @@ and the 8-bit logits for each ``llm_int8_threshold``.
 """
 
 import logging
+import operator
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.checks._core import CheckReport, named_mistakes
 
 # --- Exercise 1: a 4-bit checkpoint, saved and loaded back ---------------------------------------------------------
 
@@ -38,6 +39,16 @@ def _unit_mistake(value: float, actual: float) -> str | None:
     errors = {unit: abs(value * size - actual) / actual for unit, size in SIZE_UNITS.items()}
     unit = min(errors, key=errors.get)
     return f"that is {unit}: return a number of bytes" if value > 0 and errors[unit] <= 0.05 else None
+
+
+def _size_mistakes(value: float, actual: float, mistakes: dict, matches) -> list[str]:
+    """The ``mistakes`` (see ``named_mistakes``) whose size ``value`` matches; else, when ``value`` is ``actual``
+    bytes in another unit, that unit's message."""
+    return named_mistakes(value, mistakes, matches) or [unit for unit in [_unit_mistake(value, actual)] if unit]
+
+
+def _same_size(value: float, wrong: float) -> bool:
+    return abs(value - wrong) < 1e-6
 
 
 def _byte_count(report: CheckReport, value, name: str, description: str) -> float | None:
@@ -196,8 +207,7 @@ def check_save_and_reload_4bit(save_and_reload_4bit) -> CheckReport:
                     "and shape, as JSON); measure the file itself, path.stat().st_size": float(
                         _tensor_bytes_in(folder)),
                 }
-                named = [text for text, wrong_value in mistakes.items() if abs(value - wrong_value) < 1e-6]
-                named = named or [unit for unit in [_unit_mistake(value, actual_file)] if unit]
+                named = _size_mistakes(value, actual_file, mistakes, _same_size)
                 report.fail(f"{description}: file_bytes is {_size_text(value)}, the .safetensors file(s) hold "
                             f"{actual_file:,} bytes: " + (named[0] if named else "sum path.stat().st_size of the "
                                                           "*.safetensors files in the folder"))
@@ -217,8 +227,7 @@ def check_save_and_reload_4bit(save_and_reload_4bit) -> CheckReport:
                     "only the quant_state entries: the absmax and quant_map tensors are state too":
                         state_bytes_in(folder, ("quant_state",)),
                 }
-                named = [text for text, wrong_value in mistakes.items() if abs(value - wrong_value) < 1e-6]
-                named = named or [unit for unit in [_unit_mistake(value, actual_state)] if unit]
+                named = _size_mistakes(value, actual_state, mistakes, _same_size)
                 report.fail(f"{description}: state_bytes is {_size_text(value)}, the file holds {actual_state:,} "
                             "bytes of tensors named absmax, quant_map or quant_state: " + (
                                 named[0] if named else "open the file with safetensors.safe_open and add up "
@@ -311,10 +320,8 @@ def check_predicted_footprint(predicted_footprint) -> CheckReport:
             description = (f"a BERT of width {case[0]}, {case[1]} layer(s), {case[3]} labels, "
                            f"{case[4]} words, {bits}-bit")
             classifier = tiny_classifier(*case)
-            result = report.call(predicted_footprint, classifier, bits, name="predicted_footprint")
-            if result is Ellipsis:
-                return report
-            value = report.tensor(result, "the predicted footprint")
+            value = report.tensor_answer(predicted_footprint, classifier, bits, name="predicted_footprint",
+                                         what="the predicted footprint")
             if value is None:
                 return report
             if value.numel() != 1:
@@ -324,8 +331,7 @@ def check_predicted_footprint(predicted_footprint) -> CheckReport:
             if predicted == actual:
                 report.ok(f"{description}: {actual:,} bytes, as get_memory_footprint() reports")
                 continue
-            named = [text for text, wrong in _footprint_mistakes(classifier, bits).items() if wrong == predicted]
-            named = named or [unit for unit in [_unit_mistake(predicted, actual)] if unit]
+            named = _size_mistakes(predicted, actual, _footprint_mistakes(classifier, bits), operator.eq)
             hint = named[0] if named else ("count every parameter and buffer at its bytes per value; Linear "
                                            "weights at 1 byte (8-bit) or half a byte (4-bit)")
             report.fail(f"{description}: predicted {_size_text(predicted)} bytes, get_memory_footprint() says "
@@ -490,7 +496,8 @@ def check_threshold_sweep(threshold_sweep) -> CheckReport:
         if _close(values, expected):
             report.ok(f"{description}: " + ", ".join(f"{t}: {expected[t]:.2e}" for t in thresholds))
             continue
-        named = [text for text in THRESHOLD_MISTAKES if _close(values, _sweep(case, thresholds, seed, text))]
+        named = named_mistakes(values, {text: _sweep(case, thresholds, seed, text) for text in THRESHOLD_MISTAKES},
+                               _close)
         report.fail(f"{description}: got " + ", ".join(f"{t}: {values[t]:.2e}" for t in thresholds)
                     + ", expected " + ", ".join(f"{t}: {expected[t]:.2e}" for t in thresholds) + ": "
                     + (named[0] if named else "for each threshold load the model with BitsAndBytesConfig("

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from behind_pipeline.checks._core import CheckReport
+from behind_pipeline.checks._core import CheckReport, named_mistakes
 
 
 def first_line(error: Exception) -> str:
@@ -220,10 +220,11 @@ def check_export_embedder(export_embedder) -> CheckReport:
                 expected = pooled(reference, feed)
                 if np.allclose(got, expected, atol=1e-4):
                     continue
-                for message, wrong in _embedder_mistakes(reference, feed).items():
-                    if not np.allclose(wrong, expected, atol=1e-4) and np.allclose(got, wrong, atol=1e-4):
-                        report.fail(f"{description}: {message}")
-                        return report
+                named = named_mistakes(got, _embedder_mistakes(reference, feed),
+                                       lambda embeddings, wrong: np.allclose(embeddings, wrong, atol=1e-4), expected)
+                if named:
+                    report.fail(f"{description}: {named[0]}")
+                    return report
                 diff = float(np.abs(got - expected).max())
                 report.fail(f"{description}, batch {shape}: the embeddings differ from the masked mean of the "
                             f"encoder's last hidden states by up to {diff:.2e}")
@@ -487,9 +488,10 @@ def check_cold_and_warm(cold_and_warm) -> CheckReport:
                         "time.perf_counter() reads the real one)")
             return report
         # Several mistakes may give the same numbers in one case (a tie among the fake timings): name them all.
-        named = [message for message, wrong in _cold_mistakes(load_ms, warmup, repeats).items()
-                 if any(_same(values[key], value) and not _accepted(key, value, expected)
-                        for key, value in wrong.items())]
+        named = named_mistakes(values, _cold_mistakes(load_ms, warmup, repeats),
+                               lambda figures, wrong, expected=expected: any(
+                                   _same(figures[key], value) and not _accepted(key, value, expected)
+                                   for key, value in wrong.items()))
         if named:
             report.fail(f"{description}: {'; or else, '.join(named)}")
             return report
