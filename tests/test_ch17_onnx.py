@@ -347,7 +347,8 @@ def test_export_checker_reports_a_missing_file_and_a_raising_function():
     def broken(encoder, path):
         raise RuntimeError("export failed")
 
-    assert_rejected(check_export_embedder(broken), "raised RuntimeError")
+    # the learner's own line, as every checker's call does (checks._core.describe_error)
+    assert_rejected(check_export_embedder(broken), "raised RuntimeError: export failed", "of your broken")
     assert_rejected(check_export_embedder(...), "still `...`")
 
 

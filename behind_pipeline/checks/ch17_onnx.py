@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from behind_pipeline.checks._core import CheckReport, named_mistakes
+from behind_pipeline.checks._core import CheckReport, describe_error, named_mistakes
 
 
 def first_line(error: Exception) -> str:
@@ -154,7 +154,7 @@ def check_export_embedder(export_embedder) -> CheckReport:
             try:  # what it returns does not matter: the file does
                 export_embedder(encoder, path)
             except Exception as error:  # a learner's bug must become a message, not a crashed notebook
-                report.fail(f"export_embedder(...) raised {type(error).__name__}: {first_line(error)}")
+                report.fail(f"export_embedder(...) raised {describe_error(error)}")
                 return report
             if not path.exists():
                 report.fail(f"{description}: nothing was written at the path given to export_embedder (still "
