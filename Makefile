@@ -171,8 +171,12 @@ serve-ray: $(CLASSIFIER)
 # in the background meanwhile (log: .cache/prepare-lab.log); a chapter that needs it first waits for that training
 # and shows its progress (models.classifier_id). Chapter 8 trains its generator and chapter 19 its router the first
 # time they need them (about a minute each, with a progress line).
+# Not online (the book then uses a Hub classifier), and not while another training of it runs (a second `make lab`).
+# The training goes on after Ctrl-C stops JupyterLab: a background job of make's shell ignores SIGINT.
 lab: $(ASSETS)
-	@if ! $(MAKE) --no-print-directory -q $(CLASSIFIER); then \
+	@if ! $(MAKE) --no-print-directory -q $(CLASSIFIER) && $(BIN)/python -c "import sys; \
+	  from behind_pipeline import paths, trained_once; \
+	  sys.exit(paths.is_online() or trained_once.is_training(paths.CLASSIFIER_DIR))"; then \
 	  echo "Training the course classifier in the background (about 3 minutes; log: .cache/prepare-lab.log)."; \
 	  nohup $(MAKE) --no-print-directory $(CLASSIFIER) > $(CACHE)/prepare-lab.log 2>&1 & \
 	fi

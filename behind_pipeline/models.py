@@ -31,25 +31,51 @@ def classifier_id() -> str:
         return os.environ["BTP_CLASSIFIER_ID"]
     if paths.is_online():
         return HUB_CLASSIFIER_ID
-    if not (paths.CLASSIFIER_DIR / trained_once.WEIGHTS_FILE).exists() or trained_once.is_training(
-            paths.CLASSIFIER_DIR):
-        # `make lab` opens the book before the classifier exists (and trains it in the background).
-        train_classifier_on_first_need()
+    if trained_once.is_training(paths.CLASSIFIER_DIR):
+        wait_for_classifier_training()  # `make lab`'s background training, or `make prepare` in another terminal
+    if not (paths.CLASSIFIER_DIR / trained_once.WEIGHTS_FILE).exists():
+        train_classifier_on_first_need()  # a notebook opened before any training of it started
     return str(paths.CLASSIFIER_DIR)
+
+
+# Where `make lab` writes the log of the classifier's training it starts in the background.
+LAB_TRAINING_LOG = paths.CACHE_DIR / "prepare-lab.log"
+POLL_SECONDS = 2.0
+
+
+def wait_for_classifier_training() -> None:
+    """Wait while another process holds the classifier's training lock, showing the log of `make lab`'s background
+    training as it grows (its progress bar writes a line about every 30 s)."""
+    import time
+
+    print("Waiting for the course classifier: another process is training it or checking that it is current "
+          f"(`make lab` trains it in the background, about 3 minutes on 2 cores; log: "
+          f"{os.path.relpath(LAB_TRAINING_LOG, paths.PROJECT_ROOT)}).", flush=True)
+    shown = 0
+    while True:
+        training = trained_once.is_training(paths.CLASSIFIER_DIR)  # read before the log: its last lines show too
+        if LAB_TRAINING_LOG.exists():
+            text = LAB_TRAINING_LOG.read_bytes()[shown:]
+            shown += len(text)
+            print(text.decode(errors="replace").replace("\r", "\n"), end="", flush=True)
+        if not training:
+            return
+        time.sleep(POLL_SECONDS)
 
 
 def train_classifier_on_first_need() -> None:
     """Run ``make prepare``'s training in a child process and show its log: the chapter that first needs the course
-    classifier waits for it. A training already running (the one `make lab` started) holds the training lock, so the
-    child waits for it and then finds the model current instead of training a second one beside it. A child process,
-    so the notebook keeps the seed and threads its ``setup_chapter`` set."""
+    classifier waits for it. A child process, so the notebook keeps the seed and threads its ``setup_chapter`` set;
+    a training that starts elsewhere meanwhile holds the training lock, so the child waits for it and then finds the
+    model current instead of training a second one beside it."""
     import subprocess
     import sys
 
     print("The course classifier is being trained, once (about 3 minutes on 2 cores; `make prepare` does the "
           "same). This cell goes on when it is ready.", flush=True)
     child = subprocess.Popen([sys.executable, "-m", "behind_pipeline.prepare"], cwd=paths.PROJECT_ROOT, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})  # its lines as they come
     log = []
     for line in child.stdout:  # the progress bar's updates too: text mode ends a line at each carriage return
         log.append(line)
@@ -71,7 +97,7 @@ def generator_id() -> str:
     if paths.is_online():
         return HUB_GENERATOR_ID
     if not (GENERATOR_DIR / "model.safetensors").exists():
-        # `make lab` opens the book as soon as the classifier exists: chapter 8 trains its generator on first need.
+        # `make lab` opens the book before the generator exists: chapter 8 trains it on first need.
         from behind_pipeline import tiny_gpt
 
         tiny_gpt.ensure_generator(show=False)

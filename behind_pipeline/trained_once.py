@@ -69,25 +69,35 @@ def is_current(folder: Path, wanted: str) -> bool:
     return summary is not None and summary.get("fingerprint") == wanted
 
 
+_HELD_HERE: set[Path] = set()  # lock files this process holds: is_training never reports its own lock
+
+
+def _lock_path(folder: Path) -> Path:
+    return Path(folder).with_name(Path(folder).name + ".lock").resolve()
+
+
 @contextlib.contextmanager
 def training_lock(folder: Path) -> Iterator[None]:
     """One trainer per folder: a second process (two `make` runs, a notebook and a test) waits, then finds the
     model current instead of training it again beside the first."""
-    lock_path = Path(folder).with_name(Path(folder).name + ".lock")
+    lock_path = _lock_path(folder)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        _HELD_HERE.add(lock_path)
         try:
             yield
         finally:
+            _HELD_HERE.discard(lock_path)
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def is_training(folder: Path) -> bool:
     """True while another process holds :func:`training_lock` for ``folder`` (a training, or a freshness check that
-    may turn into one): a reader should wait for it rather than load the folder."""
-    lock_path = Path(folder).with_name(Path(folder).name + ".lock")
-    if not lock_path.exists():
+    may turn into one): a reader should wait for it rather than load the folder. False for a lock this process
+    holds itself: waiting for it would never end."""
+    lock_path = _lock_path(folder)
+    if not lock_path.exists() or lock_path in _HELD_HERE:
         return False
     with open(lock_path) as lock:
         try:

@@ -118,12 +118,52 @@ def test_concurrent_callers_train_once(tmp_path):
     assert len(calls) == 1 and sorted(results) == [False, True]
 
 
-def test_is_training_sees_a_held_lock_and_only_while_it_is_held(tmp_path):
+HOLDER = r"""
+import pathlib, sys, time
+from behind_pipeline import trained_once
+folder, log, locked, release = map(pathlib.Path, sys.argv[1:5])
+with trained_once.training_lock(folder):
+    log.write_text("fine-tuning MiniLM: 10/158\r")
+    locked.touch()
+    while not release.exists():
+        time.sleep(0.02)
+    if sys.argv[5] == "write":
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / trained_once.WEIGHTS_FILE).write_bytes(b"weights")
+    with log.open("a") as more:
+        more.write("fine-tuning MiniLM: 158/158\n")
+"""
+
+
+def hold_lock(tmp_path, folder, writes_weights=True):
+    """Another process holding the training lock of ``folder`` (as `make lab`'s background training does) until the
+    file ``release`` appears; then it writes the weights (or not) and a last log line, and lets go."""
+    import subprocess
+    import sys
+
+    paths_ = [folder, tmp_path / "prepare-lab.log", tmp_path / "locked", tmp_path / "release"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, *map(str, paths_),
+                               "write" if writes_weights else "none"])
+    while not paths_[2].exists():
+        assert holder.poll() is None, "the lock holder died"
+    return holder, paths_[1], paths_[3]
+
+
+def test_is_training_sees_another_processs_lock_only_while_it_is_held(tmp_path):
     folder = tmp_path / "model"
     assert not trained_once.is_training(folder)  # no lock file yet
-    with trained_once.training_lock(folder):
-        assert trained_once.is_training(folder)
+    holder, _, release = hold_lock(tmp_path, folder)
+    assert trained_once.is_training(folder)
+    release.touch()
+    holder.wait()
     assert not trained_once.is_training(folder)
+
+
+def test_is_training_ignores_this_processs_own_lock(tmp_path):
+    # waiting for one's own lock would never end (classifier_id inside a training of the classifier)
+    folder = tmp_path / "model"
+    with trained_once.training_lock(folder):
+        assert not trained_once.is_training(folder)
 
 
 class FakeTraining:
@@ -144,36 +184,84 @@ class FakeTraining:
         return self.returncode
 
 
-def test_the_classifier_is_trained_in_a_child_process_on_first_need(tmp_path, monkeypatch, capsys):
-    import subprocess
-
-    from behind_pipeline import models, paths
+@pytest.fixture
+def offline_classifier(tmp_path, monkeypatch):
+    """The course classifier's folder moved into tmp_path, offline, no override: what classifier_id() reads."""
+    from behind_pipeline import paths
 
     folder = tmp_path / "minilm-rotten-tomatoes"
     monkeypatch.setattr(paths, "CLASSIFIER_DIR", folder)
     monkeypatch.delenv("BTP_CLASSIFIER_ID", raising=False)
     monkeypatch.delenv("BTP_ONLINE", raising=False)
-    training = FakeTraining(folder)
+    return folder
+
+
+def test_the_classifier_is_trained_in_a_child_process_on_first_need(offline_classifier, monkeypatch, capsys):
+    import subprocess
+
+    from behind_pipeline import models
+
+    training = FakeTraining(offline_classifier)
     monkeypatch.setattr(subprocess, "Popen", training)
-    assert models.classifier_id() == str(folder)
+    assert models.classifier_id() == str(offline_classifier)
     assert [command[-2:] for command in training.commands] == [["-m", "behind_pipeline.prepare"]]
     assert "step 10/158" in capsys.readouterr().out  # the learner sees the training's progress
-    assert models.classifier_id() == str(folder)  # trained: no second child
+    assert models.classifier_id() == str(offline_classifier)  # trained: no second child
     assert len(training.commands) == 1
-    with trained_once.training_lock(folder):  # a training in progress (make lab's): wait for it
-        models.classifier_id()
-    assert len(training.commands) == 2
 
 
-def test_a_failed_first_need_training_says_so_with_its_log(tmp_path, monkeypatch):
+def test_the_classifier_waits_for_another_processs_training_and_shows_its_log(offline_classifier, tmp_path,
+                                                                              monkeypatch, capsys):
+    import subprocess
+    import time
+
+    from behind_pipeline import models
+
+    holder, log, release = hold_lock(tmp_path, offline_classifier)
+    monkeypatch.setattr(models, "LAB_TRAINING_LOG", log)
+    monkeypatch.setattr(subprocess, "Popen", FakeTraining(offline_classifier, returncode=1))  # must not be used
+    real_sleep = time.sleep
+
+    def sleep_and_release(seconds):  # the training ends once the cell has waited one poll
+        release.touch()
+        real_sleep(0.05)
+
+    monkeypatch.setattr(time, "sleep", sleep_and_release)
+    assert models.classifier_id() == str(offline_classifier)
+    holder.wait()
+    out = capsys.readouterr().out
+    assert "Waiting for the course classifier" in out and "being trained" not in out  # no training of its own
+    assert "10/158" in out and "158/158" in out  # the log as it grew, its last line included
+
+
+def test_a_training_elsewhere_that_wrote_no_weights_is_followed_by_one_here(offline_classifier, tmp_path,
+                                                                            monkeypatch):
+    import subprocess
+    import time
+
+    from behind_pipeline import models
+
+    holder, log, release = hold_lock(tmp_path, offline_classifier, writes_weights=False)
+    monkeypatch.setattr(models, "LAB_TRAINING_LOG", log)
+    training = FakeTraining(offline_classifier)
+    monkeypatch.setattr(subprocess, "Popen", training)
+    monkeypatch.setattr(time, "sleep", lambda seconds: release.touch())
+    assert models.classifier_id() == str(offline_classifier)
+    holder.wait()
+    assert len(training.commands) == 1
+
+
+def test_a_failed_first_need_training_says_so_with_its_log(offline_classifier, monkeypatch):
     import subprocess
 
-    from behind_pipeline import models, paths
+    from behind_pipeline import models
 
-    folder = tmp_path / "minilm-rotten-tomatoes"
-    monkeypatch.setattr(paths, "CLASSIFIER_DIR", folder)
-    monkeypatch.delenv("BTP_CLASSIFIER_ID", raising=False)
-    monkeypatch.delenv("BTP_ONLINE", raising=False)
-    monkeypatch.setattr(subprocess, "Popen", FakeTraining(folder, returncode=1))
+    monkeypatch.setattr(subprocess, "Popen", FakeTraining(offline_classifier, returncode=1))
     with pytest.raises(RuntimeError, match="(?s)make prepare.*step 10/158"):
         models.classifier_id()
+    # a failed training beside old weights is a failure too, not the old model
+    offline_classifier.mkdir(parents=True)
+    (offline_classifier / trained_once.WEIGHTS_FILE).write_bytes(b"old weights")
+    monkeypatch.setattr(subprocess, "Popen", FakeTraining(offline_classifier, returncode=1))
+    with pytest.raises(RuntimeError, match="failed"):
+        models.train_classifier_on_first_need()
