@@ -78,6 +78,7 @@ RESULTS_DIR = CANARY_DIR / "results"  # one junit XML (and one JSON of how it ra
 PINNED_RESULTS_DIR = RESULTS_DIR / "pinned"  # the same for what `recheck` ran again in the pinned .venv
 # The flags of the Makefile's test-unit and test-notebooks (tests/test_canary.py compares them with the Makefile).
 PARALLEL = ["-p", "no:xdist"]
+DURATIONS = ["--durations=30"]  # the log ends with the run's profile, as make test's does
 NBVAL = ["--nbval-current-env", "--nbval-sanitize-with", "tests/sanitize.cfg"]
 UNIT_TARGETS = ["tests"]
 # Variables the Makefile exports besides the cache folders of behind_pipeline.paths.
@@ -256,7 +257,7 @@ def split_targets(only: list[str] | None) -> tuple[list[str], list[str]]:
 
 def pytest_command(venv: Path, suite: str, targets: list[str], junit: Path) -> list[str]:
     """The Makefile's test-unit / test-notebooks command line, in the canary venv, writing a junit XML."""
-    flags = PARALLEL if suite == "unit" else PARALLEL + NBVAL + ["--nbval"]
+    flags = PARALLEL + DURATIONS if suite == "unit" else PARALLEL + DURATIONS + NBVAL + ["--nbval"]
     return [str(venv / "bin" / "pytest"), *flags, *targets, f"--junitxml={junit}"]
 
 
