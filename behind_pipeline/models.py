@@ -31,58 +31,81 @@ def classifier_id() -> str:
         return os.environ["BTP_CLASSIFIER_ID"]
     if paths.is_online():
         return HUB_CLASSIFIER_ID
-    if trained_once.is_training(paths.CLASSIFIER_DIR):
-        wait_for_classifier_training()  # `make lab`'s background training, or `make prepare` in another terminal
-    if not (paths.CLASSIFIER_DIR / trained_once.WEIGHTS_FILE).exists():
-        train_classifier_on_first_need()  # a notebook opened before any training of it started
+    if trained_once.is_training(paths.CLASSIFIER_DIR) or not _classifier_weights().exists():
+        wait_or_train_classifier()  # `make lab` opens the book before the classifier exists
     return str(paths.CLASSIFIER_DIR)
+
+
+def _classifier_weights():
+    return paths.CLASSIFIER_DIR / trained_once.WEIGHTS_FILE
 
 
 # Where `make lab` writes the log of the classifier's training it starts in the background.
 LAB_TRAINING_LOG = paths.CACHE_DIR / "prepare-lab.log"
 POLL_SECONDS = 2.0
+FRESH_LOG_SECONDS = 120  # a lab log written this recently belongs to a training that is starting or running
 
 
-def wait_for_classifier_training() -> None:
-    """Wait while another process holds the classifier's training lock, showing the log of `make lab`'s background
-    training as it grows (its progress bar writes a line about every 30 s)."""
+def wait_or_train_classifier() -> None:
+    """Make the course classifier exist, and show what happens meanwhile; the cell that first needs it waits.
+
+    Without weights, ``make prepare``'s training runs in a child process (so the notebook keeps the seed and
+    threads its ``setup_chapter`` set). When `make lab`'s background training is already running, or starts a
+    moment later, it holds the training lock: the child waits for it and then finds the model current, so nothing
+    trains twice. Meanwhile the cell shows the child's output and the background training's log as it grows.
+    """
+    import subprocess
+    import sys
+
+    child = None
+    if not _classifier_weights().exists():
+        print("The course classifier is not trained yet: it is trained once now, or `make lab`'s training of it is "
+              "waited for (about 3 minutes on 2 cores). This cell goes on when it is ready.", flush=True)
+        child = subprocess.Popen([sys.executable, "-m", "behind_pipeline.prepare"], cwd=paths.PROJECT_ROOT,
+                                 text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})  # its lines as they come
+    else:
+        print("Waiting for the course classifier: another process is training it or checking that it is current.",
+              flush=True)
+    log = _follow(child)
+    if child is not None and (child.returncode != 0 or not _classifier_weights().exists()):
+        raise RuntimeError("Training the course classifier failed (its log is above): run `make prepare` in the "
+                           "project folder to see why, then restart the kernel.\n" + "".join(log[-20:]))
+
+
+def _follow(child) -> list[str]:
+    """Print the child's lines and the lab log's new text until the child has exited and no process holds the
+    classifier's training lock; returns the child's lines."""
+    import queue
+    import threading
     import time
 
-    print("Waiting for the course classifier: another process is training it or checking that it is current "
-          f"(`make lab` trains it in the background, about 3 minutes on 2 cores; log: "
-          f"{os.path.relpath(LAB_TRAINING_LOG, paths.PROJECT_ROOT)}).", flush=True)
-    shown = 0
+    lines, log = queue.SimpleQueue(), []
+    if child is not None:
+        def read_child():  # text mode ends a line at each of the progress bar's carriage returns
+            for line in child.stdout:
+                lines.put(line)
+
+        reader = threading.Thread(target=read_child, daemon=True)
+        reader.start()
+    fresh = LAB_TRAINING_LOG.exists() and time.time() - LAB_TRAINING_LOG.stat().st_mtime < FRESH_LOG_SECONDS
+    shown = 0 if fresh or not LAB_TRAINING_LOG.exists() else LAB_TRAINING_LOG.stat().st_size
     while True:
-        training = trained_once.is_training(paths.CLASSIFIER_DIR)  # read before the log: its last lines show too
+        # read before printing: the last lines written before the lock was let go show too
+        running = (child is not None and child.poll() is None) or trained_once.is_training(paths.CLASSIFIER_DIR)
+        if child is not None and not running:
+            reader.join()
+        while not lines.empty():
+            line = lines.get()
+            log.append(line)
+            print(line, end="", flush=True)
         if LAB_TRAINING_LOG.exists():
             text = LAB_TRAINING_LOG.read_bytes()[shown:]
             shown += len(text)
             print(text.decode(errors="replace").replace("\r", "\n"), end="", flush=True)
-        if not training:
-            return
+        if not running:
+            return log
         time.sleep(POLL_SECONDS)
-
-
-def train_classifier_on_first_need() -> None:
-    """Run ``make prepare``'s training in a child process and show its log: the chapter that first needs the course
-    classifier waits for it. A child process, so the notebook keeps the seed and threads its ``setup_chapter`` set;
-    a training that starts elsewhere meanwhile holds the training lock, so the child waits for it and then finds the
-    model current instead of training a second one beside it."""
-    import subprocess
-    import sys
-
-    print("The course classifier is being trained, once (about 3 minutes on 2 cores; `make prepare` does the "
-          "same). This cell goes on when it is ready.", flush=True)
-    child = subprocess.Popen([sys.executable, "-m", "behind_pipeline.prepare"], cwd=paths.PROJECT_ROOT, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})  # its lines as they come
-    log = []
-    for line in child.stdout:  # the progress bar's updates too: text mode ends a line at each carriage return
-        log.append(line)
-        print(line, end="", flush=True)
-    if child.wait() != 0 or not (paths.CLASSIFIER_DIR / trained_once.WEIGHTS_FILE).exists():
-        raise RuntimeError("Training the course classifier failed (its log is above): run `make prepare` in the "
-                           "project folder to see why, then restart the kernel.\n" + "".join(log[-20:]))
 
 
 def generator_id() -> str:

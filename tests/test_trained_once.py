@@ -167,20 +167,25 @@ def test_is_training_ignores_this_processs_own_lock(tmp_path):
 
 
 class FakeTraining:
-    """Stands in for `python -m behind_pipeline.prepare` in a child process: prints a log, writes the weights."""
+    """Stands in for `python -m behind_pipeline.prepare` in a child process: prints a log and writes the weights,
+    or (``trains=False``) finds them written by the training it waited for, as the real one does."""
 
-    def __init__(self, folder, returncode=0):
-        self.folder, self.returncode, self.commands = folder, returncode, []
+    def __init__(self, folder, returncode=0, trains=True):
+        self.folder, self.returncode, self.trains, self.commands = folder, returncode, trains, []
 
     def __call__(self, command, **kwargs):
         self.commands.append(command)
-        if self.returncode == 0:
+        if self.returncode == 0 and self.trains:
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / trained_once.WEIGHTS_FILE).write_bytes(b"weights")
-        self.stdout = iter(["training minilm-rotten-tomatoes once ...\n", "step 10/158\n"])
+            self.stdout = iter(["training minilm-rotten-tomatoes once ...\n", "step 10/158\n"])
+        elif self.returncode == 0:
+            self.stdout = iter(["classifier in .cache/models/minilm-rotten-tomatoes is current: nothing to do\n"])
+        else:
+            self.stdout = iter(["training minilm-rotten-tomatoes once ...\n", "step 10/158\n", "Traceback ...\n"])
         return self
 
-    def wait(self):
+    def poll(self):
         return self.returncode
 
 
@@ -210,8 +215,10 @@ def test_the_classifier_is_trained_in_a_child_process_on_first_need(offline_clas
     assert len(training.commands) == 1
 
 
-def test_the_classifier_waits_for_another_processs_training_and_shows_its_log(offline_classifier, tmp_path,
+def test_a_cell_waits_for_a_training_that_started_elsewhere_and_shows_its_log(offline_classifier, tmp_path,
                                                                               monkeypatch, capsys):
+    """No weights yet and `make lab`'s training holds the lock: the child waits for it (and trains nothing), and the
+    cell shows the background training's log as it grows, to its last line."""
     import subprocess
     import time
 
@@ -219,10 +226,11 @@ def test_the_classifier_waits_for_another_processs_training_and_shows_its_log(of
 
     holder, log, release = hold_lock(tmp_path, offline_classifier)
     monkeypatch.setattr(models, "LAB_TRAINING_LOG", log)
-    monkeypatch.setattr(subprocess, "Popen", FakeTraining(offline_classifier, returncode=1))  # must not be used
+    child = FakeTraining(offline_classifier, trains=False)
+    monkeypatch.setattr(subprocess, "Popen", child)
     real_sleep = time.sleep
 
-    def sleep_and_release(seconds):  # the training ends once the cell has waited one poll
+    def sleep_and_release(seconds):  # the background training ends once the cell has waited one poll
         release.touch()
         real_sleep(0.05)
 
@@ -230,25 +238,45 @@ def test_the_classifier_waits_for_another_processs_training_and_shows_its_log(of
     assert models.classifier_id() == str(offline_classifier)
     holder.wait()
     out = capsys.readouterr().out
-    assert "Waiting for the course classifier" in out and "being trained" not in out  # no training of its own
-    assert "10/158" in out and "158/158" in out  # the log as it grew, its last line included
+    assert "10/158" in out and "158/158" in out and "is current" in out
+    assert len(child.commands) == 1
 
 
-def test_a_training_elsewhere_that_wrote_no_weights_is_followed_by_one_here(offline_classifier, tmp_path,
-                                                                            monkeypatch):
+def test_with_weights_a_cell_waits_for_the_lock_holder_without_a_child(offline_classifier, tmp_path, monkeypatch,
+                                                                      capsys):
     import subprocess
     import time
 
     from behind_pipeline import models
 
-    holder, log, release = hold_lock(tmp_path, offline_classifier, writes_weights=False)
+    offline_classifier.mkdir(parents=True)
+    (offline_classifier / trained_once.WEIGHTS_FILE).write_bytes(b"old weights")  # a retraining, or a check
+    holder, log, release = hold_lock(tmp_path, offline_classifier)
     monkeypatch.setattr(models, "LAB_TRAINING_LOG", log)
-    training = FakeTraining(offline_classifier)
-    monkeypatch.setattr(subprocess, "Popen", training)
+    child = FakeTraining(offline_classifier)
+    monkeypatch.setattr(subprocess, "Popen", child)
     monkeypatch.setattr(time, "sleep", lambda seconds: release.touch())
     assert models.classifier_id() == str(offline_classifier)
     holder.wait()
-    assert len(training.commands) == 1
+    out = capsys.readouterr().out
+    assert "Waiting for the course classifier" in out and "158/158" in out
+    assert child.commands == []
+
+
+def test_a_stale_lab_log_is_not_shown(offline_classifier, tmp_path, monkeypatch, capsys):
+    import os
+    import subprocess
+
+    from behind_pipeline import models
+
+    log = tmp_path / "prepare-lab.log"
+    log.write_text("an earlier make lab's training: 158/158\n")
+    os.utime(log, (0, 0))  # written long ago
+    monkeypatch.setattr(models, "LAB_TRAINING_LOG", log)
+    monkeypatch.setattr(subprocess, "Popen", FakeTraining(offline_classifier))
+    models.classifier_id()
+    out = capsys.readouterr().out
+    assert "step 10/158" in out and "earlier" not in out
 
 
 def test_a_failed_first_need_training_says_so_with_its_log(offline_classifier, monkeypatch):
@@ -259,9 +287,3 @@ def test_a_failed_first_need_training_says_so_with_its_log(offline_classifier, m
     monkeypatch.setattr(subprocess, "Popen", FakeTraining(offline_classifier, returncode=1))
     with pytest.raises(RuntimeError, match="(?s)make prepare.*step 10/158"):
         models.classifier_id()
-    # a failed training beside old weights is a failure too, not the old model
-    offline_classifier.mkdir(parents=True)
-    (offline_classifier / trained_once.WEIGHTS_FILE).write_bytes(b"old weights")
-    monkeypatch.setattr(subprocess, "Popen", FakeTraining(offline_classifier, returncode=1))
-    with pytest.raises(RuntimeError, match="failed"):
-        models.train_classifier_on_first_need()
