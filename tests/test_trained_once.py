@@ -135,24 +135,37 @@ with trained_once.training_lock(folder):
 """
 
 
-def hold_lock(tmp_path, folder, writes_weights=True):
-    """Another process holding the training lock of ``folder`` (as `make lab`'s background training does) until the
-    file ``release`` appears; then it writes the weights (or not) and a last log line, and lets go."""
+@pytest.fixture
+def hold_lock(tmp_path):
+    """Start another process holding the training lock of a folder (as `make lab`'s background training does)
+    until the file ``release`` appears; then it writes the weights (or not) and a last log line, and lets go.
+    Whatever a test does, no holder outlives it."""
+    import select
     import subprocess
     import sys
 
-    paths_ = [folder, tmp_path / "prepare-lab.log", tmp_path / "locked", tmp_path / "release"]
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, *map(str, paths_),
-                               "write" if writes_weights else "none"])
-    while not paths_[2].exists():
-        assert holder.poll() is None, "the lock holder died"
-    return holder, paths_[1], paths_[3]
+    holders = []
+
+    def start(folder, writes_weights=True):
+        paths_ = [folder, tmp_path / "prepare-lab.log", tmp_path / "locked", tmp_path / "release"]
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, *map(str, paths_),
+                                   "write" if writes_weights else "none"])
+        holders.append(holder)
+        while not paths_[2].exists():
+            assert holder.poll() is None, "the lock holder died"
+            select.select([], [], [], 0.02)  # a pause that tests patching time.sleep leave alone
+        return holder, paths_[1], paths_[3]
+
+    yield start
+    for holder in holders:
+        holder.kill()
+        holder.wait()
 
 
-def test_is_training_sees_another_processs_lock_only_while_it_is_held(tmp_path):
+def test_is_training_sees_another_processs_lock_only_while_it_is_held(tmp_path, hold_lock):
     folder = tmp_path / "model"
     assert not trained_once.is_training(folder)  # no lock file yet
-    holder, _, release = hold_lock(tmp_path, folder)
+    holder, _, release = hold_lock(folder)
     assert trained_once.is_training(folder)
     release.touch()
     holder.wait()
@@ -215,7 +228,7 @@ def test_the_classifier_is_trained_in_a_child_process_on_first_need(offline_clas
     assert len(training.commands) == 1
 
 
-def test_a_cell_waits_for_a_training_that_started_elsewhere_and_shows_its_log(offline_classifier, tmp_path,
+def test_a_cell_waits_for_a_training_that_started_elsewhere_and_shows_its_log(offline_classifier, hold_lock,
                                                                               monkeypatch, capsys):
     """No weights yet and `make lab`'s training holds the lock: the child waits for it (and trains nothing), and the
     cell shows the background training's log as it grows, to its last line."""
@@ -224,7 +237,7 @@ def test_a_cell_waits_for_a_training_that_started_elsewhere_and_shows_its_log(of
 
     from behind_pipeline import models
 
-    holder, log, release = hold_lock(tmp_path, offline_classifier)
+    holder, log, release = hold_lock(offline_classifier)
     monkeypatch.setattr(models, "LAB_TRAINING_LOG", log)
     child = FakeTraining(offline_classifier, trains=False)
     monkeypatch.setattr(subprocess, "Popen", child)
@@ -242,7 +255,7 @@ def test_a_cell_waits_for_a_training_that_started_elsewhere_and_shows_its_log(of
     assert len(child.commands) == 1
 
 
-def test_with_weights_a_cell_waits_for_the_lock_holder_without_a_child(offline_classifier, tmp_path, monkeypatch,
+def test_with_weights_a_cell_waits_for_the_lock_holder_without_a_child(offline_classifier, hold_lock, monkeypatch,
                                                                       capsys):
     import subprocess
     import time
@@ -251,7 +264,7 @@ def test_with_weights_a_cell_waits_for_the_lock_holder_without_a_child(offline_c
 
     offline_classifier.mkdir(parents=True)
     (offline_classifier / trained_once.WEIGHTS_FILE).write_bytes(b"old weights")  # a retraining, or a check
-    holder, log, release = hold_lock(tmp_path, offline_classifier)
+    holder, log, release = hold_lock(offline_classifier)
     monkeypatch.setattr(models, "LAB_TRAINING_LOG", log)
     child = FakeTraining(offline_classifier)
     monkeypatch.setattr(subprocess, "Popen", child)
