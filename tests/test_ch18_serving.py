@@ -329,13 +329,7 @@ def reference_run_isolated(run, requests):
     try:
         return _shared(run, requests)
     except Exception:
-        answers = []
-        for texts in requests:
-            try:
-                answers.append(run(texts))
-            except Exception as error:
-                answers.append(error)
-        return answers
+        return always_one_by_one(run, requests)  # a failed shared pass: each request alone
 
 
 def fails_everyone(run, requests):
