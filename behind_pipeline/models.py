@@ -119,7 +119,7 @@ def generator_id() -> str:
         return os.environ["BTP_GENERATOR_ID"]
     if paths.is_online():
         return HUB_GENERATOR_ID
-    if not (GENERATOR_DIR / "model.safetensors").exists():
+    if not (GENERATOR_DIR / trained_once.WEIGHTS_FILE).exists():
         # `make lab` opens the book before the generator exists: chapter 8 trains it on first need.
         from behind_pipeline import tiny_gpt
 
