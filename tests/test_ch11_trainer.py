@@ -316,37 +316,23 @@ def test_check_make_compute_metrics_says_labels_is_needed(zip_strict):
 
 def test_check_make_compute_metrics_names_a_macro_over_present_labels_only():
     """Recalls right (labels= given) but the macro-F1 without labels=: the macro message, not a generic one."""
-    def factory(id2label):
-        right = make_compute_metrics(id2label)
+    def macro_over_present_labels(labels, predictions):
+        return f1_score(labels, predictions, average="macro")
 
-        def metrics(eval_pred):
-            logits, labels = eval_pred
-            predictions = np.asarray(logits).argmax(axis=-1)
-            return right(eval_pred) | {"macro_f1": float(f1_score(labels, predictions, average="macro"))}
-
-        return metrics
-
-    assert_rejected(check_make_compute_metrics(factory), "averages only the labels present")
+    assert_rejected(check_make_compute_metrics(metrics_variant(f1=macro_over_present_labels)),
+                    "averages only the labels present")
 
 
 def test_check_make_compute_metrics_names_a_recall_counted_by_hand_as_nan():
     """Recall by hand, right / count, with no guard: 0 / 0 for a label no review has is NaN, named as such."""
-    def factory(id2label):
-        right = make_compute_metrics(id2label)
+    def recalls_by_hand(y_true, y_pred, labels, average, zero_division):
+        y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+        with np.errstate(invalid="ignore"):
+            return [np.float64(((y_pred == i) & (y_true == i)).sum()) / np.float64((y_true == i).sum())
+                    for i in labels]
 
-        def metrics(eval_pred):
-            logits, labels = eval_pred
-            predictions = np.asarray(logits).argmax(axis=-1)
-            labels = np.asarray(labels)
-            with np.errstate(invalid="ignore"):
-                by_hand = {f"recall_{name}": float(np.float64(((predictions == i) & (labels == i)).sum())
-                                                   / np.float64((labels == i).sum()))
-                           for i, name in id2label.items()}
-            return right(eval_pred) | by_hand
-
-        return metrics
-
-    assert_rejected(check_make_compute_metrics(factory), "['recall_neutral'] is NaN", "0 by 0")
+    assert_rejected(check_make_compute_metrics(metrics_variant(recall=recalls_by_hand)), "['recall_neutral'] is NaN",
+                    "0 by 0")
 
 
 def test_check_make_compute_metrics_catches_axis_0_when_reviews_equal_labels():

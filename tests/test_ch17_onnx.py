@@ -355,6 +355,17 @@ def test_export_checker_reports_a_missing_file_and_a_raising_function():
 # --- Exercise 2: cold start against warm latency -------------------------------------------------------------------
 
 
+def _load_and_first_call(make_session, feed, clock):
+    """Open the session and run it once, timing each on ``clock`` (read before and after): (session, load seconds,
+    first-call seconds), the cold half of an answer as the solution times it."""
+    start = clock()
+    session = make_session()
+    load = clock() - start
+    start = clock()
+    session.run(None, feed)
+    return session, load, clock() - start
+
+
 def cold_and_warm_with(warm_from_first=False, timed_warmup=False, skip_warmup=False, mean=False, spread="percentile",
                        load_includes_first=False, seconds=False):
     def cold_and_warm(make_session, feed, warmup=3, repeats=20, clock=time.perf_counter):
@@ -403,12 +414,7 @@ def test_cold_checker_accepts_the_chapter_latency_samples_and_a_list_for_the_mid
     from behind_pipeline.measure import latency_samples
 
     def cold_and_warm(make_session, feed, warmup=3, repeats=20, clock=time.perf_counter):
-        start = clock()
-        session = make_session()
-        load = clock() - start
-        start = clock()
-        session.run(None, feed)
-        first = clock() - start
+        session, load, first = _load_and_first_call(make_session, feed, clock)
         samples = np.asarray(latency_samples(lambda: session.run(None, feed), warmup, repeats, clock)) * 1000
         return {"load_ms": load * 1000, "first_ms": first * 1000, "median_ms": np.median(samples),
                 "middle_half_ms": [np.percentile(samples, 25), np.percentile(samples, 75)]}
@@ -706,14 +712,12 @@ def cold_and_warm_variant(middle_half=None, figures_as=None, first_with_warmup=F
     """The solution with one thing changed: how the middle half is taken from the timings (ms), the type the
     figures come back in, where the warm-up calls go, the unit, the clock that times the warm calls."""
     def cold_and_warm(make_session, feed, warmup=3, repeats=20, clock=time.perf_counter):
-        start = clock()
-        session = make_session()
-        load = clock() - start
-        start = clock()
-        session.run(None, feed)
-        for _ in range(warmup if first_with_warmup else 0):
-            session.run(None, feed)
-        first = clock() - start
+        session, load, first = _load_and_first_call(make_session, feed, clock)
+        if first_with_warmup:  # the warm-up calls timed as part of the first call
+            start = clock()
+            for _ in range(warmup):
+                session.run(None, feed)
+            first += clock() - start
         for _ in range(0 if first_with_warmup or warmup_last else warmup):
             session.run(None, feed)
         read = time.perf_counter if real_clock_for_runs else clock

@@ -484,16 +484,25 @@ def test_retry_checker_rejects_a_loop_that_never_stops():
     assert_rejected(check_post_with_retries(forever), "over 50 times")
 
 
-def test_retry_checker_accepts_lower_case_header_names():
-    def lower_case(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
+def _retrying(wait):
+    """A post_with_retries that sends until an answer other than 429 or 503, or max_attempts sends, and between two
+    sends calls ``wait(response, attempt, backoff_s, sleep)``: the answers below differ only in how they wait."""
+    def post_with_retries(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
         for attempt in range(max_attempts):
             response = send(body)
             if response.status_code not in (429, 503) or attempt == max_attempts - 1:
                 return response
-            header = response.headers.get("retry-after")  # httpx's headers ignore the case of names
-            sleep(float(header) if header is not None else backoff_s * 2**attempt)
+            wait(response, attempt, backoff_s, sleep)
 
-    assert check_post_with_retries(lower_case).passed
+    return post_with_retries
+
+
+def test_retry_checker_accepts_lower_case_header_names():
+    def lower_case(response, attempt, backoff_s, sleep):
+        header = response.headers.get("retry-after")  # httpx's headers ignore the case of names
+        sleep(float(header) if header is not None else backoff_s * 2**attempt)
+
+    assert check_post_with_retries(_retrying(lower_case)).passed
 
 
 def _retry_variant(linear=False, any_5xx=False, first_response=False, own_backoff_counter=False,
@@ -546,19 +555,15 @@ def _backoff_variant(exponent_shift=0, jitter=False):
 
     draws = random.Random(0)
 
-    def post_with_retries(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
-        for attempt in range(max_attempts):
-            response = send(body)
-            if response.status_code not in (429, 503) or attempt == max_attempts - 1:
-                return response
-            header = response.headers.get("Retry-After")
-            if header is not None:
-                sleep(float(header))
-            else:
-                wait = backoff_s * 2 ** (attempt + exponent_shift)
-                sleep(wait * draws.uniform(0.5, 1.5) if jitter else wait)
+    def wait(response, attempt, backoff_s, sleep):
+        header = response.headers.get("Retry-After")
+        if header is not None:
+            sleep(float(header))
+        else:
+            seconds = backoff_s * 2 ** (attempt + exponent_shift)
+            sleep(seconds * draws.uniform(0.5, 1.5) if jitter else seconds)
 
-    return post_with_retries
+    return _retrying(wait)
 
 
 @pytest.mark.parametrize(("variant", "named"), [
@@ -571,43 +576,32 @@ def test_retry_checker_names_a_backoff_mistake(variant, named):
 
 
 def test_retry_checker_rejects_time_sleep_and_stops_at_its_first_wait():
-    def sleeps_itself(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
-        for attempt in range(max_attempts):
-            response = send(body)
-            if response.status_code not in (429, 503) or attempt == max_attempts - 1:
-                return response
-            header = response.headers.get("Retry-After")
-            time.sleep(float(header) if header is not None else backoff_s * 2**attempt)  # sleeps 2 s for real
+    def sleeps_itself(response, attempt, backoff_s, sleep):
+        header = response.headers.get("Retry-After")
+        time.sleep(float(header) if header is not None else backoff_s * 2**attempt)  # sleeps 2 s for real
 
     began = time.monotonic()
-    report = check_post_with_retries(sleeps_itself)
+    report = check_post_with_retries(_retrying(sleeps_itself))
     assert_rejected(report, "sleep was never called", "time.sleep would wait for real")
     assert len(failures(report)) == 1, report  # it stopped after the first case instead of sleeping through all
     assert time.monotonic() - began < 6
 
 
 def test_retry_checker_names_a_retry_that_never_waits():
-    def no_wait(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
-        for attempt in range(max_attempts):
-            response = send(body)
-            if response.status_code not in (429, 503) or attempt == max_attempts - 1:
-                return response
+    def no_wait(response, attempt, backoff_s, sleep):
+        pass
 
-    report = check_post_with_retries(no_wait)
+    report = check_post_with_retries(_retrying(no_wait))
     assert_rejected(report, "sleep was never called")
     assert len(failures(report)) > 1  # it takes no time: every case is tried
 
 
 def test_retry_checker_accepts_other_loops():
-    def int_header(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
-        for attempt in range(max_attempts):
-            response = send(body)
-            if response.status_code not in (429, 503) or attempt == max_attempts - 1:
-                return response
-            if "Retry-After" in response.headers:  # delay-seconds is a whole number of seconds
-                sleep(int(response.headers["Retry-After"]))
-            else:
-                sleep(backoff_s * 2**attempt)
+    def int_header(response, attempt, backoff_s, sleep):
+        if "Retry-After" in response.headers:  # delay-seconds is a whole number of seconds
+            sleep(int(response.headers["Retry-After"]))
+        else:
+            sleep(backoff_s * 2**attempt)
 
     def while_loop(send, body, max_attempts=4, backoff_s=0.1, sleep=time.sleep):
         attempt, response = 0, send(body)
@@ -617,7 +611,7 @@ def test_retry_checker_accepts_other_loops():
             attempt, response = attempt + 1, send(body)
         return response
 
-    assert check_post_with_retries(int_header).passed
+    assert check_post_with_retries(_retrying(int_header)).passed
     assert check_post_with_retries(while_loop).passed
 
 

@@ -20,8 +20,11 @@ def _code_cells(path):
     return [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code" and c.source.strip()]
 
 
-def _run_tool(*args):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+def _assert_tool_check_passes(tool):
+    """``python tool --check`` exits 0: what the tool keeps (clean notebooks, exercises, tables) is current; if not,
+    its output says what is stale."""
+    result = subprocess.run([sys.executable, tool, "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
 
 
 def test_the_book_has_chapters_and_solutions():
@@ -43,13 +46,11 @@ def test_errors_are_stored_only_where_a_pitfall_raises_on_purpose(path):
 
 
 def test_notebooks_are_clean():
-    result = _run_tool("tools/clean_notebooks.py", "--check")
-    assert result.returncode == 0, result.stdout
+    _assert_tool_check_passes("tools/clean_notebooks.py")
 
 
 def test_exercises_are_generated_from_solutions():
-    result = _run_tool("tools/make_exercises.py", "--check")
-    assert result.returncode == 0, result.stdout
+    _assert_tool_check_passes("tools/make_exercises.py")
 
 
 def test_ruff_lints_python_and_notebooks():
@@ -79,13 +80,11 @@ def test_runtimes_are_measured_for_every_notebook():
 
 
 def test_readme_chapter_table_is_current():
-    result = _run_tool("tools/chapter_table.py", "--check")
-    assert result.returncode == 0, result.stdout
+    _assert_tool_check_passes("tools/chapter_table.py")
 
 
 def test_results_tables_are_current():
-    result = _run_tool("tools/results_tables.py", "--check")
-    assert result.returncode == 0, result.stdout
+    _assert_tool_check_passes("tools/results_tables.py")
 
 
 def _experiment_chapters():

@@ -50,6 +50,24 @@ def _no_rows(index: int, texts: int) -> str:
             f"({texts} row(s) of 2 logits); was its entry left as a placeholder (e.g. [None] * len(requests))?")
 
 
+def _one_per_request(report: CheckReport, got, requests: list, case: str, entry: str,
+                     counted: str) -> tuple[list | None, bool]:
+    """``got`` (what the learner's function returned, Ellipsis where the call already failed) as a list with one
+    entry per request, or None after a FIX line; and whether the check goes on. A failed call or a value that is not
+    a list stops the check; a list of another length fails this case only. ``entry`` and ``counted`` are the words
+    the two FIX lines use for one entry (packing: "tensor", "answer")."""
+    if got is Ellipsis:
+        return None, False
+    answers = report.collection(got, list, f"{case}: return a list with one {entry} per request, got "
+                                           f"{type(got).__name__}")
+    if answers is None:
+        return None, False
+    if len(answers) != len(requests):
+        report.fail(f"{case}: {len(answers)} answers for {len(requests)} requests: one {counted} per request")
+        return None, True
+    return answers, True
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Exercise 1: a token-budget batcher
 
@@ -183,16 +201,12 @@ def check_serve_requests(serve_requests) -> CheckReport:
         case = f"request sizes {sizes}, max_batch={max_batch}"
         requests = requests_of(sizes)
         model = RecordingModel()
-        answers = report.call(serve_requests, model, [list(texts) for texts in requests], max_batch,
-                              name="serve_requests")
-        if answers is Ellipsis:
+        got = report.call(serve_requests, model, [list(texts) for texts in requests], max_batch,
+                          name="serve_requests")
+        answers, going_on = _one_per_request(report, got, requests, case, "tensor", "answer")
+        if not going_on:
             return report
-        answers = report.collection(answers, list, f"{case}: return a list with one tensor per request, got "
-                                                   f"{type(answers).__name__}")
         if answers is None:
-            return report
-        if len(answers) != len(requests):
-            report.fail(f"{case}: {len(answers)} answers for {len(requests)} requests: one answer per request")
             continue
         wrong = []
         for index, (texts, answer) in enumerate(zip(requests, answers, strict=True)):
@@ -277,14 +291,10 @@ def check_run_isolated(run_isolated) -> CheckReport:
         requests = poisoned_requests(sizes, poisoned)
         model = PoisonedModel()
         got = _call_bounded(report, run_isolated, model, [list(texts) for texts in requests], name="run_isolated")
-        if got is Ellipsis:
+        answers, going_on = _one_per_request(report, got, requests, case, "entry", "entry")
+        if not going_on:
             return report
-        answers = report.collection(got, list, f"{case}: return a list with one entry per request, got "
-                                               f"{type(got).__name__}")
         if answers is None:
-            return report
-        if len(answers) != len(requests):
-            report.fail(f"{case}: {len(answers)} answers for {len(requests)} requests: one entry per request")
             continue
         problem = None
         for index, (texts, answer) in enumerate(zip(requests, answers, strict=True)):
