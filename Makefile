@@ -69,7 +69,13 @@ $(ASSETS): $(INSTALLED) behind_pipeline/assets.py
 # the weights changed (settings, training split, library versions, RECIPE: behind_pipeline/trained_once.py), so
 # editing code that does not change them costs a few seconds, not a retrain.
 PREPARE_SOURCES := $(addprefix behind_pipeline/,prepare.py training.py batching.py data.py)
-prepare: $(MODELS)
+# Timed (results/setup.json via `make runtimes`) only when it starts from no trained model: a fresh clone's figure,
+# not that of a partial retrain.
+prepare: | $(ASSETS)
+	@start=$$(date +%s); set -e; fresh=1; \
+	for summary in $(MODELS); do if [ -e $$summary ]; then fresh=0; fi; done; \
+	$(MAKE) --no-print-directory $(MODELS); \
+	if [ $$fresh = 1 ]; then $(BIN)/python tools/timings.py record prepare $$start; fi
 $(CLASSIFIER): $(PREPARE_SOURCES) | $(ASSETS)
 	$(BIN)/python -m behind_pipeline.prepare
 

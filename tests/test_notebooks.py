@@ -83,6 +83,27 @@ def test_readme_chapter_table_is_current():
     _assert_tool_check_passes("tools/chapter_table.py")
 
 
+def test_setup_lines_name_and_add_up_the_steps_that_were_timed(monkeypatch):
+    """A measured `make prepare` is named among the timed steps and replaces the sum of the trainings in the total;
+    without one, the total adds the trainings' own times."""
+    import chapter_table
+
+    files = {"setup.json": {"install": 200.0, "assets": 5.0, "test": 1000.0},
+             "prepare.json": {"train_examples": 10, "epochs": 1, "train_seconds": 150.0, "validation_accuracy": 0.8,
+                              "test_accuracy": 0.8},
+             "prepare_generator.json": {"parameters": 1, "steps": 1, "train_seconds": 50.0},
+             "prepare_router.json": {"train_examples": 1, "steps": 1, "train_seconds": 40.0}}
+    monkeypatch.setattr(chapter_table, "results", lambda name: files.get(name, {}))
+    without = "\n".join(chapter_table.setup_lines())
+    assert "`make install`, `make assets` and `make test` were timed" in without
+    assert f"about {chapter_table.about(200 + 5 + 150 + 50 + 40 + 1000)}" in without
+    files["setup.json"]["prepare"] = 400.0
+    measured = "\n".join(chapter_table.setup_lines())
+    assert "`make install`, `make assets`, `make prepare` and `make test` were timed" in measured
+    assert f"- `make prepare` (the four trained models, from none): {chapter_table.about(400)}" in measured
+    assert f"about {chapter_table.about(200 + 5 + 400 + 1000)}" in measured
+
+
 def test_results_tables_are_current():
     _assert_tool_check_passes("tools/results_tables.py")
 
