@@ -4,3 +4,6 @@ plain `pytest` (not only `make test`) starts kernels that never write to the hom
 from behind_pipeline.paths import configure_environment
 
 configure_environment()
+
+# nbval compares the outputs of cells tagged depends-on-cpu only on the kind of CPU that stored them.
+pytest_plugins = ["behind_pipeline.nbval_cpu"]

@@ -27,6 +27,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cpu_kind() -> str:
+    """The kind of CPU, as far as it changes the book's numbers: vendor, PyTorch's vector kernels, int8 dot products.
+
+    For example ``"GenuineIntel AVX512 VNNI"`` or ``"AuthenticAMD AVX2"``. Two machines of one kind compute the same
+    floats; machines of two kinds may differ in the last bits, or more where a kernel quantizes (chapters 15-18).
+    ``tools/execute_notebooks.py`` records it in each notebook it runs, and ``conftest.py`` compares the cells tagged
+    ``depends-on-cpu`` only on the kind that stored them.
+    """
+    import torch
+
+    vendor, flags = platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "vendor_id":
+                vendor = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    parts = [vendor, torch.backends.cpu.get_cpu_capability()]
+    if flags & {"avx512_vnni", "avx_vnni"}:
+        parts.append("VNNI")  # int8 dot products in one instruction: the int8 kernels take another path
+    return " ".join(parts)
+
+
 def setup_chapter(seed: int = 0, packages: tuple[str, ...] = ()) -> None:
     """Fix seed and thread count, silence progress bars that would change stored outputs, print versions."""
     from behind_pipeline.paths import configure_environment

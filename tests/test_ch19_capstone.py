@@ -39,6 +39,7 @@ from behind_pipeline.capstone.golden import (
     GOLDEN_DIR,
     GOLDEN_TOLERANCE,
     LONG_CHARS,
+    NEAR_MARGIN,
     ROUTES_GOLDEN,
     golden_differences,
     golden_models,
@@ -889,8 +890,12 @@ def test_the_http_service_routes_the_golden_near_threshold_and_long_items():
     golden = json.loads((GOLDEN_DIR / ROUTES_GOLDEN).read_text())
     records = golden["records"]
     triage = read_triage(ensure_router())
-    assert (golden["threshold"], golden["temperature"]) == (triage["threshold"], triage["temperature"]), (
-        "the router's triage settings changed: refresh the golden files and review the diff")
+    # The router is trained on each machine: on another kind of CPU its temperature and threshold move by about
+    # 2e-4 (book/troubleshooting.md). The near items sit at least NEAR_MARGIN[0] from the golden threshold, so a
+    # threshold moved by less than half that keeps their golden routes; a larger move is a changed router.
+    moved = max(abs(golden[key] - triage[key]) for key in ("threshold", "temperature"))
+    assert moved <= NEAR_MARGIN[0] / 2, (
+        f"the router's triage settings moved by {moved:.1e}: refresh the golden files and review the diff")
     confidences = [max(record["probs"]) for record in records]
     assert sum(c >= golden["threshold"] for c in confidences) >= 3 and sum(
         c < golden["threshold"] for c in confidences) >= 3  # both sides of the threshold are exercised
@@ -899,7 +904,7 @@ def test_the_http_service_routes_the_golden_near_threshold_and_long_items():
         health = httpx.get(f"{server.url}/health", timeout=30).json()
         answer = httpx.post(f"{server.url}/predict", timeout=120,
                             json={"texts": [record["text"] for record in records], "top_k": None})
-    assert health["model"]["routing"]["threshold"] == golden["threshold"]
+    assert health["model"]["routing"]["threshold"] == triage["threshold"]
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert len(body["routes"]) == len(records)

@@ -96,11 +96,13 @@ def test_setup_lines_name_and_add_up_the_steps_that_were_timed(monkeypatch):
     monkeypatch.setattr(chapter_table, "results", lambda name: files.get(name, {}))
     without = "\n".join(chapter_table.setup_lines())
     assert "`make install`, `make assets` and `make test` were timed" in without
-    assert f"about {chapter_table.about(200 + 5 + 150 + 50 + 40 + 1000)}" in without
+    # the generator ships trained: its training time is not a set-up step
+    assert f"about {chapter_table.about(200 + 5 + 150 + 40 + 1000)}" in without
     files["setup.json"]["prepare"] = 400.0
     measured = "\n".join(chapter_table.setup_lines())
     assert "`make install`, `make assets`, `make prepare` and `make test` were timed" in measured
-    assert f"- `make prepare` (the four trained models, from none): {chapter_table.about(400)}" in measured
+    label = "`make prepare` (the three trained models and the shipped one, from none)"
+    assert f"- {label}: {chapter_table.about(400)}" in measured
     assert f"about {chapter_table.about(200 + 5 + 400 + 1000)}" in measured
 
 
@@ -158,6 +160,50 @@ def test_nbval_fails_when_a_stored_output_is_wrong(tmp_path):
     run = subprocess.run([sys.executable, *nbval_args, str(good), str(bad)], cwd=tmp_path, capture_output=True,
                          text=True)
     assert run.returncode == 1 and run.stdout.startswith(".F ") and "1 failed, 1 passed" in run.stdout, run.stdout
+
+
+def _one_cell_notebook(source, stored, made_on, tags=("depends-on-cpu",)):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["behind_pipeline"] = {"outputs_made_on": made_on}
+    cell = nbformat.v4.new_code_cell(source, execution_count=1, metadata={"tags": list(tags)})
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=stored)]
+    nb.cells = [cell]
+    return nb
+
+
+def test_a_cpu_dependent_cell_is_compared_only_on_the_kind_of_cpu_that_stored_it(tmp_path):
+    """behind_pipeline/nbval_cpu.py: a cell tagged depends-on-cpu whose stored output is wrong fails on the kind of
+    CPU recorded in its notebook, passes on another, and its assert fails everywhere."""
+    from behind_pipeline.runtime import cpu_kind
+
+    wrong = "print(round(2 / 3, 4))"
+    cases = {"here.ipynb": _one_cell_notebook(wrong, "0.6666\n", cpu_kind()),
+             "elsewhere.ipynb": _one_cell_notebook(wrong, "0.6666\n", "another CPU"),
+             "untagged.ipynb": _one_cell_notebook(wrong, "0.6666\n", "another CPU", tags=()),
+             "asserts.ipynb": _one_cell_notebook("assert 2 / 3 > 1", "", "another CPU")}
+    for name, nb in cases.items():
+        nbformat.write(nb, tmp_path / name)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "behind_pipeline.nbval_cpu",
+                          "--nbval", "--nbval-current-env", "-q", *cases], cwd=tmp_path, capture_output=True, text=True)
+    assert run.stdout.startswith("F.FF ") and "3 failed, 1 passed" in run.stdout, run.stdout
+    assert "2 cells tagged depends-on-cpu ran without comparing their outputs: stored on another CPU" in run.stdout
+
+
+def test_the_cleaner_wants_a_reason_for_each_cpu_dependent_cell():
+    from clean_notebooks import problems
+
+    nb = _one_cell_notebook("print(1)", "1\n", "another CPU")
+    assert any("depends-on-cpu" in problem for problem in problems(nb))
+    nb.cells[0].source = "# Output compared only on the kind of CPU that stored it: int8 kernels differ.\nprint(1)"
+    assert problems(nb) == []
+
+
+def test_every_checked_notebook_records_the_cpu_its_outputs_were_made_on():
+    from behind_pipeline.nbval_cpu import outputs_made_on
+
+    missing = [str(path.relative_to(ROOT)) for path in CHECKED if not outputs_made_on(nbformat.read(path, 4))]
+    assert not missing, f"{missing}: run them with tools/execute_notebooks.py, which records it"
 
 
 def test_sanitizer_hides_float_noise_but_not_real_differences():

@@ -39,7 +39,7 @@ TEACHES = {
 }
 # Modules no single chapter teaches: the foundation every chapter stands on, and the checkers' shared core.
 FOUNDATION = ["__init__.py", "assets.py", "models.py", "paths.py", "runtime.py", "prepare.py", "trained_once.py",
-              "guides.py", "checks/_core.py", "checks/__init__.py"]
+              "guides.py", "nbval_cpu.py", "checks/_core.py", "checks/__init__.py"]
 
 
 def files(stem: str) -> dict[str, str]:

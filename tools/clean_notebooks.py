@@ -5,7 +5,8 @@
 
 Besides rewriting metadata, the check refuses stored outputs that would differ on another machine or that a
 reader should never see: memory addresses, folders of this machine, stderr noise (warnings, progress bars),
-and tags that switch nbval off without a comment saying why.
+and tags that switch nbval off, or compare a cell only on the kind of CPU that stored it, without a comment saying
+why.
 """
 
 import argparse
@@ -17,12 +18,15 @@ import nbformat
 
 from notebook_files import ROOT, notebooks
 
-NOTEBOOK_METADATA = {"kernelspec", "language_info"}
+# behind_pipeline: the kind of CPU the outputs were made on (behind_pipeline/nbval_cpu.py)
+NOTEBOOK_METADATA = {"kernelspec", "language_info", "behind_pipeline"}
 CELL_METADATA = {"tags", "mystnb"}  # tags drive nbval/papermill/myst; mystnb holds figure alt text
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 UNCOMPARED_TAGS = {"nbval-ignore-output", "nbval-skip"}
 # A cell whose output is not compared must say why in a comment the reader sees.
 WHY_COMMENT = re.compile(r"^# (Output not compared|Not run) by the tests: \S.{8,}", re.MULTILINE)
+CPU_TAG = "depends-on-cpu"  # compared only on the kind of CPU that stored the outputs
+CPU_COMMENT = re.compile(r"^# Output compared only on the kind of CPU that stored it: \S.{8,}", re.MULTILINE)
 FORBIDDEN_OUTPUT = {
     "a memory address": re.compile(r"\bat 0x[0-9a-fA-F]{6,}"),
     "a folder of this machine": re.compile("|".join(map(re.escape, {str(ROOT), "/root/", "/home/", "/tmp/"}))),
@@ -75,6 +79,9 @@ def problems(nb) -> list[str]:
         if tags & UNCOMPARED_TAGS and not WHY_COMMENT.search(cell.source):
             found.append(f"{where}: tagged {sorted(tags & UNCOMPARED_TAGS)} without a '# Output not compared by the "
                          "tests: <why>' (or '# Not run by the tests: <why>') comment")
+        if CPU_TAG in tags and not CPU_COMMENT.search(cell.source):
+            found.append(f"{where}: tagged {CPU_TAG!r} without a '# Output compared only on the kind of CPU that "
+                         "stored it: <why>' comment")
         for output in cell.outputs:
             if output.output_type == "stream" and output.name == "stderr":
                 found.append(f"{where}: stderr output (a warning or progress bar): fix its cause")

@@ -3,6 +3,9 @@
     python tools/execute_notebooks.py notebooks/01_tokenizer.ipynb ...
     python tools/execute_notebooks.py --measure ...   # also record each run time in results/runtimes.json
 
+Each notebook records the kind of CPU its outputs were made on (``behind_pipeline/nbval_cpu.py`` compares the
+cells tagged ``depends-on-cpu`` only there).
+
 Run times are measured here, one notebook after the other on an otherwise idle machine, and rendered by
 ``tools/chapter_table.py`` into the README table and each chapter's "Runs in about" line.
 """
@@ -16,7 +19,9 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from behind_pipeline.nbval_cpu import MADE_ON, METADATA_KEY
 from behind_pipeline.paths import configure_environment
+from behind_pipeline.runtime import cpu_kind
 
 from clean_notebooks import clean
 from notebook_files import ROOT
@@ -30,6 +35,7 @@ def execute(path: Path) -> float:
     started = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - started
+    nb.metadata[METADATA_KEY] = {MADE_ON: cpu_kind()}
     clean(nb)
     path.write_text(nbformat.writes(nb) + "\n")
     return seconds

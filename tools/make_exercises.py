@@ -14,7 +14,7 @@ import sys
 import nbformat
 from nbgrader.preprocessors import ClearHiddenTests, ClearOutput, ClearSolutions
 
-from clean_notebooks import clean
+from clean_notebooks import CPU_COMMENT, CPU_TAG, clean
 from notebook_files import ROOT, notebooks
 
 SOLUTION_SUFFIX = "_solutions.ipynb"
@@ -32,6 +32,17 @@ def exercise_for(solution_nb):
         ClearOutput(),
     ):
         nb, resources = preprocessor.preprocess(nb, resources)
+    nb.metadata.pop("behind_pipeline", None)  # which CPU made the outputs: the exercise has none
+    for cell in nb.cells:  # nor a comparison that depends on it: drop the tag and its comment block
+        tags = cell.metadata.get("tags", [])
+        if CPU_TAG in tags and CPU_COMMENT.match(cell.source):
+            cell.metadata["tags"] = [tag for tag in tags if tag != CPU_TAG]
+            lines = cell.source.split("\n")
+            while lines and lines[0].startswith("#"):
+                lines.pop(0)
+            cell.source = "\n".join(lines)
+            if not cell.metadata["tags"]:
+                del cell.metadata["tags"]
     title, _, rest = nb.cells[0].source.partition("\n")
     nb.cells[0].source = title.removesuffix(SOLUTION_TITLE_SUFFIX) + _ + rest
     clean(nb)

@@ -1,0 +1,55 @@
+"""A pytest plugin for nbval: outputs that depend on the kind of CPU are compared on that kind only.
+
+Most stored outputs repeat on any x86 machine with 2 torch threads. A few do not: int8 kernels take other paths
+with and without VNNI (chapters 15-18), and a model trained here (the router of chapter 19) or an ill-conditioned
+fit can move in the last printed digit with the order in which vector kernels add (``book/troubleshooting.md``,
+"another kind of CPU"). Such a cell carries the tag ``depends-on-cpu`` and a comment that says why; the notebook's
+metadata records the kind of CPU its outputs were made on (``behind_pipeline.outputs_made_on``, written by
+``tools/execute_notebooks.py``, from :func:`behind_pipeline.runtime.cpu_kind`).
+
+On that kind, a tagged cell is compared like any other. On another kind it still runs, so its asserts still
+check what holds everywhere, but its output is not compared, and the run's summary says how many cells that was.
+
+``conftest.py`` loads it for every pytest run in the project; ``pytest -p behind_pipeline.nbval_cpu`` elsewhere.
+"""
+
+import pytest
+
+TAG = "depends-on-cpu"
+METADATA_KEY = "behind_pipeline"
+MADE_ON = "outputs_made_on"
+
+_uncompared: list[str] = []  # "notebook::Cell N" of the tagged cells this run did not compare
+_kinds: set[str] = set()  # the kinds those cells were stored on
+
+
+def outputs_made_on(nb) -> str | None:
+    """The kind of CPU a notebook's stored outputs were made on, or None when it is not recorded."""
+    return nb.metadata.get(METADATA_KEY, {}).get(MADE_ON)
+
+
+def pytest_collection_modifyitems(config, items):
+    here = None
+    for item in items:
+        cell = getattr(item, "cell", None)
+        if cell is None or TAG not in cell.get("metadata", {}).get("tags", []) or not hasattr(item, "options"):
+            continue
+        if here is None:
+            from behind_pipeline.runtime import cpu_kind
+
+            here = cpu_kind()
+        made_on = outputs_made_on(item.parent.nb)
+        if made_on != here:
+            item.options["check"] = False
+            _uncompared.append(item.nodeid)
+            _kinds.add(str(made_on))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter):
+    if _uncompared:
+        from behind_pipeline.runtime import cpu_kind
+
+        terminalreporter.write_line(
+            f"{len(_uncompared)} cells tagged {TAG} ran without comparing their outputs: stored on "
+            f"{', '.join(sorted(_kinds))}, this CPU is {cpu_kind()} (behind_pipeline/nbval_cpu.py)")
