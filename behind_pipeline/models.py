@@ -12,7 +12,7 @@ HUB_ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # A reader online gets a ready-made sentiment model from the Hub. It is a DistilBERT, so the chapters that
 # rebuild BERT's layers by hand keep using the local encoder's architecture only in offline mode.
 HUB_CLASSIFIER_ID = "distilbert-base-uncased-finetuned-sst-2-english"
-# Chapter 8's text generator: a tiny GPT-2 trained on Hamlet by `make prepare` (behind_pipeline/tiny_gpt.py),
+# Chapter 8's text generator: a tiny GPT-2 trained on Hamlet, shipped and copied by `make prepare` (tiny_gpt.py),
 # or the real GPT-2 from the Hub online.
 HUB_GENERATOR_ID = "gpt2"
 GENERATOR_DIR = paths.GENERATOR_DIR  # defined with the other folders in paths.py
@@ -109,8 +109,8 @@ def _follow(child) -> list[str]:
 
 
 def generator_id() -> str:
-    """The text generator of chapter 8: the tiny GPT-2 written by ``make prepare``, trained here on first need (or
-    ``gpt2`` from the Hub online).
+    """The text generator of chapter 8: the tiny GPT-2 that ``make prepare`` copies from the shipped weights, copied
+    on first need (or ``gpt2`` from the Hub online).
 
     ``BTP_GENERATOR_ID`` overrides it, as ``BTP_CLASSIFIER_ID`` does for the classifier (the online-mode test passes
     a local stand-in for ``gpt2`` that way).
@@ -120,7 +120,7 @@ def generator_id() -> str:
     if paths.is_online():
         return HUB_GENERATOR_ID
     if not (GENERATOR_DIR / trained_once.WEIGHTS_FILE).exists():
-        # `make lab` opens the book before the generator exists: chapter 8 trains it on first need.
+        # `make lab` opens the book before the generator exists: chapter 8 copies it on first need.
         from behind_pipeline import tiny_gpt
 
         tiny_gpt.ensure_generator(show=False)

@@ -19,7 +19,7 @@ CORPUS_FILE = ASSETS_DIR / "rotten_tomatoes_corpus_full.csv.bz2"
 MODELS_DIR = CACHE_DIR / "models"
 # The course's fine-tuned sentiment classifier, written by `make prepare`.
 CLASSIFIER_DIR = MODELS_DIR / "minilm-rotten-tomatoes"
-# Chapter 8's tiny GPT-2, trained on Hamlet by `make prepare` (behind_pipeline/tiny_gpt.py).
+# Chapter 8's tiny GPT-2, trained on Hamlet once and shipped; `make prepare` copies it here (tiny_gpt.py).
 GENERATOR_DIR = MODELS_DIR / "tiny-gpt-hamlet"
 RESULTS_DIR = PROJECT_ROOT / "results"
 # The benchmarks' one file: the models (make bench), the service (make bench-service) and Ray Serve (make bench-ray)

@@ -1,13 +1,15 @@
 """Models trained once: one summary file, one freshness rule, one lock and one atomic save for all three.
 
 The book trains three models once and loads them like Hub checkpoints: the course classifier (``prepare.py``,
-chapters 0-7 and later), the tiny generator (``tiny_gpt.py``, chapter 8) and the ticket router (``capstone/``,
-chapter 19). Each lives in a folder of ``.cache/models`` written by ``save_pretrained``, with
-``training_summary.json`` beside the weights. The summary's fingerprint hashes what shapes the weights:
+chapters 0-7 and later), the tiny generator (``tiny_gpt.py``, chapter 8, trained once by an author and shipped,
+because another kind of CPU trains other weights) and the ticket router (``capstone/``, chapter 19). Each lives in
+a folder of ``.cache/models`` written by ``save_pretrained``, with ``training_summary.json`` beside the weights.
+The summary's fingerprint hashes what shapes the weights:
 
 - the training settings (learning rate, batch size, seed, ...),
 - the training data (a digest of the texts and labels the model was trained on),
-- the versions of the libraries that compute the weights (torch, transformers, tokenizers),
+- the versions of the libraries that compute the weights (torch, transformers, tokenizers; not for the shipped
+  generator, whose files are fixed: ``tiny_gpt.fingerprint``),
 - a recipe number, raised by hand when a change to the training code changes what the model learns.
 
 Moving, renaming or re-wording code changes none of these, so a refactor never retrains a model. A change that

@@ -18,7 +18,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from behind_pipeline import models, tiny_gpt
+from behind_pipeline import models, tiny_gpt, trained_once
 from behind_pipeline.checks import ch08_text_generation as ch08
 from behind_pipeline.checks.ch08_text_generation import (
     check_generate_batch,
@@ -87,6 +87,34 @@ def test_the_saved_generator_is_current_and_summarised():
     assert summary["vocab_size"] == tiny_gpt.SETTINGS.vocab_size
     assert summary["final_loss"] < summary["first_loss"]  # it learned something
     assert (models.GENERATOR_DIR / "model.safetensors").exists()
+
+
+def test_the_shipped_generator_is_current_and_prepare_copies_it_without_training(tmp_path, monkeypatch):
+    """Chapter 8's stored outputs were made with the shipped generator: it must match today's recipe, settings, text
+    and library versions, and `make prepare` must copy it byte for byte rather than train one."""
+    shipped = trained_once.read_summary(tiny_gpt.SHIPPED_DIR)
+    assert shipped["fingerprint"] == tiny_gpt.fingerprint(), (
+        "the shipped generator is stale: run `python -m behind_pipeline.tiny_gpt --retrain-shipped`, re-execute "
+        "chapter 8 and its solutions, and commit all three")
+    monkeypatch.setattr(tiny_gpt, "train", lambda *args, **kwargs: pytest.fail("trained instead of copying"))
+    folder = tmp_path / "tiny-gpt-hamlet"
+    assert tiny_gpt.ensure_generator(show=False, folder=folder)
+    for file in tiny_gpt.SHIPPED_DIR.iterdir():
+        assert (folder / file.name).read_bytes() == file.read_bytes(), file.name
+    assert not tiny_gpt.ensure_generator(show=False, folder=folder)  # current now: nothing to do
+
+
+def test_the_shipped_weights_give_the_held_out_loss_their_summary_records():
+    """The summary beside the shipped weights describes those weights: the held-out loss, recomputed."""
+    summary = trained_once.read_summary(tiny_gpt.SHIPPED_DIR)
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt.SHIPPED_DIR).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt.SHIPPED_DIR)
+    test_ids = torch.tensor(tokenizer(tiny_gpt.hamlet_texts()[1])["input_ids"])
+    context = tiny_gpt.SETTINGS.context
+    windows = test_ids[: len(test_ids) // context * context].view(-1, context)  # (windows, context)
+    with torch.inference_mode():
+        loss = model(input_ids=windows, labels=windows).loss.item()
+    assert len(test_ids) == summary["test_tokens"] and loss == pytest.approx(summary["test_loss"], abs=5e-4)
 
 
 def test_the_fingerprint_changes_with_the_settings(monkeypatch):
@@ -356,14 +384,50 @@ def test_reusing_a_dynamic_cache_after_a_step_corrupts_the_next_one(generator, g
 
 
 def stop_string_hit(tokenizer, ids, stop_string):
-    text, before = tokenizer.decode(ids), len(tokenizer.decode(ids[:-1]))
+    text, before = tokenizer.decode(ids), len(tokenizer.decode(ids[:-1]).rstrip("\ufffd"))
     return text.find(stop_string, max(0, before - len(stop_string) + 1)) != -1
 
 
 def stop_string_hit_by_suffixes(tokenizer, ids, stop_string):
     # another right answer: a prefix of the text that ends inside the last token ends with the stop string
-    text, before = tokenizer.decode(ids), len(tokenizer.decode(ids[:-1]))
+    text, before = tokenizer.decode(ids), len(tokenizer.decode(ids[:-1]).rstrip("\ufffd"))
     return any(text[:end].endswith(stop_string) for end in range(before + 1, len(text) + 1))
+
+
+def counts_a_split_character(tokenizer, ids, stop_string):
+    # the earlier tokens' text measured with the '\ufffd' of a character whose bytes the last token completes
+    text, before = tokenizer.decode(ids), len(tokenizer.decode(ids[:-1]))
+    return text.find(stop_string, max(0, before - len(stop_string) + 1)) != -1
+
+
+def stop_string_from_each_token_s_text(tokenizer, ids, stop_string):
+    # the text as the tokens' own pieces, the last one's start from their lengths: right until a character's bytes
+    # are split over tokens, which then each decode to '\ufffd
+    pieces = [tokenizer.decode([token]) for token in ids]
+    text = "".join(pieces)
+    before = len(text) - len(pieces[-1])
+    return stop_string in text[max(0, before - len(stop_string) + 1):]
+
+
+def stop_string_hit_as_a_tensor(tokenizer, ids, stop_string):
+    return torch.tensor(stop_string_hit(tokenizer, ids, stop_string))
+
+
+def search_starts_one_too_early(tokenizer, ids, stop_string):
+    # counts an occurrence that ends exactly where the last token starts
+    text, before = tokenizer.decode(ids), len(tokenizer.decode(ids[:-1]))
+    return text.find(stop_string, max(0, before - len(stop_string))) != -1
+
+
+def last_two_tokens_only(tokenizer, ids, stop_string):
+    return stop_string in tokenizer.decode(ids[-2:])
+
+
+def returns_a_match(tokenizer, ids, stop_string):
+    import re
+
+    text, before = tokenizer.decode(ids), len(tokenizer.decode(ids[:-1]))
+    return re.compile(re.escape(stop_string)).search(text, max(0, before - len(stop_string) + 1))
 
 
 def stop_string_anywhere(tokenizer, ids, stop_string):
@@ -403,7 +467,26 @@ def test_the_stop_runs_stop_before_the_limit(generator, gen_tokenizer):
         assert out.shape[1] - ids.shape[1] < ch08.STOP_NEW_TOKENS
 
 
-@pytest.mark.parametrize("answer", [stop_string_hit, stop_string_hit_by_suffixes])
+def test_each_stop_run_exercises_what_its_comment_says(generator, gen_tokenizer):
+    (greedy_prompt, greedy_stop, no_seed), (_, _, sampled_seed), (held_prompt, held_stop, _) = ch08.STOP_RUNS
+    ids = _ids(gen_tokenizer, greedy_prompt)
+    out = _generate(generator, ids, do_sample=False, max_new_tokens=ch08.STOP_NEW_TOKENS, stop_strings=[greedy_stop],
+                    tokenizer=gen_tokenizer)[0].tolist()
+    text = gen_tokenizer.decode(out)
+    assert no_seed is None and greedy_stop in text and not text.endswith(greedy_stop)  # the last token overhangs
+    assert greedy_stop in gen_tokenizer.decode(out[-3:]) and greedy_stop not in gen_tokenizer.decode(out[-2:])
+    assert sampled_seed is not None and held_stop in held_prompt
+
+
+def test_the_stop_runs_alone_reject_a_whole_text_search_and_an_off_by_one(monkeypatch):
+    # Seed 1's first token holds the prompt's '\n' too, so where generate stops cannot tell a whole-text search:
+    # the steps after it, on the same run left to go on, must.
+    monkeypatch.setattr(ch08, "STOP_CASES", [])
+    assert_rejected(check_stop_string(stop_string_anywhere), "earlier in the text", "same run left to go on")
+    assert_rejected(check_stop_string(search_starts_one_too_early), "off-by-one")
+
+
+@pytest.mark.parametrize("answer", [stop_string_hit, stop_string_hit_by_suffixes, stop_string_hit_as_a_tensor])
 def test_stop_string_checker_accepts_right_answers(answer):
     assert check_stop_string(answer).passed
 
@@ -414,6 +497,11 @@ def test_stop_string_checker_accepts_right_answers(answer):
     (last_token_only, "spans several tokens"),
     (returns_a_string, "return True or False"),
     (pops_the_last_token, "changed the ids"),
+    (search_starts_one_too_early, "ending exactly where the last token starts"),
+    (last_two_tokens_only, "before the last two tokens"),
+    (counts_a_split_character, "inside a character"),
+    (stop_string_from_each_token_s_text, "inside a character"),
+    (returns_a_match, "return True or False"),
 ])
 def test_stop_string_checker_rejects_typical_mistakes(answer, hint):
     assert_rejected(check_stop_string(answer), hint)
@@ -435,6 +523,25 @@ def repetition_penalty_by_loops(input_ids, logits, penalty):
             value = result[row, token]
             result[row, token] = value * penalty if value < 0 else value / penalty
     return result
+
+
+def repetition_penalty_with_a_mask(input_ids, logits, penalty):
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter(1, input_ids, True)
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits).double()
+
+
+def penalty_the_wrong_way(input_ids, logits, penalty):
+    seen = torch.gather(logits, 1, input_ids)
+    return logits.scatter(1, input_ids, torch.where(seen > 0, seen * penalty, seen / penalty))
+
+
+def penalizes_the_last_token_only(input_ids, logits, penalty):
+    return repetition_penalty(input_ids[:, -1:], logits, penalty)
+
+
+def subtracts_the_log_penalty(input_ids, logits, penalty):
+    seen = torch.gather(logits, 1, input_ids)
+    return logits.scatter(1, input_ids, seen - float(np.log(penalty)))
 
 
 def divides_every_logit(input_ids, logits, penalty):
@@ -461,7 +568,7 @@ def penalizes_in_place(input_ids, logits, penalty):
     return logits.scatter_(1, input_ids, torch.where(seen < 0, seen * penalty, seen / penalty))
 
 
-@pytest.mark.parametrize("answer", [repetition_penalty, repetition_penalty_by_loops])
+@pytest.mark.parametrize("answer", [repetition_penalty, repetition_penalty_by_loops, repetition_penalty_with_a_mask])
 def test_penalty_checker_accepts_right_answers(answer):
     assert check_repetition_penalty(answer).passed
 
@@ -471,17 +578,32 @@ def test_penalty_checker_accepts_right_answers(answer):
     (penalty_per_occurrence, "once, not once per occurrence"),
     (penalty_for_every_row_s_tokens, "each row has its own history"),
     (penalizes_in_place, "in place"),
+    (penalty_the_wrong_way, "the wrong way"),
+    (penalizes_the_last_token_only, "not only the last one"),
+    (subtracts_the_log_penalty, "z / penalty if z > 0"),
 ])
 def test_penalty_checker_rejects_typical_mistakes(answer, hint):
     assert_rejected(check_repetition_penalty(answer), hint)
 
 
-def test_the_penalty_changes_the_greedy_text(generator, gen_tokenizer):
+@pytest.mark.parametrize("answer", [penalty_the_wrong_way, penalizes_the_last_token_only, subtracts_the_log_penalty])
+def test_the_penalty_hints_name_no_mistake_the_answer_did_not_make(answer):
+    # token 3 is seen twice in the first case: a wrong value there is not always a per-occurrence penalty
+    text = " ".join(line for line in check_repetition_penalty(answer).lines if "FIX" in line)
+    assert "once per occurrence" not in text and "own history" not in text
+
+
+@pytest.mark.parametrize("penalty", [1.3, 2.0])
+def test_the_penalty_changes_the_greedy_text(generator, gen_tokenizer, penalty):
+    # The plain greedy text repeats itself, and the penalty, right or the wrong way round, changes it: so each of the
+    # checker's greedy runs tests the penalty, its direction included.
     ids = _ids(gen_tokenizer, ch08.PROMPT)
     plain = _generate(generator, ids, do_sample=False, max_new_tokens=ch08.PENALTY_NEW_TOKENS)
-    penalized = _generate(generator, ids, do_sample=False, max_new_tokens=ch08.PENALTY_NEW_TOKENS,
-                          repetition_penalty=1.3)
-    assert not torch.equal(plain, penalized)  # so the checker's greedy run tests the penalty
+    new = plain[0, ids.shape[1]:].tolist()
+    assert len(set(new)) < len(new)
+    penalized, wrong_way = (_generate(generator, ids, do_sample=False, max_new_tokens=ch08.PENALTY_NEW_TOKENS,
+                                      repetition_penalty=value) for value in (penalty, 1 / penalty))
+    assert not torch.equal(plain, penalized) and not torch.equal(penalized, wrong_way)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -489,36 +611,40 @@ def test_the_penalty_changes_the_greedy_text(generator, gen_tokenizer):
 
 
 def generate_batch(model, tokenizer, prompts, max_new_tokens, side="left", positions_from_mask=True, mask_on=True,
-                   cache=True, stop_when="all", mask_from_ids=False):
+                   cache=True, stop_when="all", mask_from_ids=False, later_positions=True, grow_mask=True,
+                   extra_steps=0, keep_prompt=False, keep_eos=True, cumsum_positions=False):
     tokenizer.padding_side = side
     encoding = tokenizer(prompts, padding=True, return_tensors="pt")
     ids, mask = encoding["input_ids"], encoding["attention_mask"]
     if mask_from_ids:
         mask = (ids != tokenizer.pad_token_id).long()
-    positions = position_ids_from_mask(mask)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0) if cumsum_positions else position_ids_from_mask(mask)
     all_ids = ids
+    eos = tokenizer.eos_token_id if stop_when != "config" else model.config.eos_token_id
     finished = torch.zeros(len(prompts), dtype=torch.bool)
-    rows, past = [[] for _ in prompts], None
+    rows, past = [row.tolist() if keep_prompt else [] for row in ids], None
     with torch.inference_mode():
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens + extra_steps):
             kwargs = dict(input_ids=ids if cache else all_ids, use_cache=cache)
             if mask_on:
                 kwargs["attention_mask"] = mask
-            if positions_from_mask:
+            if positions_from_mask and (later_positions or step == 0):
                 kwargs["position_ids"] = positions if cache else position_ids_from_mask(mask)
             if cache:
                 kwargs["past_key_values"] = past
             outputs = model(**kwargs)
             past = outputs.past_key_values if cache else None
             next_ids = outputs.logits[:, -1].argmax(dim=-1)
-            for row, token in zip(rows, next_ids.tolist(), strict=True):
-                row.append(token)
-            finished |= next_ids == tokenizer.eos_token_id
-            if finished.all() if stop_when == "all" else finished.any():
+            for row, token, done in zip(rows, next_ids.tolist(), finished.tolist(), strict=True):
+                if keep_eos or not (done or token == eos):
+                    row.append(token)
+            finished |= next_ids == eos
+            if stop_when != "never" and (finished.any() if stop_when == "any" else finished.all()):
                 break
             ids = next_ids[:, None]
             all_ids = torch.cat([all_ids, ids], dim=-1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+            if grow_mask:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
             positions = positions[:, -1:] + 1
     return rows
 
@@ -551,6 +677,48 @@ def mask_from_ids_not_pad(model, tokenizer, prompts, max_new_tokens):
     return generate_batch(model, tokenizer, prompts, max_new_tokens, mask_from_ids=True)
 
 
+def positions_from_a_cumsum(model, tokenizer, prompts, max_new_tokens):
+    return generate_batch(model, tokenizer, prompts, max_new_tokens, cumsum_positions=True)
+
+
+def eos_as_pad_token(model, tokenizer, prompts, max_new_tokens):
+    # another right answer: the mask hides the pads, whatever their id
+    tokenizer.pad_token = tokenizer.eos_token
+    return generate_batch(model, tokenizer, prompts, max_new_tokens)
+
+
+def never_stops_at_eos(model, tokenizer, prompts, max_new_tokens):
+    return generate_batch(model, tokenizer, prompts, max_new_tokens, stop_when="never")
+
+
+def the_model_s_eos(model, tokenizer, prompts, max_new_tokens):
+    return generate_batch(model, tokenizer, prompts, max_new_tokens, stop_when="config")
+
+
+def positions_only_in_the_first_step(model, tokenizer, prompts, max_new_tokens):
+    return generate_batch(model, tokenizer, prompts, max_new_tokens, later_positions=False)
+
+
+def the_mask_does_not_grow(model, tokenizer, prompts, max_new_tokens):
+    return generate_batch(model, tokenizer, prompts, max_new_tokens, grow_mask=False)
+
+
+def one_step_too_many(model, tokenizer, prompts, max_new_tokens):
+    return generate_batch(model, tokenizer, prompts, max_new_tokens, extra_steps=1)
+
+
+def one_step_too_few(model, tokenizer, prompts, max_new_tokens):
+    return generate_batch(model, tokenizer, prompts, max_new_tokens, extra_steps=-1)
+
+
+def rows_keep_the_prompt(model, tokenizer, prompts, max_new_tokens):
+    return generate_batch(model, tokenizer, prompts, max_new_tokens, keep_prompt=True)
+
+
+def rows_leave_out_the_eos(model, tokenizer, prompts, max_new_tokens):
+    return generate_batch(model, tokenizer, prompts, max_new_tokens, keep_eos=False)
+
+
 def calls_generate(model, tokenizer, prompts, max_new_tokens):
     rows = []
     for prompt in prompts:
@@ -561,7 +729,8 @@ def calls_generate(model, tokenizer, prompts, max_new_tokens):
     return rows
 
 
-@pytest.mark.parametrize("answer", [generate_batch, generate_batch_as_a_tensor])
+@pytest.mark.parametrize("answer", [generate_batch, generate_batch_as_a_tensor, positions_from_a_cumsum,
+                                    eos_as_pad_token])
 def test_batch_checker_accepts_right_answers(answer):
     assert check_generate_batch(answer).passed
 
@@ -574,6 +743,14 @@ def test_batch_checker_accepts_right_answers(answer):
     (calls_generate, "never called"),
     (stops_when_any_row_ends, "until *every* row"),
     (mask_from_ids_not_pad, "not from input_ids != pad_token_id"),
+    (never_stops_at_eos, "8 model calls where 2"),
+    (the_model_s_eos, "not model.config.eos_token_id"),
+    (positions_only_in_the_first_step, "in the cached steps too"),
+    (the_mask_does_not_grow, "a column of ones for each new token"),
+    (one_step_too_many, "off-by-one"),
+    (one_step_too_few, "off-by-one"),
+    (rows_keep_the_prompt, "only the new tokens"),
+    (rows_leave_out_the_eos, "keep it as the row's last token"),
 ])
 def test_batch_checker_rejects_typical_mistakes(answer, hint):
     assert_rejected(check_generate_batch(answer), hint)

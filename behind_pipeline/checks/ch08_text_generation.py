@@ -33,11 +33,6 @@ def _fresh_tokenizer():
     return AutoTokenizer.from_pretrained(generator_id())
 
 
-# The held-out lines of Hamlet the checkers run the model on (a few lines of the chapter's test text).
-CHECK_TEXT = ("HAMLET\nGive me your pardon, sir: I've done you wrong;\nBut pardon't, as you are a gentleman.\n"
-              "This presence knows,\nAnd you must needs have heard, how I am punish'd\n")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Exercise 1: a stop string by hand
 
@@ -62,14 +57,23 @@ STOP_CASES = [
     ("the stop string at the very end", STOP_TEXT, 5, "ir!"),
     ("a stop string with a newline, across three tokens", "HAMLET\nTo be", 3, "T\nT"),
     ("one token: the stop string is the whole text", "HAMLET", 1, "HAMLET"),
+    # ['Ġc', 'a', 'f', 'Ã', '©']: the last token completes the two bytes of 'é', so the earlier tokens alone decode
+    # to ' caf\ufffd', one character longer than the ' caf' the whole text starts with
+    ("a character split over the last two tokens", " café", 5, "é"),
 ]
-# (prompt, stop string, seed or None for greedy): generate(stop_strings=...) against generate with your criterion.
+# (prompt, stop string, seed or None for greedy): generate(stop_strings=...) against generate with your criterion,
+# then your function against StopStringCriteria after each token of the same run left to go on (STEPS_PAST_THE_STOP).
+# The greedy text is '\nHAMLET\nHAMLET...': 'T\nH' spans 'HAMLET', '\n', 'HAMLET', and the last token overhangs it.
+# Seed 0 writes ' lord' as its 4th token and ' Clown' next: the stop string ends where that token starts. The third
+# prompt holds the stop string already and seed 1's first token is '\n' too, so only the steps after it (a '\n'
+# earlier in the text, none in the last token) tell an answer that searches the whole text.
 STOP_RUNS = [
-    ("HAMLET\nTo be, or not to be:", ",\nA", None),  # greedy: spans three tokens, the last overhangs
-    ("HAMLET\nGive me your pardon, sir:", "lord", 0),
+    ("HAMLET\nTo be, or not to be:", "T\nH", None),  # greedy: spans three tokens, the last overhangs
+    ("HAMLET\nGive me your pardon, sir:", "lord", 0),  # sampled
     ("HAMLET\nGive me your pardon, sir:", "\n", 1),  # the prompt holds the stop string already
 ]
 STOP_NEW_TOKENS = 30
+STEPS_PAST_THE_STOP = 8  # how far the run left to go on goes past the stop
 
 
 def _hit_value(report: CheckReport, result, where: str) -> bool | None:
@@ -99,12 +103,21 @@ def _stop_case(report, stop_string_hit, where, tokenizer, ids, stop_string) -> b
 
 def _stop_hint(tokenizer, ids, stop_string, got: bool) -> str:
     text, before = tokenizer.decode(ids), tokenizer.decode(ids[:-1])
+    if got and before.endswith(stop_string) and stop_string not in before[:-1]:
+        return ("the stop string is earlier in the text, ending exactly where the last token starts: that "
+                "occurrence was checked at the previous step; count only one that ends inside the last token (an "
+                "off-by-one in where the search starts?)")
     if got and stop_string in before:
         return ("the stop string is earlier in the text, but not in the last token: only an occurrence that "
                 "reaches into the last token stops generation (earlier ones were checked at their own step)")
+    if not got and before.endswith("\ufffd") and stop_string in text:
+        return ("the earlier tokens end inside a character (its UTF-8 bytes are split across tokens), so decoded "
+                "alone they end with '\ufffd' and are no prefix of the whole text: measure them without it")
     if not got and stop_string in text and not text.endswith(stop_string):
         return ("the last token runs past the end of the stop string: the text need not *end* with the stop "
-                "string, it only has to contain it in a place that reaches into the last token")
+                "string, it only has to contain it in a place that reaches into the last token"
+                + ("" if stop_string in tokenizer.decode(ids[-2:]) else
+                   " (here it also starts before the last two tokens: search the decoded text of them all)"))
     if not got and stop_string in text and stop_string not in tokenizer.decode(ids[-1:]):
         return ("the stop string spans several tokens: look for it in the decoded text, not in the last token "
                 "alone")
@@ -146,6 +159,9 @@ def _stop_run(report, stop_string_hit, prompt, stop_string, seed) -> bool:
         return False
     new_expected, new_got = expected.shape[1] - ids.shape[1], got.shape[1] - ids.shape[1]
     if torch.equal(got, expected):
+        if not _every_step(report, stop_string_hit, where, ids, stop_string, seed,
+                           settings | dict(max_new_tokens=min(STOP_NEW_TOKENS, new_expected + STEPS_PAST_THE_STOP))):
+            return False
         report.ok(f"{where}: generate stops after the same {new_expected} new token(s) as "
                   "generate(stop_strings=...)")
         return True
@@ -154,6 +170,36 @@ def _stop_run(report, stop_string_hit, prompt, stop_string, seed) -> bool:
                 + _stop_hint(tokenizer, got[0].tolist() if new_got < new_expected else expected[0].tolist(),
                              stop_string, new_got < new_expected))
     return False
+
+
+def _every_step(report, stop_string_hit, where, ids, stop_string, seed, settings) -> bool:
+    """Your function against ``StopStringCriteria`` after each new token of the run left to go on: the steps after
+    the stop show answers that stop at the right token for the wrong reason (a whole-text search when the first
+    new token holds the stop string too, an occurrence that ends where the last token starts). FIX lines only."""
+    from transformers import StopStringCriteria
+
+    tokenizer, model = _generator()
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.inference_mode():
+        run = model.generate(ids, **settings)[0].tolist()
+    library = StopStringCriteria(tokenizer, [stop_string])
+    for end in range(ids.shape[1] + 1, len(run) + 1):
+        prefix = run[:end]
+        result = report.call(stop_string_hit, tokenizer, list(prefix), stop_string, name="stop_string_hit")
+        if result is Ellipsis:
+            return False
+        got = _hit_value(report, result, where)
+        if got is None:
+            return False
+        expected = bool(library(torch.tensor([prefix]), None)[0])
+        if got != expected:
+            report.fail(f"{where}: generate stops at the right token, but on the same run left to go on, after "
+                        f"{end - ids.shape[1]} new token(s) (the last ones "
+                        f"{tokenizer.convert_ids_to_tokens(prefix[-3:])}) you say {got}, StopStringCriteria says "
+                        f"{expected}: " + _stop_hint(tokenizer, prefix, stop_string, got))
+            return False
+    return True
 
 
 def check_stop_string(stop_string_hit) -> CheckReport:
@@ -221,15 +267,27 @@ def _penalty_case(report, repetition_penalty, where, input_ids, logits, penalty)
     if (wrong & ~seen).any():
         hints.append("tokens the row has not seen changed: penalize only the ids in that row's input_ids "
                      "(each row has its own history)")
-    negative_seen = seen & (logits < 0)
-    if (wrong & negative_seen).any() and not (wrong & seen & (logits > 0)).any():
+    wrong_seen = wrong & seen
+
+    def like(mistake: torch.Tensor, where: torch.Tensor) -> bool:  # the wrong values are the mistake's
+        return bool(where.any()) and torch.allclose(values[where], mistake.double()[where], atol=1e-5)
+
+    if (wrong_seen & (logits < 0)).any() and not (wrong_seen & (logits > 0)).any():
         hints.append("negative logits are wrong: dividing a negative logit by the penalty *raises* it; multiply "
                      "negative logits by the penalty instead")
+    elif like(reference_repetition_penalty(input_ids, logits, 1 / penalty), wrong_seen):
+        hints.append("the penalty goes the wrong way: the seen tokens became *more* likely; divide a positive "
+                     "logit by the penalty and multiply a negative one")
+    if like(logits, wrong_seen):
+        hints.append("seen tokens were left as they were: penalize every id in the row's input_ids (the prompt's "
+                     "too), not only the last one")
     counts = torch.zeros_like(logits).scatter_add(1, input_ids, torch.ones_like(input_ids, dtype=logits.dtype))
-    if (wrong & (counts > 1)).any():
+    per_occurrence = torch.where(logits < 0, logits * penalty ** counts, logits / penalty ** counts)
+    if like(per_occurrence, wrong & (counts > 1)):
         hints.append("a token seen twice must be penalized once, not once per occurrence")
-    report.fail(f"{where}: {int(wrong.sum())} logits differ from the library's"
-                + (f": {'; '.join(hints)}" if hints else ""))
+    if not hints:
+        hints.append("a seen token's logit z becomes z / penalty if z > 0, z * penalty if z < 0, once")
+    report.fail(f"{where}: {int(wrong.sum())} logits differ from the library's: {'; '.join(hints)}")
     return False
 
 
@@ -279,7 +337,8 @@ def _penalized(repetition_penalty, ids, logits, penalty) -> torch.Tensor:
 
 
 class CountingModel:
-    """Wraps a model and records each ``model(...)`` call: the shape of ``input_ids`` and whether a cache came in.
+    """Wraps a model and records each ``model(...)`` call: the shape of ``input_ids`` and whether a cache came in
+    (``calls``), and the width of its attention mask (``mask_widths``, None without one).
 
     Anything else (``config``, ``device``...) is the wrapped model's. ``generate`` is too, but it calls the model's
     forward directly, so a loop that hides behind ``generate`` records no calls.
@@ -288,24 +347,28 @@ class CountingModel:
     def __init__(self, model):
         self._model = model
         self.calls: list[tuple[tuple[int, ...] | None, bool]] = []
+        self.mask_widths: list[int | None] = []
 
     def __call__(self, *args, **kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else None
         self.calls.append((shape, kwargs.get("past_key_values") is not None))
+        mask = kwargs.get("attention_mask")
+        self.mask_widths.append(mask.shape[-1] if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None)
         return self._model(*args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._model, name)
 
 
-# (prompts, max_new_tokens, pad token, EOS): lengths from 1 token to a line, two of the same length, one new token
+# (prompts, max_new_tokens, pad token, EOS): lengths from 1 token to a line (with 14 pads, 'KING CLAUDIUS\nHow' reads
+# another third token when its cached steps' positions count the pads), two of the same length, one new token
 # only (the limit: a single call), a pad token that is an ordinary word, so pads that leak into attention show, a
 # prompt that holds the pad token as a real token (the longest, so no pad goes in front of it: once the EOS, once
 # ' lord' as its last token, which the next token depends on), and the newline as EOS, so rows end at different
 # steps and the batch must go on until every row has ended.
 BATCH_CASES = [
-    (["HAMLET\nGive me your pardon, sir: I've done you wrong;", "O", "To be, or not"], 6, "eos", "eos"),
+    (["HAMLET\nGive me your pardon, sir: I've done you wrong;", "O", "KING CLAUDIUS\nHow"], 6, "eos", "eos"),
     (["Good my lord,", "HAMLET\nThe king", "Horatio, what", "Ay"], 5, "ordinary", "eos"),
     (["Good my lord,", "O"], 1, "eos", "eos"),
     (["Good my lord,", "O", "The end.<|endoftext|>HAMLET\nTo be, or"], 6, "eos", "eos"),
@@ -369,18 +432,24 @@ def _batch_case(report, generate_batch, prompts, max_new_tokens, pad, eos) -> bo
         lengths = [len(ids) for ids in token_lists]
         holds_pad = [i for i, ids in enumerate(token_lists) if tokenizer.pad_token_id in ids]
         ended = [i for i, row in enumerate(rows) if row and row[-1] == tokenizer.eos_token_id]
-        hint = ""
-        if ended and all(len(rows[i]) < len(expected[i]) and rows[i] == expected[i][:len(rows[i])]
+        widths = counting.mask_widths  # each call's attention mask: one column wider than the last
+        if len(widths) > 1 and None not in widths and widths != list(range(widths[0], widths[0] + len(widths))):
+            hint = (f": the attention mask's widths were {widths}: it covers the cache and the new token, so add a "
+                    "column of ones for each new token")
+        elif ended and all(len(rows[i]) < len(expected[i]) and rows[i] == expected[i][:len(rows[i])]
                            for i in wrong):
             hint = (f": rows {wrong} stop early, when row(s) {ended} produced EOS: go on until *every* row has "
                     "produced EOS (a finished row's later tokens are ignored)")
         elif all(lengths[i] < max(lengths) for i in wrong):
             hint = (": only prompts shorter than the longest are wrong, so the padding is: pad on the left, pass "
-                    "the attention mask, and count each row's positions from its first real token")
+                    "the attention mask, and count each row's positions from its first real token (in the cached "
+                    "steps too: a row's next position is its count of real tokens so far)")
         elif holds_pad and set(wrong) <= set(holds_pad):
             hint = (f": only the prompt(s) that hold the pad token {tokenizer.pad_token!r} as a real token are "
                     "wrong: take the attention mask from the tokenizer, not from input_ids != pad_token_id (a "
                     "prompt may contain that id)")
+        else:
+            hint = _row_hint(rows, expected, wrong, token_lists, max_new_tokens, tokenizer.eos_token_id)
         report.fail(f"{where}: prompt(s) {wrong} differ from generating each prompt alone, e.g. got "
                     f"{rows[wrong[0]]}, expected {expected[wrong[0]]}{hint}")
         return False
@@ -397,9 +466,29 @@ def _batch_case(report, generate_batch, prompts, max_new_tokens, pad, eos) -> bo
                     f"run the padded prompts once ({(len(prompts), longest)}), then one new token per row with "
                     f"past_key_values, {max_new_tokens} call(s) at most")
         return False
+    needed = max(len(row) for row in expected)  # one call per new token; none once every row has ended
+    if len(calls) != needed:
+        report.fail(f"{where}: the right tokens, but {len(calls)} model calls where {needed} make them: every row "
+                    f"had produced EOS after {needed} token(s), so stop there; compare each new token with "
+                    f"tokenizer.eos_token_id (here {tokenizer.eos_token!r}), not model.config.eos_token_id")
+        return False
     report.ok(f"{where}: each prompt's new tokens ({[len(row) for row in expected]}) equal generating it alone, "
               f"{len(calls)} model call(s), one token per row after the first")
     return True
+
+
+def _row_hint(rows, expected, wrong, token_lists, max_new_tokens, eos_token_id) -> str:
+    """The mistake behind wrong rows when it is not the padding: the prompt kept, the EOS left out, a step too many
+    or too few; "" when none fits."""
+    if any(len(rows[i]) > len(expected[i]) and rows[i][:len(token_lists[i])] == token_lists[i] for i in wrong):
+        return ": rows start with their prompt's tokens (and pads): return only the new tokens"
+    if all(expected[i][-1:] == [eos_token_id] and rows[i] == expected[i][:-1] for i in wrong):
+        return ": rows lack the EOS that ends them: keep it as the row's last token"
+    if all(eos_token_id not in rows[i] and eos_token_id not in expected[i] and len(rows[i]) != max_new_tokens
+           for i in wrong):
+        return (f": rows hold {sorted({len(rows[i]) for i in wrong})} new tokens where max_new_tokens="
+                f"{max_new_tokens} were asked for (an off-by-one in the loop?)")
+    return ""
 
 
 def check_generate_batch(generate_batch) -> CheckReport:
