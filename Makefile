@@ -80,7 +80,7 @@ $(CLASSIFIER): $(PREPARE_SOURCES) | $(ASSETS)
 	$(BIN)/python -m behind_pipeline.prepare
 
 # The generator ships trained (another kind of CPU would train other weights, and chapter 8 would print another
-# text): tiny_gpt.py copies it when its fingerprint (settings, the play's text, versions) is current, else trains.
+# text): tiny_gpt.py copies it when its fingerprint (RECIPE, settings, the play's text) is current, else trains.
 $(GENERATOR): behind_pipeline/tiny_gpt.py $(wildcard behind_pipeline/weights/tiny-gpt-hamlet/*) | $(ASSETS)
 	$(BIN)/python -m behind_pipeline.tiny_gpt
 

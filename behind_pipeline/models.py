@@ -119,11 +119,11 @@ def generator_id() -> str:
         return os.environ["BTP_GENERATOR_ID"]
     if paths.is_online():
         return HUB_GENERATOR_ID
-    if not (GENERATOR_DIR / trained_once.WEIGHTS_FILE).exists():
-        # `make lab` opens the book before the generator exists: chapter 8 copies it on first need.
-        from behind_pipeline import tiny_gpt
+    # `make lab` opens the book before the generator exists, and a folder from before the generator shipped holds
+    # another one: chapter 8 copies the shipped one on first need (a few milliseconds once it is there).
+    from behind_pipeline import tiny_gpt
 
-        tiny_gpt.ensure_generator(show=False)
+    tiny_gpt.ensure_generator(show=False)
     return str(GENERATOR_DIR)
 
 

@@ -28,12 +28,14 @@ def seed_everything(seed: int) -> None:
 
 
 def cpu_kind() -> str:
-    """The kind of CPU, as far as it changes the book's numbers: vendor, PyTorch's vector kernels, int8 dot products.
+    """The kind of CPU, as far as its instructions change the book's numbers: vendor, PyTorch's vector kernels, and
+    the int8 and bf16 instructions that quantized kernels use.
 
-    For example ``"GenuineIntel AVX512 VNNI"`` or ``"AuthenticAMD AVX2"``. Two machines of one kind compute the same
-    floats; machines of two kinds may differ in the last bits, or more where a kernel quantizes (chapters 15-18).
-    ``tools/execute_notebooks.py`` records it in each notebook it runs, and ``conftest.py`` compares the cells tagged
-    ``depends-on-cpu`` only on the kind that stored them.
+    For example ``"GenuineIntel AVX512 VNNI"`` or ``"AuthenticAMD AVX2"``. Machines of two kinds may differ in the
+    last bits of a float, or more where a kernel quantizes (chapters 15-18); two machines of one kind have given
+    the same outputs so far. ``tools/execute_notebooks.py`` records it in each notebook it runs, and
+    :mod:`behind_pipeline.nbval_cpu` compares the cells tagged ``depends-on-cpu`` only on the kind that stored them.
+    Off Linux there is no ``/proc/cpuinfo``: the kind is the machine's architecture and PyTorch's kernels.
     """
     import torch
 
@@ -48,8 +50,11 @@ def cpu_kind() -> str:
                 flags = set(value.split())
                 break
     parts = [vendor, torch.backends.cpu.get_cpu_capability()]
-    if flags & {"avx512_vnni", "avx_vnni"}:
-        parts.append("VNNI")  # int8 dot products in one instruction: the int8 kernels take another path
+    # int8 dot products in one instruction, bf16 arithmetic, matrix tiles: quantized kernels take another path
+    for name, instructions in (("VNNI", {"avx512_vnni", "avx_vnni"}), ("BF16", {"avx512_bf16"}),
+                               ("AMX", {"amx_int8", "amx_bf16"})):
+        if flags & instructions:
+            parts.append(name)
     return " ".join(parts)
 
 

@@ -174,7 +174,7 @@ def fingerprint() -> str:
 
 
 def is_current(folder=GENERATOR_DIR) -> bool:
-    """True when the saved generator was trained with these settings, on this text, by these library versions."""
+    """True when the saved generator was trained with this recipe, these settings and this text."""
     return trained_once.is_current(folder, fingerprint())
 
 
@@ -183,45 +183,60 @@ def copy_shipped(output_dir=GENERATOR_DIR) -> dict:
 
     def write_files(folder):
         for file in SHIPPED_DIR.iterdir():
-            if file.name != SUMMARY_FILE:
+            if file.is_file() and file.name != SUMMARY_FILE:
                 shutil.copy2(file, folder / file.name)
 
     return trained_once.save(output_dir, write_files, trained_once.read_summary(SHIPPED_DIR))
 
 
-def ensure_generator(show: bool = True, folder=GENERATOR_DIR) -> bool:
-    """Copy the shipped generator into ``folder`` unless it holds the current one already; train one here only when
-    the shipped copy is stale. True when it wrote the folder. ``make prepare`` calls it, and so does chapter 8 the
-    first time it needs the model (``make lab`` opens the book before the generator exists)."""
-    wanted = fingerprint()
+def shipped_is_current() -> bool:
+    """True when the shipped generator was trained with today's recipe, settings and text."""
+    return trained_once.is_current(SHIPPED_DIR, fingerprint())
 
-    def copy_or_train() -> dict:
-        if trained_once.is_current(SHIPPED_DIR, wanted):
-            return copy_shipped(folder)
-        print("the shipped generator was trained with other settings, text or library versions: training one here "
-              "(minutes on 2 cores); its text will differ from chapter 8's stored outputs", flush=True)
+
+def ensure_generator(show: bool = True, folder=GENERATOR_DIR) -> bool:
+    """Copy the shipped generator into ``folder`` unless it holds that copy already; train one here only when the
+    shipped copy is stale. True when it wrote the folder. ``make prepare`` calls it, and so does chapter 8 the first
+    time it needs the model (``make lab`` opens the book before the generator exists).
+
+    With a current shipped copy, the folder must hold that very copy (the same summary), not merely a model of the
+    same fingerprint: one trained here while the shipped copy was stale would print another text.
+    """
+    if shipped_is_current():
+        shipped = trained_once.read_summary(SHIPPED_DIR)
+        with trained_once.training_lock(folder):
+            if trained_once.read_summary(folder) == shipped:
+                (Path(folder) / SUMMARY_FILE).touch()  # newer than its sources: `make` stops asking
+                return False
+            copy_shipped(folder)
+            return True
+
+    def train_here() -> dict:
+        print("the shipped generator was trained with another recipe, other settings or another text: training one "
+              "here (minutes on 2 cores); its text will differ from chapter 8's stored outputs", flush=True)
         summary = train(folder)
         if show:
             print(json.dumps(summary, indent=2))
         return summary
 
-    return trained_once.ensure(folder, wanted, copy_or_train, announce=lambda line: None)
+    return trained_once.ensure(folder, fingerprint(), train_here, announce=lambda line: None)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Copy chapter 8's shipped generator into .cache/models.")
     parser.add_argument("--retrain-shipped", action="store_true",
                         help="for authors: train the generator again into behind_pipeline/weights (then re-execute "
-                             "chapter 8 and its solutions, and commit both)")
+                             "chapter 8 and its solutions, and commit all three)")
     args = parser.parse_args()
     paths.configure_environment()
     if args.retrain_shipped:
-        print(json.dumps(train(SHIPPED_DIR), indent=2))
-        return
-    if ensure_generator():
-        print(f"generator copied into {GENERATOR_DIR.relative_to(paths.PROJECT_ROOT)}")
-    else:
-        print(f"generator in {GENERATOR_DIR.relative_to(paths.PROJECT_ROOT)} is current: nothing to do")
+        with trained_once.training_lock(SHIPPED_DIR):
+            print(json.dumps(train(SHIPPED_DIR), indent=2))
+    where = GENERATOR_DIR.relative_to(paths.PROJECT_ROOT)
+    if not ensure_generator():
+        print(f"generator in {where} is current: nothing to do")
+    elif shipped_is_current():
+        print(f"generator copied into {where}")
 
 
 if __name__ == "__main__":

@@ -90,8 +90,8 @@ def test_the_saved_generator_is_current_and_summarised():
 
 
 def test_the_shipped_generator_is_current_and_prepare_copies_it_without_training(tmp_path, monkeypatch):
-    """Chapter 8's stored outputs were made with the shipped generator: it must match today's recipe, settings, text
-    and library versions, and `make prepare` must copy it byte for byte rather than train one."""
+    """Chapter 8's stored outputs were made with the shipped generator: it must match today's recipe, settings and text,
+    and `make prepare` must copy it byte for byte rather than train one."""
     shipped = trained_once.read_summary(tiny_gpt.SHIPPED_DIR)
     assert shipped["fingerprint"] == tiny_gpt.fingerprint(), (
         "the shipped generator is stale: run `python -m behind_pipeline.tiny_gpt --retrain-shipped`, re-execute "

@@ -890,9 +890,10 @@ def test_the_http_service_routes_the_golden_near_threshold_and_long_items():
     golden = json.loads((GOLDEN_DIR / ROUTES_GOLDEN).read_text())
     records = golden["records"]
     triage = read_triage(ensure_router())
-    # The router is trained on each machine: on another kind of CPU its temperature and threshold move by about
-    # 2e-4 (book/troubleshooting.md). The near items sit at least NEAR_MARGIN[0] from the golden threshold, so a
-    # threshold moved by less than half that keeps their golden routes; a larger move is a changed router.
+    # The router is trained on each machine: on another kind of CPU its temperature and threshold moved by about
+    # 2e-4 (book/troubleshooting.md), and each probability a little too. A bound of half NEAR_MARGIN[0] is what that
+    # run showed, not a derivation: a larger move is a changed router. The routes are then checked against the
+    # threshold the service uses, and against the golden route wherever the golden confidence is far from it.
     moved = max(abs(golden[key] - triage[key]) for key in ("threshold", "temperature"))
     assert moved <= NEAR_MARGIN[0] / 2, (
         f"the router's triage settings moved by {moved:.1e}: refresh the golden files and review the diff")
@@ -913,8 +914,11 @@ def test_the_http_service_routes_the_golden_near_threshold_and_long_items():
         assert ranked[0]["label"] == record["label"], record["text"][:60]
         assert max(abs(served[name] - p) for name, p in zip(QUEUE_NAMES, record["probs"], strict=True)
                    ) <= golden["tolerance"]
-        assert route["queue"] == record["route"], (record["text"][:60], route, max(record["probs"]))
         assert route["confidence"] == pytest.approx(max(served.values()), abs=1e-9)
+        expected = ranked[0]["label"] if route["confidence"] >= triage["threshold"] else HUMAN
+        assert route["queue"] == expected, (record["text"][:60], route, triage["threshold"])
+        if abs(max(record["probs"]) - golden["threshold"]) > golden["tolerance"]:
+            assert route["queue"] == record["route"], (record["text"][:60], route, max(record["probs"]))
 
 
 def test_a_router_service_truncates_long_texts_that_a_classifier_service_refuses():

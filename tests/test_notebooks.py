@@ -199,6 +199,15 @@ def test_the_cleaner_wants_a_reason_for_each_cpu_dependent_cell():
     assert problems(nb) == []
 
 
+def test_exercises_lose_the_cpu_comment_but_keep_the_cell_s_own():
+    from make_exercises import without_cpu_comment
+
+    why = "# Output compared only on the kind of CPU that stored it: int8 kernels take\n# other paths."
+    assert without_cpu_comment(f"{why}\n# the cell's own comment\nx = 1") == "# the cell's own comment\nx = 1"
+    assert without_cpu_comment(f"{why}\nx = 1") == "x = 1"
+    assert without_cpu_comment("# a comment.\nx = 1") == "# a comment.\nx = 1"  # no CPU comment: unchanged
+
+
 def test_every_checked_notebook_records_the_cpu_its_outputs_were_made_on():
     from behind_pipeline.nbval_cpu import outputs_made_on
 

@@ -23,6 +23,18 @@ EXERCISE_SUFFIX = "_exercises.ipynb"
 SOLUTION_TITLE_SUFFIX = " with solutions"
 
 
+def without_cpu_comment(source: str) -> str:
+    """The cell without its first comment, '# Output compared only on the kind of CPU that stored it: <why>', which
+    may go on over more comment lines until one ends with a full stop; the cell's own comments stay."""
+    lines = source.split("\n")
+    if not CPU_COMMENT.match(source):
+        return source
+    ended = False
+    while lines and lines[0].startswith("#") and not ended:
+        ended = lines.pop(0).rstrip().endswith(".")
+    return "\n".join(lines)
+
+
 def exercise_for(solution_nb):
     nb = nbformat.from_dict(solution_nb)
     resources = {}
@@ -33,14 +45,11 @@ def exercise_for(solution_nb):
     ):
         nb, resources = preprocessor.preprocess(nb, resources)
     nb.metadata.pop("behind_pipeline", None)  # which CPU made the outputs: the exercise has none
-    for cell in nb.cells:  # nor a comparison that depends on it: drop the tag and its comment block
+    for cell in nb.cells:  # nor a comparison that depends on it: drop the tag and its comment
         tags = cell.metadata.get("tags", [])
-        if CPU_TAG in tags and CPU_COMMENT.match(cell.source):
+        if CPU_TAG in tags:
             cell.metadata["tags"] = [tag for tag in tags if tag != CPU_TAG]
-            lines = cell.source.split("\n")
-            while lines and lines[0].startswith("#"):
-                lines.pop(0)
-            cell.source = "\n".join(lines)
+            cell.source = without_cpu_comment(cell.source)
             if not cell.metadata["tags"]:
                 del cell.metadata["tags"]
     title, _, rest = nb.cells[0].source.partition("\n")
