@@ -24,6 +24,7 @@ UNRECORDED = "an unrecorded CPU"
 _switched_off: dict[str, str] = {}  # nodeid -> the kind its outputs were made on, for the cells this run skips
 _uncompared: list[str] = []  # those of them that ran
 _kinds: set[str] = set()  # the kinds those were stored on
+_here: list[str] = []  # this machine's kind, once a tagged cell asked for it
 
 
 def outputs_made_on(nb) -> str | None:
@@ -32,7 +33,6 @@ def outputs_made_on(nb) -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
-    here = None
     for item in items:
         cell = getattr(item, "cell", None)
         options = getattr(item, "options", None)
@@ -40,12 +40,12 @@ def pytest_collection_modifyitems(config, items):
             continue
         if not options["check"] or options["skip"]:
             continue  # not compared anyway (--nbval-lax, nbval-ignore-output) or not run (nbval-skip)
-        if here is None:
+        if not _here:
             from behind_pipeline.runtime import cpu_kind
 
-            here = cpu_kind()
+            _here.append(cpu_kind())
         made_on = outputs_made_on(item.parent.nb)
-        if made_on != here:
+        if made_on != _here[0]:
             options["check"] = False
             _switched_off[item.nodeid] = made_on or UNRECORDED
 
@@ -59,8 +59,6 @@ def pytest_runtest_logreport(report):
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter):
     if _uncompared:
-        from behind_pipeline.runtime import cpu_kind
-
         terminalreporter.write_line(
             f"{len(_uncompared)} cells tagged {TAG} ran without comparing their outputs: stored on "
-            f"{', '.join(sorted(_kinds))}, this CPU is {cpu_kind()} (behind_pipeline/nbval_cpu.py)")
+            f"{', '.join(sorted(_kinds))}, this CPU is {_here[0]} (behind_pipeline/nbval_cpu.py)")

