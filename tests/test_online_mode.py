@@ -6,7 +6,8 @@ weights) and passes its folder the way a Hub id is passed, through ``BTP_CLASSIF
 
 The question is whether every cell runs with such a model, not what it prints (a random model's numbers): each
 chapter runs on every 8th row of each split (``FEWER_ROWS``), so its loops over the test split cost an eighth.
-nbval runs the same chapters offline on the full splits and compares what they print.
+nbval runs the same chapters on the full splits with the course classifier and compares what they print; the
+stand-in only ever sees the cut.
 """
 
 import nbformat
