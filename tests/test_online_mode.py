@@ -24,8 +24,9 @@ from notebook_files import ROOT
 from online_stand_in import make_generator_stand_in, make_stand_in
 
 TEXTS = ["A gorgeous, moving film.", "Dull, long and far too loud; I left early.", "ok"]
-# The chapters that reach into the classifier's internals (its body, its head, its summary file).
-CHAPTERS_USING_THE_CLASSIFIER = ("00_start_here", "01_tokenizer", "02_model", "03_head", "05_pipeline_by_hand")
+# Every chapter of Part I that loads the classifier (classifier_id()): each reaches into it in its own way.
+CHAPTERS_USING_THE_CLASSIFIER = ("00_start_here", "01_tokenizer", "02_model", "03_head", "04_softmax",
+                                 "05_pipeline_by_hand", "06_batching", "07_other_heads")
 
 
 # Put before a chapter's first cell: every notebook loads the reviews through data.load_rotten_tomatoes.
