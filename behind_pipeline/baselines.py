@@ -67,12 +67,16 @@ def tuned_tfidf_logistic_regression(train_texts: Sequence[str], train_labels, va
     """TF-IDF + logistic regression fitted on the training texts, ``C`` chosen on validation with :func:`tune_c`.
 
     The vectorizer is fitted once, on the training texts only; the returned pipeline holds it and the regression
-    refitted with the chosen ``C`` (``pipeline[-1].C``).
+    refitted with the chosen ``C`` (``pipeline[-1].C``), and keeps every ``C``'s validation macro-F1 in
+    ``pipeline.validation_scores_`` (``{C: score}``; ``sklearn.clone`` drops it), so a chapter can show the grid
+    without fitting it again.
     """
     vectorizer = tfidf_vectorizer(**vectorizer_options).fit(train_texts)
     train_matrix = vectorizer.transform(train_texts)
-    best_c, _ = tune_c(train_matrix, train_labels, vectorizer.transform(val_texts), val_labels, c_values)
-    return make_pipeline(vectorizer, LogisticRegression(C=best_c).fit(train_matrix, train_labels))
+    best_c, scores = tune_c(train_matrix, train_labels, vectorizer.transform(val_texts), val_labels, c_values)
+    pipeline = make_pipeline(vectorizer, LogisticRegression(C=best_c).fit(train_matrix, train_labels))
+    pipeline.validation_scores_ = scores  # learned from the data, hence sklearn's trailing underscore
+    return pipeline
 
 
 def tfidf_nearest_neighbours(k: int = 10) -> Pipeline:

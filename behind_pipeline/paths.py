@@ -21,6 +21,8 @@ MODELS_DIR = CACHE_DIR / "models"
 CLASSIFIER_DIR = MODELS_DIR / "minilm-rotten-tomatoes"
 # Chapter 8's tiny GPT-2, trained on Hamlet once and shipped; `make prepare` copies it here (tiny_gpt.py).
 GENERATOR_DIR = MODELS_DIR / "tiny-gpt-hamlet"
+# Logits that several chapters, solutions and tests share (predict.cached_predict_logits).
+LOGITS_DIR = CACHE_DIR / "logits"
 RESULTS_DIR = PROJECT_ROOT / "results"
 # The benchmarks' one file: the models (make bench), the service (make bench-service) and Ray Serve (make bench-ray)
 # each rewrite their own section of it.

@@ -8,13 +8,26 @@ attention mask, the result does not depend on which batch a text lands in (up to
 the grouping changes only the speed. Not so for a dynamic-int8 model (chapter 15): it quantizes each layer's
 input with one scale computed over the whole batch, so a text's logits move with the other texts of its batch
 (``tests/test_service.py`` measures it; chapter 18 says what it means for a service).
+
+:func:`cached_predict_logits` is the same path with a memory: chapters after the one that teaches a computation
+read the course models' logits on a whole split from ``.cache/logits`` instead of computing them again
+(``make test`` empties that folder first, so each run computes them once).
 """
 
+import contextlib
+import hashlib
+import inspect
+import json
+import os
 from collections.abc import Sequence
+from importlib.metadata import version
 
 import torch
 
+from behind_pipeline import paths
 from behind_pipeline.batching import length_sorted_batches
+
+LOGITS_DIR = paths.LOGITS_DIR  # defined with the other folders in paths.py
 
 # 64 texts of at most ~80 tokens keep a forward pass to a few MB of activations and keep both cores busy.
 BATCH_SIZE = 64
@@ -53,5 +66,104 @@ def split_accuracy(classifier, tokenizer, split, **options) -> float:
     texts whose largest logit is the gold label."""
     from behind_pipeline.metrics import accuracy  # here, not at the top: scikit-learn loads only when asked
 
-    predictions = predict_logits(classifier, tokenizer, split["text"], **options).argmax(dim=-1)
+    predictions = cached_predict_logits(classifier, tokenizer, split["text"], **options).argmax(dim=-1)
     return accuracy(split["label"], predictions)
+
+
+# The code of the prediction path, read once at import: an edit to it changes every key.
+_PREDICTION_CODE = inspect.getsource(predict_logits) + inspect.getsource(length_sorted_batches)
+
+
+def _computed_from_weights_alone(classifier) -> bool:
+    """True for a plain transformers model on the CPU, every layer of a class from transformers or torch.nn, with
+    no hook and no replaced ``forward``: what it computes follows from its class, config and weights. A wrapper (an
+    ONNX session dressed as a classifier, a head rebuilt by hand, a peft or hand-made LoRA model, whose scaling is
+    a plain number) or a hook may compute something else."""
+    from torch.nn.modules import module as torch_module
+    from transformers import PreTrainedModel
+
+    if not isinstance(classifier, PreTrainedModel):
+        return False
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return False
+    for layer in classifier.modules():
+        if not type(layer).__module__.startswith(("transformers.", "torch.nn.")):
+            return False
+        if layer._forward_hooks or layer._forward_pre_hooks or "forward" in vars(layer):
+            return False
+    return all(parameter.device.type == "cpu" for parameter in classifier.parameters())
+
+
+def _logits_key(classifier, tokenizer, texts: list[str], batch_size: int, max_length: int | None) -> str | None:
+    """A hash of everything that shapes :func:`predict_logits`' result, or None (not cached): see
+    :func:`_computed_from_weights_alone`; also a model with packed weights (dynamic int8), a slow tokenizer (no
+    single definition to hash) and a call under autocast.
+
+    Covered: every weight and buffer (a fine-tuned or edited model is another key), the class, config and attention
+    implementation, the tokenizer's definition (vocabulary, normalizer, ...) and the settings ``predict_logits``
+    reads from it (padding and truncation side, pad id, input names, length limit), the texts, the batch size and
+    length limit, the code of the prediction path, the library versions, the torch thread count and the kind of CPU
+    (both can move the last bits).
+    """
+    from behind_pipeline.runtime import cpu_kind
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not _computed_from_weights_alone(classifier) or torch.is_autocast_enabled("cpu"):
+        return None
+    digest = hashlib.sha256()
+    for name, value in classifier.state_dict().items():
+        if not isinstance(value, torch.Tensor) or value.is_quantized:
+            return None
+        digest.update(name.encode())
+        digest.update(str(value.dtype).encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    # Its truncation and padding entries are the state the last call left (each call sets them): not part of the key.
+    tokenizer_definition = {key: value for key, value in json.loads(backend.to_str()).items()
+                            if key not in ("truncation", "padding")}
+    parts = {
+        "model": f"{type(classifier).__module__}.{type(classifier).__name__}",
+        "config": classifier.config.to_json_string(),
+        "attention": getattr(classifier.config, "_attn_implementation", None),
+        "tokenizer": tokenizer_definition,
+        "tokenizer_settings": [tokenizer.model_max_length, tokenizer.padding_side, tokenizer.truncation_side,
+                               tokenizer.pad_token_id, list(tokenizer.model_input_names)],
+        "texts": texts,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "code": _PREDICTION_CODE,
+        "versions": {name: version(name) for name in ("torch", "transformers", "tokenizers")},
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_kind(),
+    }
+    digest.update(json.dumps(parts, sort_keys=True).encode())
+    return digest.hexdigest()[:20]
+
+
+def cached_predict_logits(classifier, tokenizer, texts: Sequence[str], batch_size: int = BATCH_SIZE,
+                          max_length: int | None = None) -> torch.Tensor:
+    """:func:`predict_logits`, computed once for a model, texts and settings and then read from ``.cache/logits``.
+
+    Returns exactly what :func:`predict_logits` returns (a float32 tensor saved and loaded bit for bit). For the
+    whole-split logits that several chapters, solutions and tests need: the 1,445 test reviews take about 14 s on
+    2 cores each time they are computed.
+    """
+    texts = list(texts)
+    key = _logits_key(classifier, tokenizer, texts, batch_size, max_length)
+    if key is None:
+        return predict_logits(classifier, tokenizer, texts, batch_size=batch_size, max_length=max_length)
+    path = LOGITS_DIR / f"{key}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # a damaged file (whatever torch.load raises for it): compute again, below
+            pass
+    logits = predict_logits(classifier, tokenizer, texts, batch_size=batch_size, max_length=max_length)
+    # The cache only saves time: a save that fails (the folder emptied meanwhile by `make test`) loses nothing. A
+    # temporary name of this process's own: an interrupted save never looks finished, and two processes saving
+    # the same key at once do not collide.
+    with contextlib.suppress(OSError, RuntimeError):
+        LOGITS_DIR.mkdir(parents=True, exist_ok=True)
+        partial = LOGITS_DIR / f"{key}.{os.getpid()}.partial"
+        torch.save(logits, partial)
+        partial.replace(path)
+    return logits

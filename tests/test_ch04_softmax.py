@@ -32,7 +32,7 @@ from behind_pipeline.checks.ch04_softmax import (
     watching_library_softmax,
 )
 from behind_pipeline.head import head_layout
-from behind_pipeline.predict import predict_logits
+from behind_pipeline.predict import cached_predict_logits
 from behind_pipeline.softmax import exp_limits, log_softmax, log_sum_exp, naive_softmax, stable_softmax
 
 from checker_asserts import assert_accepted, assert_rejected
@@ -40,8 +40,8 @@ from checker_asserts import assert_accepted, assert_rejected
 
 @pytest.fixture(scope="module")
 def test_logits(splits, tokenizer, classifier):
-    """The classifier's logits on the whole test split, from the book's one prediction path."""
-    return predict_logits(classifier, tokenizer, splits["test"]["text"]), torch.tensor(splits["test"]["label"])
+    """The classifier's logits on the whole test split, through the cache that chapter 4 and later chapters read."""
+    return cached_predict_logits(classifier, tokenizer, splits["test"]["text"]), torch.tensor(splits["test"]["label"])
 
 
 # --- the softmax family ---------------------------------------------------------------------------------------

@@ -198,7 +198,7 @@ def test_tune_c_picks_the_best_validation_score_and_never_sees_test(splits):
     best, scores = tune_c(vectorizer.transform(texts), labels, vectorizer.transform(val_texts), val_labels)
     assert list(scores) == list(C_VALUES) and scores[best] == max(scores.values())
     model = tuned_tfidf_logistic_regression(texts, labels, val_texts, val_labels)
-    assert model[-1].C == best
+    assert model[-1].C == best and model.validation_scores_ == scores  # the grid it chose from, kept
     assert model[0].vocabulary_ == vectorizer.vocabulary_  # fitted on the training texts only
     expected = tfidf_logistic_regression(C=best).fit(texts, labels).predict_proba(val_texts)
     assert np.abs(model.predict_proba(val_texts) - expected).max() < 1e-9

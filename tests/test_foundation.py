@@ -67,7 +67,173 @@ def test_classifier_accuracy_matches_its_summary(classifier, tokenizer, splits):
     from behind_pipeline.predict import split_accuracy
 
     summary = json.loads((paths.CLASSIFIER_DIR / "training_summary.json").read_text())
+    # Through the cache: the test split's logits, computed once by whichever test or chapter asks first.
     assert split_accuracy(classifier, tokenizer, splits["test"]) == pytest.approx(summary["test_accuracy"], abs=2e-3)
+
+
+# --- the prediction path's cache ------------------------------------------------------------------------------
+
+def tiny_classifier(tokenizer, seed=0):
+    """A random 1-layer BERT classifier over the course tokenizer's vocabulary: fast, and a real model."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, num_labels=2)
+    return BertForSequenceClassification(config).eval()
+
+
+@pytest.fixture
+def counted_cache(tmp_path, monkeypatch):
+    """The cache in a temporary folder, and a count of the real computations behind it."""
+    from behind_pipeline import predict
+
+    monkeypatch.setattr(predict, "LOGITS_DIR", tmp_path)
+    calls = []
+    real = predict.predict_logits
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[2]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "predict_logits", counting)
+    return predict, real, calls, tmp_path
+
+
+def test_cached_logits_equal_predict_logits_and_are_computed_once(tokenizer, splits, counted_cache):
+    import torch
+
+    predict, real, calls, folder = counted_cache
+    model, texts = tiny_classifier(tokenizer), splits["test"]["text"][:20]
+    first = predict.cached_predict_logits(model, tokenizer, texts)
+    again = predict.cached_predict_logits(model, tokenizer, texts)
+    assert torch.equal(first, real(model, tokenizer, texts)) and torch.equal(again, first)
+    assert calls == [20] and len(list(folder.glob("*.pt"))) == 1
+
+
+def test_cached_logits_are_computed_again_for_other_weights_texts_or_settings(tokenizer, splits, counted_cache):
+    import torch
+
+    predict, real, calls, folder = counted_cache
+    model, texts = tiny_classifier(tokenizer), splits["test"]["text"][:20]
+    predict.cached_predict_logits(model, tokenizer, texts)
+    predict.cached_predict_logits(model, tokenizer, texts[:19])
+    predict.cached_predict_logits(model, tokenizer, texts, batch_size=4)
+    predict.cached_predict_logits(model, tokenizer, texts, max_length=8)
+    with torch.no_grad():
+        model.classifier.bias[0] += 1.0  # one number of the head: another model
+    edited = predict.cached_predict_logits(model, tokenizer, texts)
+    assert torch.equal(edited, real(model, tokenizer, texts))
+    assert calls == [20, 19, 20, 20, 20] and len(list(folder.glob("*.pt"))) == 5
+
+
+def other_threads(model, tokenizer, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the key reads it; no need to slow the run
+
+
+def other_cpu(model, tokenizer, monkeypatch):
+    from behind_pipeline import runtime
+
+    monkeypatch.setattr(runtime, "cpu_kind", lambda: "AnotherVendor AVX2")
+
+
+def other_attention(model, tokenizer, monkeypatch):
+    model.config._attn_implementation = "eager"
+
+
+def left_padding(model, tokenizer, monkeypatch):
+    tokenizer.padding_side = "left"
+
+
+def left_truncation(model, tokenizer, monkeypatch):
+    tokenizer.truncation_side = "left"
+
+
+@pytest.mark.parametrize("change", [other_threads, other_cpu, other_attention, left_padding, left_truncation])
+def test_cached_logits_are_computed_again_when_what_shapes_them_changes(change, splits, counted_cache, monkeypatch):
+    """Thread count and CPU kind move the last bits; attention implementation, padding side and truncation side
+    move more (left truncation keeps other tokens)."""
+    from transformers import AutoTokenizer
+
+    from behind_pipeline.models import classifier_id
+
+    predict, _, calls, _ = counted_cache
+    tokenizer = AutoTokenizer.from_pretrained(classifier_id())  # a copy of its own: the change stays here
+    model, texts = tiny_classifier(tokenizer), splits["test"]["text"][:10]
+    predict.cached_predict_logits(model, tokenizer, texts, max_length=8)
+    change(model, tokenizer, monkeypatch)
+    predict.cached_predict_logits(model, tokenizer, texts, max_length=8)
+    assert calls == [10, 10]
+
+
+def test_a_tokenizer_used_before_with_other_settings_reads_the_same_logits(tokenizer, splits, counted_cache):
+    """A call with truncation or padding leaves that state in the fast tokenizer: it must not change the key."""
+    from transformers import AutoTokenizer
+
+    from behind_pipeline.models import classifier_id
+
+    predict, _, calls, _ = counted_cache
+    model, texts = tiny_classifier(tokenizer), splits["test"]["text"][:12]
+    fresh = AutoTokenizer.from_pretrained(classifier_id())
+    predict.cached_predict_logits(model, fresh, texts)
+    fresh(texts, truncation=True, max_length=7, padding="max_length")  # a chapter's own call in between
+    predict.cached_predict_logits(model, fresh, texts)
+    assert calls == [12]
+
+
+def doubled(model):
+    """A wrapper whose weights are the wrapped model's, but whose logits are not: an ONNX session dressed as a
+    classifier, or a head rebuilt by hand, is of this kind."""
+    import torch
+
+    class Doubled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model, self.config = model, model.config
+
+        def forward(self, **encoding):
+            output = self.model(**encoding)
+            output.logits = 2 * output.logits
+            return output
+
+    return Doubled()
+
+
+def doubled_linear(linear):
+    import torch
+
+    class DoubledLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = linear
+
+        def forward(self, hidden):
+            return 2 * self.linear(hidden)
+
+    return DoubledLinear()
+
+
+def test_only_a_plain_transformers_model_is_cached(tokenizer, splits, counted_cache):
+    """A quantized model (packed weights), a wrapper, a hook, a layer of another kind and a replaced forward: computed
+    every time."""
+    import torch
+
+    predict, _, calls, folder = counted_cache
+    texts = splits["test"]["text"][:8]
+    int8 = torch.ao.quantization.quantize_dynamic(tiny_classifier(tokenizer), {torch.nn.Linear}, dtype=torch.qint8)
+    hooked = tiny_classifier(tokenizer)
+    hooked.classifier.register_forward_hook(lambda module, args, output: output + 1)
+    own_layer = tiny_classifier(tokenizer)  # a layer of the book's kind (hand-made LoRA): its forward is its own
+    own_layer.classifier = doubled_linear(own_layer.classifier)
+    replaced = tiny_classifier(tokenizer)
+    replaced.dropout.forward = lambda hidden: 2 * hidden  # forward replaced on the instance, as accelerate's hooks do
+    for model in (int8, doubled(tiny_classifier(tokenizer)), hooked, own_layer, replaced):
+        predict.cached_predict_logits(model, tokenizer, texts)
+        predict.cached_predict_logits(model, tokenizer, texts)
+    assert calls == [8] * 10 and not list(folder.iterdir())
 
 
 def test_makefile_exports_every_cache_variable_the_package_sets():
