@@ -236,6 +236,7 @@ def test_a_score_over_seeds_prints_its_spread_in_the_same_column():
     over_seeds = {"accuracy": 0.71234, "accuracy_sd": 0.0123, "seeds": 5, "source": "12_training_loop"}
     assert score_cell("accuracy", over_seeds) == "0.7123 ± 0.0123"
     assert "12_training_loop: 5 seeds" in spread_note([{"accuracy": 0.7}, over_seeds])[-1]
+    assert "12_training_loop: 5 seeds, 482 test reviews" in spread_note([{**over_seeds, "test_reviews": 482}])[-1]
     assert spread_note([{"accuracy": 0.7}]) == []  # no row over seeds: no note
     assert score_cell("accuracy", {"accuracy": 0.71234}) == "0.7123"  # one run: no spread to show
     assert score_cell("macro_f1", over_seeds) == ""  # not recorded: an empty cell, no "±"

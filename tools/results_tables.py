@@ -65,11 +65,13 @@ def score_cell(key: str, row: dict) -> str:
 
 
 def spread_note(rows: list[dict]) -> list[str]:
-    """The line under a table whose rows include scores over seeds: what the ± means, and over how many seeds."""
-    seeded = {row["source"]: row["seeds"] for row in rows if row.get("seeds")}
+    """The line under a table whose rows include scores over seeds: what the ± means, over how many seeds, and on how
+    many test reviews when a row scored fewer than the whole split."""
+    seeded = {row["source"]: (row["seeds"], row.get("test_reviews")) for row in rows if row.get("seeds")}
     if not seeded:
         return []
-    which = "; ".join(f"{source}: {seeds} seeds" for source, seeds in seeded.items())
+    which = "; ".join(f"{source}: {seeds} seeds" + (f", {reviews:,} test reviews" if reviews else "")
+                      for source, (seeds, reviews) in seeded.items())
     return ["", f"± : the mean and standard deviation over seeds ({which})."]
 
 
