@@ -74,6 +74,14 @@ def split_accuracy(classifier, tokenizer, split, **options) -> float:
 _PREDICTION_CODE = inspect.getsource(predict_logits) + inspect.getsource(length_sorted_batches)
 
 
+def _only_records(hook) -> bool:
+    """True for transformers' own output-capturing hook: installed on the layers the first time a model is asked
+    for its hidden states or attentions, and left there, it only records a layer's output, never changes it
+    (``transformers.utils.output_capturing``)."""
+    return (getattr(hook, "__module__", "") == "transformers.utils.output_capturing"
+            and getattr(hook, "__qualname__", "").endswith("output_capturing_hook"))
+
+
 def _computed_from_weights_alone(classifier) -> bool:
     """True for a plain transformers model on the CPU, every layer of a class from transformers or torch.nn, with
     no hook and no replaced ``forward``: what it computes follows from its class, config and weights. A wrapper (an
@@ -89,7 +97,8 @@ def _computed_from_weights_alone(classifier) -> bool:
     for layer in classifier.modules():
         if not type(layer).__module__.startswith(("transformers.", "torch.nn.")):
             return False
-        if layer._forward_hooks or layer._forward_pre_hooks or "forward" in vars(layer):
+        hooks = [hook for hook in layer._forward_hooks.values() if not _only_records(hook)]
+        if hooks or layer._forward_pre_hooks or "forward" in vars(layer):
             return False
     return all(parameter.device.type == "cpu" for parameter in classifier.parameters())
 

@@ -216,6 +216,21 @@ def doubled_linear(linear):
     return DoubledLinear()
 
 
+def test_a_model_once_asked_for_hidden_states_is_still_cached(tokenizer, splits, counted_cache):
+    """transformers leaves a hook on each layer the first time a model is asked for its hidden states (chapters 2, 3
+    and 7 ask): it only records, so the model's logits are still cached."""
+    import torch
+
+    predict, _, calls, folder = counted_cache
+    model, texts = tiny_classifier(tokenizer), splits["test"]["text"][:6]
+    with torch.no_grad():
+        model(**tokenizer(texts[:1], return_tensors="pt"), output_hidden_states=True)
+    assert any(layer._forward_hooks for layer in model.modules())  # the hooks this test is about
+    predict.cached_predict_logits(model, tokenizer, texts)
+    predict.cached_predict_logits(model, tokenizer, texts)
+    assert calls == [6] and len(list(folder.glob("*.pt"))) == 1
+
+
 def test_only_a_plain_transformers_model_is_cached(tokenizer, splits, counted_cache):
     """A quantized model (packed weights), a wrapper, a hook, a layer of another kind and a replaced forward: computed
     every time."""
