@@ -20,7 +20,6 @@ import inspect
 import json
 import os
 from collections.abc import Sequence
-from importlib.metadata import version
 
 import torch
 
@@ -115,6 +114,7 @@ def _logits_key(classifier, tokenizer, texts: list[str], batch_size: int, max_le
     (both can move the last bits).
     """
     from behind_pipeline.runtime import cpu_kind
+    from behind_pipeline.trained_once import library_versions
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not _computed_from_weights_alone(classifier) or torch.is_autocast_enabled("cpu"):
@@ -140,7 +140,7 @@ def _logits_key(classifier, tokenizer, texts: list[str], batch_size: int, max_le
         "batch_size": batch_size,
         "max_length": max_length,
         "code": _PREDICTION_CODE,
-        "versions": {name: version(name) for name in ("torch", "transformers", "tokenizers")},
+        "versions": library_versions(),  # torch, transformers, tokenizers: those that shape a model's numbers
         "threads": torch.get_num_threads(),
         "cpu": cpu_kind(),
     }
