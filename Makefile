@@ -252,11 +252,13 @@ bench-service: $(CLASSIFIER)
 	$(MAKE) --no-print-directory render
 
 # Grade a folder of submissions, one subfolder per learner holding NN_topic_exercises.ipynb notebooks: each runs
-# in its own kernel, stopped after GRADE_TIMEOUT seconds; the table of checks goes to OUT (default DIR/grades.csv).
+# in its own kernel, stopped after GRADE_TIMEOUT seconds, GRADE_JOBS of them at once; the table of checks goes to
+# OUT (default DIR/grades.csv).
 GRADE_TIMEOUT ?= 300
+GRADE_JOBS ?= 1
 grade: $(MODELS)
-	@test -n "$(DIR)" || { echo "usage: make grade DIR=<submissions> [OUT=grades.csv] [GRADE_TIMEOUT=300]"; exit 2; }
-	$(BIN)/python tools/grade.py "$(DIR)" --timeout $(GRADE_TIMEOUT) $(if $(OUT),--out "$(OUT)")
+	@test -n "$(DIR)" || { echo "usage: make grade DIR=<submissions> [OUT=grades.csv] [GRADE_TIMEOUT=300] [GRADE_JOBS=1]"; exit 2; }
+	$(BIN)/python tools/grade.py "$(DIR)" --timeout $(GRADE_TIMEOUT) --jobs $(GRADE_JOBS) $(if $(OUT),--out "$(OUT)")
 
 # Drift canary: the newest releases of transformers, tokenizers, datasets, peft, accelerate, huggingface_hub and
 # nbval (network: PyPI) in a separate venv, .cache/canary-venv, every other package as pinned; runs test-unit and

@@ -2,6 +2,7 @@
 
     python tools/grade.py SUBMISSIONS                      # prints the table, writes SUBMISSIONS/grades.csv
     python tools/grade.py SUBMISSIONS --out grades.csv --timeout 300 --keep executed/
+    python tools/grade.py SUBMISSIONS --jobs 2             # two notebooks at once
 
 SUBMISSIONS holds one folder per learner; every ``NN_topic_exercises.ipynb`` found in a learner's folder (at any
 depth, e.g. ``alice/exercises/11_trainer_exercises.ipynb``) is run from the top by papermill in a kernel of its
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,23 +174,30 @@ def rows_for(learner: str, notebook: str, run: Run, checks: list[str]) -> list[d
 
 
 def grade(folder: Path, timeout: float = DEFAULT_TIMEOUT, keep: Path | None = None,
-          reference: Path = ROOT / "exercises") -> list[dict]:
-    """Run every submission in ``folder`` and return the table's rows.
+          reference: Path = ROOT / "exercises", jobs: int = 1) -> list[dict]:
+    """Run every submission in ``folder`` and return the table's rows, in the order of :func:`submissions`.
 
     Each run's executed copy, check log (``checks.jsonl``) and papermill output go to ``keep/<learner>/<notebook>/``
-    when ``keep`` is given, to a temporary folder otherwise.
+    when ``keep`` is given, to a temporary folder otherwise. ``jobs`` notebooks run at once, each in its own
+    kernel, in its own folder and with its own ``timeout``; the rows come back in the same order whatever
+    ``jobs`` is. Runs side by side share the cores, so each takes longer than alone: leave room in ``timeout``.
     """
-    rows = []
+    found = submissions(folder)
     with tempfile.TemporaryDirectory(prefix="btp-grade-") as scratch:
-        for learner, name, notebook in submissions(folder):
+
+        def graded(submission: tuple[str, str, Path]) -> list[dict]:
+            learner, name, notebook = submission
             book_copy = reference / notebook.name
             checks = expected_checks(book_copy if book_copy.exists() else notebook)
             started = time.perf_counter()
             run = run_notebook(notebook, Path(keep or scratch) / learner / Path(name).with_suffix(""), timeout)
             print(f"{learner}/{name}: {run.ended} in {time.perf_counter() - started:.0f} s", file=sys.stderr,
                   flush=True)
-            rows += rows_for(learner, name, run, checks)
-    return rows
+            return rows_for(learner, name, run, checks)
+
+        # Threads are enough: each one waits on a papermill process of its own.
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            return [row for rows in pool.map(graded, found) for row in rows]
 
 
 def format_table(rows: list[dict], note_width: int = 70) -> str:
@@ -214,12 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="CSV to write (default: FOLDER/grades.csv)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per notebook")
     parser.add_argument("--keep", type=Path, help="keep each executed copy and its check log in this folder")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="notebooks run at once (default 1; each still gets --timeout seconds of its own)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs takes 1 or more")
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
     if not submissions(args.folder):
         parser.error(f"no {PATTERN} in any learner's folder of {args.folder}")
-    rows = grade(args.folder, args.timeout, args.keep)
+    rows = grade(args.folder, args.timeout, args.keep, jobs=args.jobs)
     out = args.out or args.folder / "grades.csv"
     write_csv(rows, out)
     print(format_table(rows))
