@@ -322,11 +322,12 @@ def embedder_exporter(pool="mean", dynamic=True, with_mask=True, mask_in_encoder
     return export
 
 
-def test_export_checker_accepts_the_solution_whatever_it_returns():
-    report = check_export_embedder(embedder_exporter())
-    assert report.passed, report
+def test_export_checker_accepts_a_right_export_whatever_it_returns():
+    """The file is what counts. The solution, which returns the path, is checked where nbval runs its notebook
+    (solutions/17_onnx_solutions.ipynb): here the same export returning None, so the graphs are exported once."""
     export = embedder_exporter()
-    assert check_export_embedder(lambda encoder, path: export(encoder, path) and None).passed
+    report = check_export_embedder(lambda encoder, path: export(encoder, path) and None)
+    assert report.passed, report
 
 
 @pytest.mark.parametrize("mistake, exporter, words", [
