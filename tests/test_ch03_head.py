@@ -9,7 +9,6 @@ from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
     BertConfig,
-    BertForSequenceClassification,
     BertModel,
     DistilBertConfig,
     DistilBertForSequenceClassification,
@@ -42,6 +41,7 @@ from behind_pipeline.models import classifier_id, encoder_id
 from behind_pipeline.predict import predict_logits
 
 from checker_asserts import ODD_ANSWERS, assert_rejected, assert_reported
+from tiny_models import tiny_bert_classifier
 
 SAMPLE_EVERY = 4  # every 4th test review: 362 reviews of all lengths, a quarter of the cost of the whole split
 
@@ -60,11 +60,9 @@ def test_logits_by_hand_equal_the_model_on_test_reviews(splits, tokenizer, class
 
 
 def _tiny(model_type: str, num_labels: int = 3):
-    torch.manual_seed(0)
     if model_type == "bert":
-        config = BertConfig(vocab_size=60, hidden_size=12, num_hidden_layers=1, num_attention_heads=2,
-                            intermediate_size=24, max_position_embeddings=16, num_labels=num_labels)
-        return BertForSequenceClassification(config).eval()
+        return tiny_bert_classifier(60, hidden=12, max_positions=16, num_labels=num_labels)
+    torch.manual_seed(0)
     config = DistilBertConfig(vocab_size=60, dim=12, n_layers=1, n_heads=2, hidden_dim=24,
                               max_position_embeddings=16, num_labels=num_labels)
     return DistilBertForSequenceClassification(config).eval()

@@ -15,6 +15,7 @@ from behind_pipeline.checks.ch13_error_analysis import (
 from behind_pipeline.error_analysis import agreement_table, binned_error_rates, most_confident_mistakes
 
 from checker_asserts import assert_rejected
+from tiny_models import tiny_bert_classifier
 
 # --- the chapter's helpers -----------------------------------------------------------------------------------------
 
@@ -193,7 +194,7 @@ def test_contains_word_matches_whole_words_in_any_case():
 
 
 def test_leave_one_word_out_is_the_probability_drop_through_predict_logits(tmp_path):
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertTokenizerFast
 
     from behind_pipeline.error_analysis import leave_one_word_out
     from behind_pipeline.predict import predict_logits
@@ -201,9 +202,7 @@ def test_leave_one_word_out_is_the_probability_drop_through_predict_logits(tmp_p
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "bad", "but", "film", "slow"]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizerFast(str(tmp_path / "vocab.txt"))
-    torch.manual_seed(0)
-    classifier = BertForSequenceClassification(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
-                                                          num_attention_heads=2, intermediate_size=32))
+    classifier = tiny_bert_classifier(len(vocab))
     text = "good film but slow"
     pushes = leave_one_word_out(classifier, tokenizer, text)
     assert [word for word, _ in pushes] == text.split()

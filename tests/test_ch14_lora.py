@@ -12,7 +12,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from behind_pipeline.checks.ch14_lora import (
     check_dora_linear,
@@ -22,13 +22,11 @@ from behind_pipeline.checks.ch14_lora import (
 from behind_pipeline.lora import LoRALinear, add_lora, copy_from_peft, parameter_counts
 
 from checker_asserts import assert_rejected, failures
+from tiny_models import tiny_bert_classifier
 
 
 def tiny_bert(seed=0, num_labels=2):
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=24, max_position_embeddings=20, num_labels=num_labels)
-    return BertForSequenceClassification(config).eval()
+    return tiny_bert_classifier(60, layers=2, intermediate=24, max_positions=20, num_labels=num_labels, seed=seed)
 
 
 

@@ -41,6 +41,7 @@ from behind_pipeline.quantize import (
 )
 
 from checker_asserts import assert_rejected
+from tiny_models import tiny_bert_classifier
 
 # --- the chapter's code ---------------------------------------------------------------------------------------------
 
@@ -117,12 +118,7 @@ def test_nf4_indices_and_absmax_equal_bitsandbytes():
 
 
 def test_dynamic_int8_converts_linears_only_and_shrinks_the_saved_model():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=16)
-    classifier = BertForSequenceClassification(config).eval()
+    classifier = tiny_bert_classifier(50, hidden=32, layers=2, max_positions=16)
     quantized = dynamic_int8(classifier)
     counts = module_type_counts(quantized)
     assert counts["Linear (int8)"] == module_type_counts(classifier)["Linear"] and "Linear" not in counts
@@ -145,12 +141,7 @@ class TinyTokenizer:
 
 
 def tiny_bert():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=24)
-    return BertForSequenceClassification(config).eval()
+    return tiny_bert_classifier(50, hidden=32, layers=2, max_positions=24)
 
 
 TEXTS = ["a good film", "bad", "not bad at all, really", "an awful, awful mess", "fine", "wonderful acting"]

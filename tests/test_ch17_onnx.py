@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from behind_pipeline import measure, onnx_export
 from behind_pipeline.checks.ch17_onnx import (
@@ -31,13 +30,11 @@ from behind_pipeline.onnx_export import (
 from behind_pipeline.predict import predict_logits
 
 from checker_asserts import assert_rejected, failures
+from tiny_models import tiny_bert_classifier
 
 
 def tiny_classifier(tokenizer, seed=0):
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=512)
-    return BertForSequenceClassification(config).eval()
+    return tiny_bert_classifier(tokenizer.vocab_size, seed=seed)
 
 
 @pytest.fixture(scope="module")

