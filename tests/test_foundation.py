@@ -165,6 +165,39 @@ def test_cached_logits_are_computed_again_when_what_shapes_them_changes(change, 
     assert calls == [10, 10]
 
 
+def test_two_processes_saving_the_same_logits_at_once_leave_one_whole_file(tokenizer, splits, counted_cache,
+                                                                           monkeypatch):
+    """Process A is still writing when process B computes and saves the same key: B does not read A's unfinished
+    file, neither save breaks the other, and one whole file is left under the key's name."""
+    import os
+
+    import torch
+
+    predict, real, calls, folder = counted_cache
+    model, texts = tiny_classifier(tokenizer), splits["test"]["text"][:8]
+    pid = {"now": 1111}
+    monkeypatch.setattr(os, "getpid", lambda: pid["now"])
+    real_save, seen_by_b, written = torch.save, [], []
+
+    def save_then_let_b_run(tensor, file):
+        written.append(os.path.basename(file))
+        real_save(tensor, file)
+        if pid["now"] == 1111:  # A's bytes are written, not yet under the final name: B starts now
+            assert not list(folder.glob("*.pt")), "A's save is visible before it is whole"
+            pid["now"] = 2222
+            seen_by_b.append(predict.cached_predict_logits(model, tokenizer, texts))
+            pid["now"] = 1111
+
+    monkeypatch.setattr(torch, "save", save_then_let_b_run)
+    by_a = predict.cached_predict_logits(model, tokenizer, texts)
+    expected = real(model, tokenizer, texts)
+    assert calls == [8, 8]  # B computed: it found nothing finished to read
+    assert len(set(written)) == 2  # each process wrote under a name of its own: their bytes never mix
+    assert torch.equal(by_a, expected) and torch.equal(seen_by_b[0], expected)
+    [kept] = list(folder.glob("*"))  # no temporary file left
+    assert kept.suffix == ".pt" and torch.equal(torch.load(kept, weights_only=True), expected)
+
+
 def test_a_tokenizer_used_before_with_other_settings_reads_the_same_logits(tokenizer, splits, counted_cache):
     """A call with truncation or padding leaves that state in the fast tokenizer: it must not change the key."""
     from transformers import AutoTokenizer
