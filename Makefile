@@ -105,7 +105,7 @@ test-notebooks: $(MODELS)
 test-exercises: $(MODELS)
 	$(BIN)/pytest $(PARALLEL) $(DURATIONS) tests/run_blank_exercises.py
 
-# One chapter's loop for authors (about a minute): `make check CH=15` runs chapter 15's notebook and solutions
+# One chapter's loop for authors (a minute to several): `make check CH=15` runs chapter 15's notebook and solutions
 # under nbval, its blank exercise notebook, its unit and checker tests, and ruff over what it touches.
 CH_FILES = $(wildcard notebooks/$(CH)_*.ipynb solutions/$(CH)_*.ipynb)
 check: $(MODELS)
@@ -185,7 +185,7 @@ lab: $(ASSETS)
 	@if ! $(MAKE) --no-print-directory -q $(CLASSIFIER) && $(BIN)/python -c "import sys; \
 	  from behind_pipeline import paths, trained_once; \
 	  sys.exit(paths.is_online() or trained_once.is_training(paths.CLASSIFIER_DIR))"; then \
-	  echo "Training the course classifier in the background (about 3 minutes; log: .cache/prepare-lab.log)."; \
+	  echo "Training the course classifier in the background (a few minutes; log: .cache/prepare-lab.log)."; \
 	  nohup $(MAKE) --no-print-directory $(CLASSIFIER) > $(CACHE)/prepare-lab.log 2>&1 & \
 	fi
 	$(BIN)/jupyter lab --allow-root --notebook-dir=.

@@ -60,7 +60,7 @@ def wait_or_train_classifier() -> None:
     child = None
     if not _classifier_weights().exists():
         print("The course classifier is not trained yet: it is trained once now, or `make lab`'s training of it is "
-              "waited for (about 3 minutes on 2 cores). This cell goes on when it is ready.", flush=True)
+              "waited for (a few minutes on 2 cores). This cell goes on when it is ready.", flush=True)
         child = subprocess.Popen([sys.executable, "-m", "behind_pipeline.prepare"], cwd=paths.PROJECT_ROOT,
                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})  # its lines as they come
