@@ -196,7 +196,7 @@ def grade(folder: Path, timeout: float = DEFAULT_TIMEOUT, keep: Path | None = No
             return rows_for(learner, name, run, checks)
 
         # Threads are enough: each one waits on a papermill process of its own.
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # it refuses jobs < 1 itself
             return [row for rows in pool.map(graded, found) for row in rows]
 
 
