@@ -33,13 +33,9 @@ from checker_asserts import assert_rejected, failures
 from tiny_models import tiny_bert_classifier
 
 
-def tiny_classifier(tokenizer, seed=0):
-    return tiny_bert_classifier(tokenizer.vocab_size, seed=seed)
-
-
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory, tokenizer):
-    classifier = tiny_classifier(tokenizer)
+    classifier = tiny_bert_classifier(tokenizer.vocab_size)
     path = export_classifier(classifier, tokenizer, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
     return classifier, path
 
@@ -153,7 +149,7 @@ def test_interleaved_samples_take_turns_and_time_only_after_the_warmup():
 
 def test_fingerprint_changes_with_the_exporter_code_and_the_library_versions(tmp_path, monkeypatch, tokenizer):
     folder = tmp_path / "model"
-    tiny_classifier(tokenizer).save_pretrained(folder)
+    tiny_bert_classifier(tokenizer.vocab_size).save_pretrained(folder)
     first = onnx_export.export_fingerprint(str(folder))
     assert onnx_export.export_fingerprint(str(folder)) == first
     for name in ("onnx", "onnxscript", "onnxruntime", "torch"):
@@ -161,7 +157,7 @@ def test_fingerprint_changes_with_the_exporter_code_and_the_library_versions(tmp
         monkeypatch.setattr(onnx_export, "package_versions", lambda versions=versions: versions)
         assert onnx_export.export_fingerprint(str(folder)) != first, name
         monkeypatch.undo()
-    monkeypatch.setattr(onnx_export, "WRITERS", (*onnx_export.WRITERS[:1], tiny_classifier))  # other code
+    monkeypatch.setattr(onnx_export, "WRITERS", (*onnx_export.WRITERS[:1], tiny_bert_classifier))  # other code
     assert onnx_export.export_fingerprint(str(folder)) != first
     monkeypatch.undo()
     assert "def export_classifier" in onnx_export.writer_source() and "def quantize_int8" in onnx_export.writer_source()
@@ -258,7 +254,7 @@ def test_int8_rewrites_matmuls_and_stays_close(tiny_export, tokenizer, splits, t
 
 def test_export_file_is_made_once_and_again_when_the_weights_change(tmp_path, monkeypatch, tokenizer):
     folder = tmp_path / "model"
-    tiny_classifier(tokenizer).save_pretrained(folder)
+    tiny_bert_classifier(tokenizer.vocab_size).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     monkeypatch.setattr(onnx_export, "ONNX_DIR", tmp_path / "onnx")
     first = onnx_export.classifier_onnx_file(str(folder))
@@ -266,7 +262,7 @@ def test_export_file_is_made_once_and_again_when_the_weights_change(tmp_path, mo
     exported = []
     monkeypatch.setattr(onnx_export, "export_classifier", lambda *args: exported.append(args))
     assert onnx_export.classifier_onnx_file(str(folder)) == first and not exported  # reused, not exported again
-    tiny_classifier(tokenizer, seed=1).save_pretrained(folder)  # "retrained"
+    tiny_bert_classifier(tokenizer.vocab_size, seed=1).save_pretrained(folder)  # "retrained"
     with pytest.raises(AttributeError):  # the stub exporter returns None: a new export was attempted
         onnx_export.classifier_onnx_file(str(folder))
     assert len(exported) == 1

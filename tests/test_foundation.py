@@ -75,11 +75,6 @@ def test_classifier_accuracy_matches_its_summary(classifier, tokenizer, splits):
 
 # --- the prediction path's cache ------------------------------------------------------------------------------
 
-def tiny_classifier(tokenizer, seed=0):
-    """A random 1-layer BERT classifier over the course tokenizer's vocabulary: fast, and a real model."""
-    return tiny_bert_classifier(tokenizer.vocab_size, seed=seed)
-
-
 @pytest.fixture
 def counted_cache(tmp_path, monkeypatch):
     """The cache in a temporary folder, and a count of the real computations behind it."""
@@ -101,7 +96,7 @@ def test_cached_logits_equal_predict_logits_and_are_computed_once(tokenizer, spl
     import torch
 
     predict, real, calls, folder = counted_cache
-    model, texts = tiny_classifier(tokenizer), splits["test"]["text"][:20]
+    model, texts = tiny_bert_classifier(tokenizer.vocab_size), splits["test"]["text"][:20]
     first = predict.cached_predict_logits(model, tokenizer, texts)
     again = predict.cached_predict_logits(model, tokenizer, texts)
     assert torch.equal(first, real(model, tokenizer, texts)) and torch.equal(again, first)
@@ -112,7 +107,7 @@ def test_cached_logits_are_computed_again_for_other_weights_texts_or_settings(to
     import torch
 
     predict, real, calls, folder = counted_cache
-    model, texts = tiny_classifier(tokenizer), splits["test"]["text"][:20]
+    model, texts = tiny_bert_classifier(tokenizer.vocab_size), splits["test"]["text"][:20]
     predict.cached_predict_logits(model, tokenizer, texts)
     predict.cached_predict_logits(model, tokenizer, texts[:19])
     predict.cached_predict_logits(model, tokenizer, texts, batch_size=4)
@@ -158,7 +153,7 @@ def test_cached_logits_are_computed_again_when_what_shapes_them_changes(change, 
 
     predict, _, calls, _ = counted_cache
     tokenizer = AutoTokenizer.from_pretrained(classifier_id())  # a copy of its own: the change stays here
-    model, texts = tiny_classifier(tokenizer), splits["test"]["text"][:10]
+    model, texts = tiny_bert_classifier(tokenizer.vocab_size), splits["test"]["text"][:10]
     predict.cached_predict_logits(model, tokenizer, texts, max_length=8)
     change(model, tokenizer, monkeypatch)
     predict.cached_predict_logits(model, tokenizer, texts, max_length=8)
@@ -174,7 +169,7 @@ def test_two_processes_saving_the_same_logits_at_once_leave_one_whole_file(token
     import torch
 
     predict, real, calls, folder = counted_cache
-    model, texts = tiny_classifier(tokenizer), splits["test"]["text"][:8]
+    model, texts = tiny_bert_classifier(tokenizer.vocab_size), splits["test"]["text"][:8]
     pid = {"now": 1111}
     monkeypatch.setattr(os, "getpid", lambda: pid["now"])
     real_save, seen_by_b, written = torch.save, [], []
@@ -205,7 +200,7 @@ def test_a_tokenizer_used_before_with_other_settings_reads_the_same_logits(token
     from behind_pipeline.models import classifier_id
 
     predict, _, calls, _ = counted_cache
-    model, texts = tiny_classifier(tokenizer), splits["test"]["text"][:12]
+    model, texts = tiny_bert_classifier(tokenizer.vocab_size), splits["test"]["text"][:12]
     fresh = AutoTokenizer.from_pretrained(classifier_id())
     predict.cached_predict_logits(model, fresh, texts)
     fresh(texts, truncation=True, max_length=7, padding="max_length")  # a chapter's own call in between
@@ -251,7 +246,7 @@ def test_a_model_once_asked_for_hidden_states_is_still_cached(tokenizer, splits,
     import torch
 
     predict, _, calls, folder = counted_cache
-    model, texts = tiny_classifier(tokenizer), splits["test"]["text"][:6]
+    model, texts = tiny_bert_classifier(tokenizer.vocab_size), splits["test"]["text"][:6]
     with torch.no_grad():
         model(**tokenizer(texts[:1], return_tensors="pt"), output_hidden_states=True)
     assert any(layer._forward_hooks for layer in model.modules())  # the hooks this test is about
@@ -267,14 +262,16 @@ def test_only_a_plain_transformers_model_is_cached(tokenizer, splits, counted_ca
 
     predict, _, calls, folder = counted_cache
     texts = splits["test"]["text"][:8]
-    int8 = torch.ao.quantization.quantize_dynamic(tiny_classifier(tokenizer), {torch.nn.Linear}, dtype=torch.qint8)
-    hooked = tiny_classifier(tokenizer)
+    int8 = torch.ao.quantization.quantize_dynamic(tiny_bert_classifier(tokenizer.vocab_size), {torch.nn.Linear},
+                                                  dtype=torch.qint8)
+    hooked = tiny_bert_classifier(tokenizer.vocab_size)
     hooked.classifier.register_forward_hook(lambda module, args, output: output + 1)
-    own_layer = tiny_classifier(tokenizer)  # a layer of the book's kind (hand-made LoRA): its forward is its own
+    # a layer of the book's kind (hand-made LoRA): its forward is its own
+    own_layer = tiny_bert_classifier(tokenizer.vocab_size)
     own_layer.classifier = doubled_linear(own_layer.classifier)
-    replaced = tiny_classifier(tokenizer)
+    replaced = tiny_bert_classifier(tokenizer.vocab_size)
     replaced.dropout.forward = lambda hidden: 2 * hidden  # forward replaced on the instance, as accelerate's hooks do
-    for model in (int8, doubled(tiny_classifier(tokenizer)), hooked, own_layer, replaced):
+    for model in (int8, doubled(tiny_bert_classifier(tokenizer.vocab_size)), hooked, own_layer, replaced):
         predict.cached_predict_logits(model, tokenizer, texts)
         predict.cached_predict_logits(model, tokenizer, texts)
     assert calls == [8] * 10 and not list(folder.iterdir())
