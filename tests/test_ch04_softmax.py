@@ -421,6 +421,24 @@ def test_check_calibration_error_rejects_typical_mistakes(wrong, hint):
     assert_rejected(check_calibration_error(wrong), hint)
 
 
+def test_check_calibration_error_grades_the_confidences_it_gave_not_what_an_in_place_sort_left():
+    """Sorted in place, the checker's own tensors would change under it: it would grade the wrong data, here
+    rejecting a right value as 'expected' something else (adversary's find)."""
+
+    def sorts_in_place(confidences, correct, n_bins=10, strategy="uniform"):
+        confidences, correct = confidences.double(), correct.double()  # no copy for float64 tensors
+        order = confidences.argsort()
+        confidences[:], correct[:] = confidences[order], correct[order]
+        return calibration_error_solution(confidences, correct, n_bins, strategy)
+
+    def clamps_in_place(confidences, correct, n_bins=10, strategy="uniform"):
+        confidences.clamp_(max=1 - 1e-12)
+        return calibration_error_solution(confidences, correct, n_bins, strategy)
+
+    for changes_its_input in (sorts_in_place, clamps_in_place):
+        assert_rejected(check_calibration_error(changes_its_input), "changed the confidences")
+
+
 @pytest.mark.parametrize("answer", [..., None, lambda *a: None, lambda *a: 1 / 0, lambda *a: "0.1",
                                     lambda *a: [0.1, 0.2], lambda *a: torch.tensor([0.1]), lambda *a: {"ece": 0.1}])
 def test_check_calibration_error_never_raises(answer):
@@ -472,6 +490,8 @@ def test_check_fold_temperature_accepts_the_solution():
     ("scales_the_dense_layer", lambda c, t: _scaled(c, 1 / t, lambda m: [head_layout(m)[0]]), "not linear"),
     ("only_sets_a_config_field", lambda c, t: copy.deepcopy(c), "did not change"),
     ("bert_only", lambda c, t: _scaled(c, 1 / t, lambda m: [m.bert and "classifier"]), "DistilBERT"),
+    # int(0.5) is 0: the T=0.5 case gets inf weights and nan logits, whose diff (nan) is not below any tolerance
+    ("divides_by_int_t", lambda c, t: _scaled(c, 1 / int(t) if int(t) else math.inf, output_layer), "T=0.5"),
 ])
 def test_check_fold_temperature_rejects_typical_mistakes(name, wrong, hint):
     assert_rejected(check_fold_temperature(wrong), hint)

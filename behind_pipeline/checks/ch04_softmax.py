@@ -253,15 +253,20 @@ def check_calibration_error(calibration_error) -> CheckReport:
         # float32 for one case: a learner's code must not depend on the dtype it is handed.
         dtype = torch.float32 if n_bins == 7 else torch.float64
         args = (torch.tensor(confidences, dtype=dtype), torch.tensor(correct, dtype=dtype))
+        given = tuple(tensor.clone() for tensor in args)  # graded on these, whatever the function does to args
         result = report.call(calibration_error, *args, n_bins, strategy, name="calibration_error")
         if result is Ellipsis:
+            return report
+        if not all(torch.equal(arg, before) for arg, before in zip(args, given, strict=True)):
+            report.fail(f"{name}: your function changed the confidences or the labels it was given (an in-place "
+                        "sort, `clamp_` or `[:] =`?): work on a copy instead")
             return report
         value = report.tensor(result, f"{name}: calibration_error(...)", shape=())
         if value is None:
             if report.lines and "shape" in report.lines[-1]:
                 report.fail("return one number (a float or a 0-d tensor): the sum over the bins")
             return report
-        data32 = args[0].double().numpy()  # the float32 case is graded on the confidences it was given
+        data32 = given[0].double().numpy()  # the float32 case is graded on the confidences it was given
         expected = reference_calibration_error(data32, correct, n_bins, strategy)
         got = value.item()
         if abs(got - expected) < 1e-6:
@@ -396,7 +401,7 @@ def check_fold_temperature(fold_temperature) -> CheckReport:
             return report
         expected = logits_before / temperature
         diff = (logits - expected).abs().max().item()
-        if diff >= 1e-4:
+        if not diff < 1e-4:  # also a nan diff: logits with inf or nan (a division by int(0.5) = 0?) are wrong
             report.fail(f"{where}, T={temperature}: logits off by up to {diff:.1e}"
                         + _name_logit_mistake(logits, logits_before, temperature))
             return report
