@@ -44,7 +44,7 @@ import numpy as np
 from behind_pipeline.measure import latency_samples, latency_summary, peak_rss_mib, reset_peak_rss, rss_mib
 from behind_pipeline.paths import BENCH_FILE, configure_environment
 from behind_pipeline.results import write_section
-from behind_pipeline.runtime import NUM_THREADS, file_mib, folder_mib
+from behind_pipeline.runtime import NUM_THREADS, cpu_model, file_mib, folder_mib
 
 SECTION = "models"
 VARIANTS = {  # name -> label in tables
@@ -280,15 +280,7 @@ def targets(ratios: dict, rows: list[dict]) -> dict:
 
 
 def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    found = {"cpu": model, "architecture": platform.machine(), "cores": os.cpu_count(), "threads": NUM_THREADS,
+    found = {"cpu": cpu_model(), "architecture": platform.machine(), "cores": os.cpu_count(), "threads": NUM_THREADS,
              "system": platform.system(), "python": platform.python_version()}
     try:  # whether the CPU multiplies bfloat16 natively: the fp16 and bf16 rows depend on it
         import torch

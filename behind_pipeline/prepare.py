@@ -55,6 +55,7 @@ def train(output_dir=paths.CLASSIFIER_DIR) -> dict:
         "epochs": SETTINGS.epochs, "batch_size": SETTINGS.batch_size, "learning_rate": SETTINGS.learning_rate,
         "seed": SETTINGS.seed,
         "train_seconds": round(train_seconds, 1),
+        "cpu": runtime.cpu_model(),  # what train_seconds was measured on
         "padding_share": round(history.padding_tokens / (history.padding_tokens + history.real_tokens), 4),
         "final_loss": round(sum(history.losses[-20:]) / len(history.losses[-20:]), 4),
         "validation_accuracy": round(predict.split_accuracy(classifier, tokenizer, splits["validation"]), 4),

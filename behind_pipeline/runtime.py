@@ -27,6 +27,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``"AMD EPYC 7B13"``), what a reader compares a measured time with.
+
+    From ``/proc/cpuinfo`` on Linux; elsewhere, or where it has no model name, Python's description of the processor
+    or, failing that, the architecture. The benchmark, the set-up timings and the chapters' run times record it.
+    """
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return model
+
+
 def cpu_kind() -> str:
     """The kind of CPU, as far as its instructions change the book's numbers: vendor, PyTorch's vector kernels, and
     the int8 and bf16 instructions that quantized kernels use.

@@ -157,6 +157,7 @@ def train(output_dir=GENERATOR_DIR) -> dict:
         "steps": SETTINGS.steps, "batch_size": SETTINGS.batch_size, "window": SETTINGS.window,
         "learning_rate": SETTINGS.learning_rate, "seed": SETTINGS.seed,
         "tokenizer_seconds": round(tokenizer_seconds, 1), "train_seconds": round(train_seconds, 1),
+        "cpu": runtime.cpu_model(),  # what the two times were measured on
         "first_loss": round(sum(losses[:10]) / 10, 4), "final_loss": round(sum(losses[-20:]) / 20, 4),
         "test_loss": round(test_loss, 4),
         "trained_on": runtime.cpu_kind(),

@@ -88,11 +88,11 @@ def test_setup_lines_name_and_add_up_the_steps_that_were_timed(monkeypatch):
     without one, the total adds the trainings' own times."""
     import chapter_table
 
-    files = {"setup.json": {"install": 200.0, "assets": 5.0, "test": 1000.0},
+    files = {"setup.json": {"install": 200.0, "assets": 5.0, "test": 1000.0, "cpu": "A"},
              "prepare.json": {"train_examples": 10, "epochs": 1, "train_seconds": 150.0, "validation_accuracy": 0.8,
-                              "test_accuracy": 0.8},
+                              "test_accuracy": 0.8, "cpu": "A"},
              "prepare_generator.json": {"parameters": 1, "steps": 1, "train_seconds": 50.0},
-             "prepare_router.json": {"train_examples": 1, "steps": 1, "train_seconds": 40.0}}
+             "prepare_router.json": {"train_examples": 1, "steps": 1, "train_seconds": 40.0, "cpu": "A"}}
     monkeypatch.setattr(chapter_table, "results", lambda name: files.get(name, {}))
     without = "\n".join(chapter_table.setup_lines())
     assert "`make install`, `make assets` and `make test` were timed" in without

