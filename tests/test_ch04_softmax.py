@@ -211,10 +211,15 @@ def test_check_masked_softmax_accepts_right_answers():
     def returns_a_list(scores, mask, dim=-1):
         return masked_softmax_solution(scores, mask, dim).tolist()
 
-    assert_accepted(check_masked_softmax, masked_softmax_solution, reusing_stable_softmax, returns_a_list)
+    def via_log_softmax(scores, mask, dim=-1):  # right, but float32 near -1000 is off by a few 1e-5
+        return log_softmax(scores.masked_fill(~mask, float("-inf")), dim).exp().nan_to_num(0.0)
+
+    assert_accepted(check_masked_softmax, masked_softmax_solution, reusing_stable_softmax, returns_a_list,
+                    via_log_softmax)
 
 
 NEG_INF = float("-inf")
+BOUND_SOFTMAX = torch.softmax  # bound before any check runs, as a learner's `from torch import softmax` is
 
 
 def _normalise(exponentials, dim):
@@ -266,6 +271,20 @@ def mask_not_broadcast(scores, mask, dim=-1):
     return masked_softmax_solution(scores, mask.reshape(scores.shape), dim)
 
 
+def only_last_or_first_dim(scores, mask, dim=-1):  # right for dim=-1 and dim=0 on a matrix, wrong elsewhere
+    if dim == 0:
+        return only_last_or_first_dim(scores.T, mask.T, -1).T
+    return torch.where(mask, stable_softmax(scores.masked_fill(~mask, NEG_INF), -1), 0.0)
+
+
+def softmax_bound_by_name(scores, mask, dim=-1):  # `from torch import softmax` before the checker's spy starts
+    return BOUND_SOFTMAX(scores.masked_fill(~mask, NEG_INF), dim).nan_to_num(0.0)
+
+
+def float32_for_float64(scores, mask, dim=-1):
+    return masked_softmax_solution(scores.float(), mask, dim)
+
+
 @pytest.mark.parametrize("wrong, hint", [
     (unstable_softmax, "nan"),
     (shift_by_max_including_masked, "over the kept positions only"),
@@ -278,6 +297,9 @@ def mask_not_broadcast(scores, mask, dim=-1):
     (uses_nn_softmax, "F.softmax"),
     (uses_tensor_log_softmax, "tensor.log_softmax"),
     (mask_not_broadcast, "raised RuntimeError"),
+    (only_last_or_first_dim, "dim=1"),
+    (softmax_bound_by_name, "autograd recorded SoftmaxBackward0"),
+    (float32_for_float64, "returned torch.float32 for float64 scores"),
 ])
 def test_check_masked_softmax_rejects_typical_mistakes(wrong, hint):
     assert_rejected(check_masked_softmax(wrong), hint)
@@ -476,6 +498,35 @@ def output_layer(model):
     return [head_layout(model)[2]]
 
 
+class _DivideBy(torch.nn.Module):
+    def __init__(self, temperature):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, x):
+        return x / self.temperature
+
+
+def _wrapped(classifier, temperature):  # right logits, but its weights load back without the temperature
+    folded = copy.deepcopy(classifier)
+    name = head_layout(folded)[2]
+    parent, _, attribute = name.rpartition(".")
+    owner = folded.get_submodule(parent) if parent else folded
+    setattr(owner, attribute, torch.nn.Sequential(getattr(owner, attribute), _DivideBy(temperature)))
+    return folded
+
+
+def _rebuilt(classifier, temperature):  # a model built anew starts in training mode: dropout on
+    folded = type(classifier)(classifier.config)
+    folded.load_state_dict(classifier.state_dict())
+    return _scaled(folded, 1 / temperature, output_layer, copy_first=False)
+
+
+def _changes_original_config(classifier, temperature):
+    classifier.config.problem_type = "multi_label_classification"  # pipeline() would then use a sigmoid
+    return fold_temperature_solution(classifier, temperature)
+
+
 def test_check_fold_temperature_accepts_the_solution():
     report = check_fold_temperature(fold_temperature_solution)
     assert report.passed, repr(report)
@@ -491,6 +542,9 @@ def test_check_fold_temperature_accepts_the_solution():
     ("only_sets_a_config_field", lambda c, t: copy.deepcopy(c), "did not change"),
     ("bert_only", lambda c, t: _scaled(c, 1 / t, lambda m: [m.bert and "classifier"]), "DistilBERT"),
     # int(0.5) is 0: the T=0.5 case gets inf weights and nan logits, whose diff (nan) is not below any tolerance
+    ("wraps_instead_of_folding", lambda c, t: _wrapped(c, t), "not the original's names"),
+    ("rebuilt_in_training_mode", lambda c, t: _rebuilt(c, t), "training mode"),
+    ("changes_the_original_config", lambda c, t: _changes_original_config(c, t), "config of the classifier"),
     ("divides_by_int_t", lambda c, t: _scaled(c, 1 / int(t) if int(t) else math.inf, output_layer), "T=0.5"),
 ])
 def test_check_fold_temperature_rejects_typical_mistakes(name, wrong, hint):

@@ -61,6 +61,31 @@ def watching_library_softmax():
                 delattr(owner, attribute)
 
 
+def softmax_steps_in_graph(masked_softmax, scores: torch.Tensor, mask: torch.Tensor, dim: int) -> set[str]:
+    """The library softmax steps autograd records while ``masked_softmax`` runs on a copy of ``scores``.
+
+    The spy above sees calls made through ``torch.softmax`` and its relatives, but not a function bound to a name
+    before it started (``from torch import softmax``); autograd records that one too (``SoftmaxBackward0``). Empty
+    when the call fails or leaves autograd (NumPy, ``detach``): then the spy's verdict stands alone.
+    """
+    leaf = scores.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            result = masked_softmax(leaf, mask.clone(), dim=dim)
+    except Exception:  # noqa: BLE001 - any failure was already reported by the graded call
+        return set()
+    found, seen, stack = set(), set(), [getattr(result, "grad_fn", None)]
+    while stack:
+        step = stack.pop()
+        if step is None or step in seen:
+            continue
+        seen.add(step)
+        if "Softmax" in type(step).__name__:
+            found.add(type(step).__name__)
+        stack.extend(parent for parent, _ in step.next_functions)
+    return found
+
+
 def _masked_cases() -> list[dict]:
     """Each case models one way a masked softmax goes wrong; ``hint`` says what to fix when it does."""
     generator = torch.Generator().manual_seed(4)
@@ -93,6 +118,9 @@ def _masked_cases() -> list[dict]:
              hint="normalise along `dim`, and use reshape/indexing that works on views (`.view` needs contiguous)"),
         dict(name="(batch 2, heads 3, seq 5) scores with a (2, 1, 5) padding mask", scores=attention, mask=padding,
              dim=-1, hint="the mask broadcasts over the heads: combine it with `masked_fill` or `torch.where`"),
+        dict(name="(batch 2, heads 3, seq 5) scores, dim=1 (across the heads), a (2, 3, 1) mask",
+             scores=attention, mask=torch.tensor([[True, False, True], [True, True, True]]).view(2, 3, 1), dim=1,
+             hint="normalise along the `dim` you are given, on any number of dimensions (not only -1 or 0)"),
         dict(name="float64 scores", scores=grid.double(), mask=grid_mask, dim=-1,
              hint="float64 input must work as float32 does"),
     ]
@@ -128,8 +156,15 @@ def check_masked_softmax(masked_softmax) -> CheckReport:
         if not torch.isfinite(tensor).all():
             report.fail(f"{name}: got {_describe_rows(tensor)} with nan or inf; {case['hint']}")
             return report
+        if scores.dtype == torch.float64 and getattr(result, "dtype", torch.float64) not in (torch.float64,
+                                                                                              np.float64):
+            report.fail(f"{name}: returned {result.dtype} for float64 scores: keep the input's dtype, or the "
+                        "extra digits are lost")
+            return report
         diff = (tensor - expected).abs().max().item()
-        if diff < 1e-6:
+        # float32 carries about 7 digits: a right answer built another way (log_softmax then exp) may be off by
+        # a few 1e-5 near -1000, where one float32 step is 6e-5; float64 carries 16.
+        if diff < (1e-6 if scores.dtype == torch.float64 else 1e-4):
             report.ok(f"{name}: right")
             continue
         kept_nothing = ~mask.expand_as(scores).any(dim=dim)
@@ -143,6 +178,10 @@ def check_masked_softmax(masked_softmax) -> CheckReport:
             report.fail(f"{name}: off by up to {diff:.1e}: got {_describe_rows(tensor)}, expected "
                         f"{_describe_rows(expected)}; {case['hint']}")
         return report
+    if not used_library:
+        case = _masked_cases()[0]
+        used_library.update(f"a library softmax (autograd recorded {step})" for step in
+                            softmax_steps_in_graph(masked_softmax, case["scores"], case["mask"], case["dim"]))
     report.expect(not used_library, "built without a library softmax",
                   f"calls {', '.join(sorted(used_library))}: the exercise asks you to build it from exp and a shift "
                   "(stable_softmax from behind_pipeline.softmax is allowed)")
@@ -350,8 +389,25 @@ def _fold_once(report: CheckReport, fold_temperature, reference, logits_of, temp
         report.fail(f"{where}, T={temperature}: the classifier you were given changed: copy it first "
                     "(copy.deepcopy) and change the copy, or every later call would fold T again")
         return None
+    if given.config.to_dict() != reference.config.to_dict():
+        report.fail(f"{where}, T={temperature}: the config of the classifier you were given changed: leave the "
+                    "original as it was and change only the copy")
+        return None
     if folded is given:
         report.fail(f"{where}, T={temperature}: returned the classifier it was given: return a new one")
+        return None
+    if getattr(folded, "training", False):
+        report.fail(f"{where}, T={temperature}: your classifier is in training mode, so dropout changes its "
+                    "scores from call to call: call .eval() on it (a model built anew starts in training mode)")
+        return None
+    try:
+        names = set(folded.state_dict())
+    except Exception:  # noqa: BLE001 - not a module: the forward pass below says what is wrong
+        names = None
+    if names is not None and names != set(reference.state_dict()):
+        report.fail(f"{where}, T={temperature}: your classifier's weights are not the original's names "
+                    "(a new module wrapped around a layer?): save_pretrained and from_pretrained would lose the "
+                    "temperature. Divide the output layer's own weight and bias by T")
         return None
     logits = report.call(logits_of, folded, name="your classifier's forward pass")
     if logits is Ellipsis:
