@@ -214,8 +214,27 @@ def test_check_masked_softmax_accepts_right_answers():
     def via_log_softmax(scores, mask, dim=-1):  # right, but float32 near -1000 is off by a few 1e-5
         return log_softmax(scores.masked_fill(~mask, float("-inf")), dim).exp().nan_to_num(0.0)
 
+    class MaskedSoftmax(torch.autograd.Function):  # its own backward: autograd names the step after the class
+        @staticmethod
+        def forward(context, scores, mask, dim):
+            probs = masked_softmax_solution(scores, mask, dim)
+            context.save_for_backward(probs)
+            context.dim = dim
+            return probs
+
+        @staticmethod
+        def backward(context, grad):
+            (probs,) = context.saved_tensors
+            return probs * (grad - (grad * probs).sum(context.dim, keepdim=True)), None, None
+
+    def own_autograd_function(scores, mask, dim=-1):
+        return MaskedSoftmax.apply(scores, mask, dim)
+
+    def returns_a_sparse_tensor(scores, mask, dim=-1):
+        return masked_softmax_solution(scores, mask, dim).to_sparse()
+
     assert_accepted(check_masked_softmax, masked_softmax_solution, reusing_stable_softmax, returns_a_list,
-                    via_log_softmax)
+                    via_log_softmax, own_autograd_function, returns_a_sparse_tensor)
 
 
 NEG_INF = float("-inf")
@@ -285,6 +304,20 @@ def float32_for_float64(scores, mask, dim=-1):
     return masked_softmax_solution(scores.float(), mask, dim)
 
 
+def clamped_away_from_zero(scores, mask, dim=-1):  # within a float32 tolerance, but masked positions get 1e-5
+    return masked_softmax_solution(scores, mask, dim).clamp(min=1e-5)
+
+
+def epsilon_in_the_denominator(scores, mask, dim=-1):
+    kept = scores.masked_fill(~mask, NEG_INF)
+    exponentials = (kept - kept.amax(dim, keepdim=True).nan_to_num(0.0)).exp().nan_to_num(0.0)
+    return exponentials / (exponentials.sum(dim, keepdim=True) + 1e-5)
+
+
+def returns_a_masked_tensor(scores, mask, dim=-1):
+    return torch.masked.masked_tensor(masked_softmax_solution(scores, mask, dim), mask.expand_as(scores))
+
+
 @pytest.mark.parametrize("wrong, hint", [
     (unstable_softmax, "nan"),
     (shift_by_max_including_masked, "over the kept positions only"),
@@ -300,7 +333,11 @@ def float32_for_float64(scores, mask, dim=-1):
     (only_last_or_first_dim, "dim=1"),
     (softmax_bound_by_name, "autograd recorded SoftmaxBackward0"),
     (float32_for_float64, "returned torch.float32 for float64 scores"),
+    (clamped_away_from_zero, "a clamp or an epsilon"),
+    (epsilon_in_the_denominator, "epsilon"),
+    (returns_a_masked_tensor, "should be a tensor"),
 ])
+@pytest.mark.filterwarnings("ignore:The PyTorch API of MaskedTensors")  # a prototype; the warning is not ours
 def test_check_masked_softmax_rejects_typical_mistakes(wrong, hint):
     assert_rejected(check_masked_softmax(wrong), hint)
 
@@ -522,6 +559,25 @@ def _rebuilt(classifier, temperature):  # a model built anew starts in training 
     return _scaled(folded, 1 / temperature, output_layer, copy_first=False)
 
 
+def _hooked(classifier, temperature):  # right logits, from a hook that save_pretrained does not keep
+    folded = copy.deepcopy(classifier)
+    layer = folded.get_submodule(head_layout(folded)[2])
+    layer.register_forward_hook(lambda module, inputs, output: output / temperature)
+    return folded
+
+
+def test_check_fold_temperature_accepts_a_saved_and_reloaded_copy(tmp_path):
+    """save_pretrained fills in the config's class name and dtype: not a change to the classifier given."""
+
+    def through_save_pretrained(classifier, temperature):
+        folder = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}"
+        classifier.save_pretrained(folder)
+        folded = type(classifier).from_pretrained(folder).eval()
+        return fold_temperature_solution(folded, temperature)
+
+    assert_accepted(check_fold_temperature, through_save_pretrained)
+
+
 def _changes_original_config(classifier, temperature):
     classifier.config.problem_type = "multi_label_classification"  # pipeline() would then use a sigmoid
     return fold_temperature_solution(classifier, temperature)
@@ -545,6 +601,7 @@ def test_check_fold_temperature_accepts_the_solution():
     ("wraps_instead_of_folding", lambda c, t: _wrapped(c, t), "not the original's names"),
     ("rebuilt_in_training_mode", lambda c, t: _rebuilt(c, t), "training mode"),
     ("changes_the_original_config", lambda c, t: _changes_original_config(c, t), "config of the classifier"),
+    ("hook_divides_the_output", lambda c, t: _hooked(c, t), "not in the weights"),
     ("divides_by_int_t", lambda c, t: _scaled(c, 1 / int(t) if int(t) else math.inf, output_layer), "T=0.5"),
 ])
 def test_check_fold_temperature_rejects_typical_mistakes(name, wrong, hint):

@@ -253,9 +253,13 @@ def as_tensor(value, dtype=torch.float64) -> torch.Tensor | None:
     if value is None or value is Ellipsis:
         return None
     try:
-        return torch.as_tensor(value, dtype=dtype).detach()
-    except (TypeError, ValueError, RuntimeError, OverflowError):  # OverflowError: an int too large, e.g. 10 ** 400
+        tensor = torch.as_tensor(value, dtype=dtype).detach()
+        if tensor.layout != torch.strided:  # a sparse tensor holds the same numbers: grade them
+            tensor = tensor.to_dense()
+    except (TypeError, ValueError, RuntimeError, OverflowError, NotImplementedError):  # OverflowError: 10 ** 400
         return None
+    # a tensor subclass (torch.masked's MaskedTensor) does not support the arithmetic a checker does with it
+    return tensor if type(tensor) in (torch.Tensor, torch.nn.Parameter) else None
 
 
 def allclose(value, expected: torch.Tensor, atol: float = 1e-5) -> bool:

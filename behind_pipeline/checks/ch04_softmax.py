@@ -61,6 +61,11 @@ def watching_library_softmax():
                 delattr(owner, attribute)
 
 
+# The autograd steps of torch's own softmax kernels (every library spelling ends in one of them); a learner's own
+# torch.autograd.Function is named after its class, and is not one of these.
+LIBRARY_SOFTMAX_STEPS = ("SoftmaxBackward0", "LogSoftmaxBackward0")
+
+
 def softmax_steps_in_graph(masked_softmax, scores: torch.Tensor, mask: torch.Tensor, dim: int) -> set[str]:
     """The library softmax steps autograd records while ``masked_softmax`` runs on a copy of ``scores``.
 
@@ -80,7 +85,7 @@ def softmax_steps_in_graph(masked_softmax, scores: torch.Tensor, mask: torch.Ten
         if step is None or step in seen:
             continue
         seen.add(step)
-        if "Softmax" in type(step).__name__:
+        if type(step).__name__ in LIBRARY_SOFTMAX_STEPS:
             found.add(type(step).__name__)
         stack.extend(parent for parent, _ in step.next_functions)
     return found
@@ -122,7 +127,8 @@ def _masked_cases() -> list[dict]:
              scores=attention, mask=torch.tensor([[True, False, True], [True, True, True]]).view(2, 3, 1), dim=1,
              hint="normalise along the `dim` you are given, on any number of dimensions (not only -1 or 0)"),
         dict(name="float64 scores", scores=grid.double(), mask=grid_mask, dim=-1,
-             hint="float64 input must work as float32 does"),
+             hint="with float64 scores the answer must be right to 1e-6: is an epsilon or a clamp left in, or a "
+                  "step done in float32?"),
     ]
 
 
@@ -161,22 +167,26 @@ def check_masked_softmax(masked_softmax) -> CheckReport:
             report.fail(f"{name}: returned {result.dtype} for float64 scores: keep the input's dtype, or the "
                         "extra digits are lost")
             return report
+        # Exact zeros first, at any dtype: a masked position or a row with nothing kept must get nothing, not a
+        # clamp's 1e-5 that a float32 tolerance would let through.
+        kept_nothing = ~mask.expand_as(scores).any(dim=dim)
+        if kept_nothing.any() and torch.allclose(tensor.sum(dim=dim)[kept_nothing],
+                                                 torch.ones(int(kept_nothing.sum()), dtype=torch.float64)):
+            report.fail(f"{name}: a row with nothing kept sums to 1 ({_describe_rows(tensor)}): it must be all 0, "
+                        "there is no position to give probability to")
+            return report
+        if (tensor.masked_select(~mask.expand_as(scores)).abs() > 1e-9).any():
+            report.fail(f"{name}: masked positions got probability > 0: {_describe_rows(tensor)} (a clamp or an "
+                        "epsilon? a masked position gets exactly 0)")
+            return report
         diff = (tensor - expected).abs().max().item()
         # float32 carries about 7 digits: a right answer built another way (log_softmax then exp) may be off by
         # a few 1e-5 near -1000, where one float32 step is 6e-5; float64 carries 16.
         if diff < (1e-6 if scores.dtype == torch.float64 else 1e-4):
             report.ok(f"{name}: right")
             continue
-        kept_nothing = ~mask.expand_as(scores).any(dim=dim)
-        if kept_nothing.any() and torch.allclose(tensor.sum(dim=dim)[kept_nothing],
-                                                 torch.ones(int(kept_nothing.sum()), dtype=torch.float64)):
-            report.fail(f"{name}: a row with nothing kept sums to 1 ({_describe_rows(tensor)}): it must be all 0, "
-                        "there is no position to give probability to")
-        elif (tensor.masked_select(~mask.expand_as(scores)).abs() > 1e-6).any():
-            report.fail(f"{name}: masked positions got probability > 0: {_describe_rows(tensor)}")
-        else:
-            report.fail(f"{name}: off by up to {diff:.1e}: got {_describe_rows(tensor)}, expected "
-                        f"{_describe_rows(expected)}; {case['hint']}")
+        report.fail(f"{name}: off by up to {diff:.1e}: got {_describe_rows(tensor)}, expected "
+                    f"{_describe_rows(expected)}; {case['hint']}")
         return report
     if not used_library:
         case = _masked_cases()[0]
@@ -376,6 +386,26 @@ def _same_weights(model, reference) -> bool:
     return state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
 
 
+def _config_fields(model) -> dict:
+    """The config as it shapes predictions: without the fields ``save_pretrained`` fills in (the class name, the
+    dtype, the library version), which a right answer that saves and reloads the classifier changes."""
+    fields = model.config.to_dict()
+    for bookkeeping in ("architectures", "dtype", "torch_dtype", "transformers_version", "_name_or_path"):
+        fields.pop(bookkeeping, None)
+    return fields
+
+
+def _weights_alone(folded, reference):
+    """A fresh model of the reference's class with ``folded``'s weights, or None when they do not load into one."""
+    try:
+        with torch.random.fork_rng():  # building a model draws random weights: leave the learner's generator be
+            fresh = type(reference)(copy.deepcopy(reference.config))
+        fresh.load_state_dict(folded.state_dict())
+        return fresh.eval()
+    except Exception:  # noqa: BLE001 - any answer whose weights do not load is told so
+        return None
+
+
 def _fold_once(report: CheckReport, fold_temperature, reference, logits_of, temperature: float, where: str):
     """Call the learner on a copy of ``reference``; return (folded model, its logits) or None after a FIX line."""
     given = copy.deepcopy(reference)  # the learner may break what it is given; the cached model stays intact
@@ -389,7 +419,7 @@ def _fold_once(report: CheckReport, fold_temperature, reference, logits_of, temp
         report.fail(f"{where}, T={temperature}: the classifier you were given changed: copy it first "
                     "(copy.deepcopy) and change the copy, or every later call would fold T again")
         return None
-    if given.config.to_dict() != reference.config.to_dict():
+    if _config_fields(given) != _config_fields(reference):
         report.fail(f"{where}, T={temperature}: the config of the classifier you were given changed: leave the "
                     "original as it was and change only the copy")
         return None
@@ -460,6 +490,16 @@ def check_fold_temperature(fold_temperature) -> CheckReport:
         if not diff < 1e-4:  # also a nan diff: logits with inf or nan (a division by int(0.5) = 0?) are wrong
             report.fail(f"{where}, T={temperature}: logits off by up to {diff:.1e}"
                         + _name_logit_mistake(logits, logits_before, temperature))
+            return report
+        fresh = _weights_alone(folded, model)
+        reloaded = None if fresh is None else report.call(logits_of, fresh, name="a model with your weights")
+        if reloaded is Ellipsis:
+            return report
+        if reloaded is None or not (reloaded - expected).abs().max().item() < 1e-4:
+            report.fail(f"{where}, T={temperature}: the temperature is not in the weights: a fresh model loaded "
+                        "with your classifier's weights does not give logits / T (a hook or a new forward?), so "
+                        "save_pretrained and from_pretrained would lose it. Divide the output layer's own weight "
+                        "and bias by T")
             return report
         report.ok(f"{where}, T={temperature}: logits equal the original logits / {temperature} "
                   f"(max abs diff {diff:.1e}), the original classifier unchanged")
