@@ -314,6 +314,21 @@ def epsilon_in_the_denominator(scores, mask, dim=-1):
     return exponentials / (exponentials.sum(dim, keepdim=True) + 1e-5)
 
 
+def uses_scipy_softmax(scores, mask, dim=-1):
+    import scipy.special
+
+    kept = np.where(np.asarray(mask), scores.numpy(), -np.inf)
+    return torch.from_numpy(np.nan_to_num(scipy.special.softmax(kept, axis=dim), nan=0.0))
+
+
+def computed_in_float32(scores, mask, dim=-1):  # the float64 dtype is kept, the digits are not
+    return masked_softmax_solution(scores.float(), mask, dim).to(scores.dtype)
+
+
+def empty_rows_along_the_last_dim_only(scores, mask, dim=-1):  # nan for a column with nothing kept at dim=0
+    return torch.where(mask.any(-1, keepdim=True), stable_softmax(scores.masked_fill(~mask, NEG_INF), dim), 0.0)
+
+
 def returns_a_masked_tensor(scores, mask, dim=-1):
     return torch.masked.masked_tensor(masked_softmax_solution(scores, mask, dim), mask.expand_as(scores))
 
@@ -336,6 +351,9 @@ def returns_a_masked_tensor(scores, mask, dim=-1):
     (clamped_away_from_zero, "a clamp or an epsilon"),
     (epsilon_in_the_denominator, "epsilon"),
     (returns_a_masked_tensor, "should be a tensor"),
+    (uses_scipy_softmax, "scipy.special.softmax"),
+    (computed_in_float32, "float32, 1000 and 1000.00001"),
+    (empty_rows_along_the_last_dim_only, "column with nothing kept"),
 ])
 @pytest.mark.filterwarnings("ignore:The PyTorch API of MaskedTensors")  # a prototype; the warning is not ours
 def test_check_masked_softmax_rejects_typical_mistakes(wrong, hint):

@@ -25,8 +25,12 @@ def reference_masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int 
 
 def _library_softmaxes() -> list[tuple[object, str, str]]:
     """(owner, attribute, how a learner writes it) for every public softmax the exercise asks not to call."""
+    import scipy.special  # the chapter's stack has SciPy: its softmax is a library one too
+
     functional = torch.nn.functional
-    return [(torch, "softmax", "torch.softmax"), (torch, "log_softmax", "torch.log_softmax"),
+    return [(scipy.special, "softmax", "scipy.special.softmax"),
+            (scipy.special, "log_softmax", "scipy.special.log_softmax"),
+            (torch, "softmax", "torch.softmax"), (torch, "log_softmax", "torch.log_softmax"),
             (functional, "softmax", "F.softmax"), (functional, "log_softmax", "F.log_softmax"),
             (torch.Tensor, "softmax", "tensor.softmax"), (torch.Tensor, "log_softmax", "tensor.log_softmax"),
             (torch.special, "softmax", "torch.special.softmax"),
@@ -121,19 +125,27 @@ def _masked_cases() -> list[dict]:
                   "such as -1e9 makes it uniform"),
         dict(name="dim=0 on a transposed (non-contiguous) view", scores=grid.T, mask=grid_mask.T, dim=0,
              hint="normalise along `dim`, and use reshape/indexing that works on views (`.view` needs contiguous)"),
+        dict(name="dim=0 with a column where nothing is kept", scores=grid,
+             mask=grid_mask & torch.tensor([True, True, False, True]), dim=0,
+             hint="a column with nothing kept must be all 0 along `dim`, whichever `dim` that is"),
         dict(name="(batch 2, heads 3, seq 5) scores with a (2, 1, 5) padding mask", scores=attention, mask=padding,
              dim=-1, hint="the mask broadcasts over the heads: combine it with `masked_fill` or `torch.where`"),
         dict(name="(batch 2, heads 3, seq 5) scores, dim=1 (across the heads), a (2, 3, 1) mask",
              scores=attention, mask=torch.tensor([[True, False, True], [True, True, True]]).view(2, 3, 1), dim=1,
              hint="normalise along the `dim` you are given, on any number of dimensions (not only -1 or 0)"),
+        dict(name="float64 scores a hair apart ([1000, 1000.00001])",
+             scores=torch.tensor([[1000.0, 1000.00001, 3.0]], dtype=torch.float64),
+             mask=torch.tensor([[True, True, False]]), dim=-1,
+             hint="compute in the scores' own dtype (in float32, 1000 and 1000.00001 are one number), with no "
+                  "epsilon or clamp"),
         dict(name="float64 scores", scores=grid.double(), mask=grid_mask, dim=-1,
              hint="with float64 scores the answer must be right to 1e-6: is an epsilon or a clamp left in, or a "
                   "step done in float32?"),
     ]
 
 
-def _describe_rows(tensor: torch.Tensor) -> str:
-    return str(rounded(tensor.tolist()))
+def _describe_rows(tensor: torch.Tensor, digits: int = 4) -> str:
+    return str(rounded(tensor.tolist(), digits))
 
 
 def check_masked_softmax(masked_softmax) -> CheckReport:
@@ -185,8 +197,9 @@ def check_masked_softmax(masked_softmax) -> CheckReport:
         if diff < (1e-6 if scores.dtype == torch.float64 else 1e-4):
             report.ok(f"{name}: right")
             continue
-        report.fail(f"{name}: off by up to {diff:.1e}: got {_describe_rows(tensor)}, expected "
-                    f"{_describe_rows(expected)}; {case['hint']}")
+        digits = 4 if diff >= 1e-4 else 8  # enough digits that "got" and "expected" differ where they do
+        report.fail(f"{name}: off by up to {diff:.1e}: got {_describe_rows(tensor, digits)}, expected "
+                    f"{_describe_rows(expected, digits)}; {case['hint']}")
         return report
     if not used_library:
         case = _masked_cases()[0]
