@@ -28,7 +28,8 @@ def seed_everything(seed: int) -> None:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``"AMD EPYC 7B13"``), what a reader compares a measured time with.
+    """The CPU's model name (``"AMD EPYC"`` on the machine this was written on), what a reader compares a measured
+    time with.
 
     From ``/proc/cpuinfo`` on Linux; elsewhere, or where it has no model name, Python's description of the processor
     or, failing that, the architecture. The benchmark, the set-up timings and the chapters' run times record it.

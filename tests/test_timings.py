@@ -7,7 +7,7 @@ tools/timings.py records set-up steps (results/setup.json), tools/execute_notebo
 import json
 
 import chapter_table
-import execute_notebooks
+
 import timings
 
 
@@ -44,12 +44,12 @@ def test_gather_skips_a_time_that_does_not_name_its_cpu(tmp_path, capsys):
 
 def test_a_run_time_from_another_cpu_starts_the_file_afresh():
     runtimes = {"cpu": "A", "notebooks/01_tokenizer.ipynb": 11.9, "notebooks/02_model.ipynb": 30.1}
-    same = execute_notebooks.with_runtime(runtimes, "notebooks/02_model.ipynb", 29.04, "A")
+    same = timings.with_time(runtimes, "notebooks/02_model.ipynb", 29.04, "A", "runtimes.json")
     assert same == {"cpu": "A", "notebooks/01_tokenizer.ipynb": 11.9, "notebooks/02_model.ipynb": 29.0}
-    other = execute_notebooks.with_runtime(runtimes, "notebooks/02_model.ipynb", 45.0, "B")
+    other = timings.with_time(runtimes, "notebooks/02_model.ipynb", 45.0, "B", "runtimes.json")
     assert other == {"cpu": "B", "notebooks/02_model.ipynb": 45.0}
     unnamed = {"notebooks/01_tokenizer.ipynb": 11.9}  # times from before the CPU was recorded
-    assert execute_notebooks.with_runtime(unnamed, "notebooks/01_tokenizer.ipynb", 12.0, "A") == {
+    assert timings.with_time(unnamed, "notebooks/01_tokenizer.ipynb", 12.0, "A", "runtimes.json") == {
         "cpu": "A", "notebooks/01_tokenizer.ipynb": 12.0}
 
 

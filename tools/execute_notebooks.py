@@ -27,6 +27,7 @@ from behind_pipeline.runtime import cpu_kind, cpu_model
 
 from clean_notebooks import clean
 from notebook_files import ROOT
+from timings import with_time
 
 RUNTIMES_FILE = ROOT / "results" / "runtimes.json"
 
@@ -43,17 +44,6 @@ def execute(path: Path) -> float:
     return seconds
 
 
-def with_runtime(runtimes: dict, notebook: str, seconds: float, cpu: str) -> dict:
-    """``runtimes`` with one more time, measured on ``cpu``. The file holds one CPU's times (its ``"cpu"`` entry):
-    a time from another CPU starts it afresh, so the book never shows two machines' times as one."""
-    if runtimes.get("cpu") != cpu:
-        if set(runtimes) - {"cpu"}:
-            print(f"results/runtimes.json: dropped the times measured on {runtimes.get('cpu', 'a CPU not recorded')}; "
-                  "`make runtimes` measures every notebook on this one")
-        runtimes = {"cpu": cpu}
-    return {**runtimes, notebook: round(seconds, 1)}
-
-
 def main() -> int:
     configure_environment()  # Jupyter and IPython caches inside the project, for the kernels this starts
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,7 +58,7 @@ def main() -> int:
         print(f"{path.relative_to(ROOT)}: {seconds:.1f} s", flush=True)
         if args.measure:  # read and write back at once, so that a run beside this one loses no entry
             runtimes = json.loads(RUNTIMES_FILE.read_text()) if RUNTIMES_FILE.exists() else {}
-            runtimes = with_runtime(runtimes, str(path.relative_to(ROOT)), seconds, cpu_model())
+            runtimes = with_time(runtimes, str(path.relative_to(ROOT)), seconds, cpu_model(), RUNTIMES_FILE.name)
             RUNTIMES_FILE.parent.mkdir(exist_ok=True)
             RUNTIMES_FILE.write_text(json.dumps(dict(sorted(runtimes.items())), indent=2) + "\n")
     return 0

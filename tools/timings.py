@@ -35,6 +35,20 @@ def record(step: str, start: float, timings: Path = TIMINGS) -> None:
     print(f"{step}: {seconds:.1f} s")
 
 
+def with_time(figures: dict, name: str, seconds: float, cpu: str, file: str) -> dict:
+    """``figures`` (one results file, which holds one CPU's times under its ``"cpu"`` entry) with one more time,
+    measured on ``cpu``. A time from another CPU starts the file afresh, so the book never shows two machines'
+    times as one. results/setup.json (``gather``) and results/runtimes.json (``execute_notebooks.py --measure``)
+    both keep this rule."""
+    if figures.get("cpu") != cpu:
+        dropped = sorted(set(figures) - {"cpu"})
+        if dropped:
+            print(f"{file}: dropped the {len(dropped)} time(s) measured on {figures.get('cpu', 'a CPU not recorded')}"
+                  f", not {cpu} ({', '.join(dropped)}); measure them again here")
+        figures = {"cpu": cpu}
+    return {**figures, name: round(seconds, 1)}
+
+
 def gather_setup(timings: Path = TIMINGS, target: Path = SETUP_FILE) -> dict:
     """Merge the recorded steps into ``target``; the steps of another CPU (or of none named) are dropped."""
     found = json.loads(target.read_text()) if target.exists() else {}
@@ -45,12 +59,7 @@ def gather_setup(timings: Path = TIMINGS, target: Path = SETUP_FILE) -> dict:
         except (ValueError, TypeError, KeyError):  # a bare number: recorded before the CPU was noted
             print(f"skipped {recorded.name}: it does not say which CPU it was measured on; run the step again")
             continue
-        if found.get("cpu") != cpu:
-            dropped = sorted(set(found) - {"cpu"})
-            if dropped:
-                print(f"dropped {', '.join(dropped)}: measured on {found.get('cpu', 'a CPU not recorded')}, not {cpu}")
-            found = {"cpu": cpu}
-        found[recorded.name] = seconds
+        found = with_time(found, recorded.name, seconds, cpu, target.name)
     target.parent.mkdir(exist_ok=True)
     target.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
     return found
