@@ -408,13 +408,19 @@ def _config_fields(model) -> dict:
     return fields
 
 
-def _weights_alone(folded, reference):
-    """A fresh model of the reference's class with ``folded``'s weights, or None when they do not load into one."""
+def _weights_alone(folded, reference, built: dict):
+    """A model of the reference's class holding only ``folded``'s weights, or None when they do not load into one.
+
+    ``built`` keeps one such model per reference, so each case loads into it instead of building another: every
+    weight is overwritten by a strict load.
+    """
     try:
-        with torch.random.fork_rng():  # building a model draws random weights: leave the learner's generator be
-            fresh = type(reference)(copy.deepcopy(reference.config))
+        if id(reference) not in built:
+            with torch.random.fork_rng():  # building a model draws random weights: leave the learner's generator be
+                built[id(reference)] = type(reference)(copy.deepcopy(reference.config)).eval()
+        fresh = built[id(reference)]
         fresh.load_state_dict(folded.state_dict())
-        return fresh.eval()
+        return fresh
     except Exception:  # noqa: BLE001 - any answer whose weights do not load is told so
         return None
 
@@ -477,6 +483,7 @@ def check_fold_temperature(fold_temperature) -> CheckReport:
     if not report.answered(fold_temperature, "fold_temperature"):
         return report
     tokenizer, classifier = course_tokenizer(), _course_classifier()
+    built = {}  # one model per architecture, reloaded with each answer's weights
     tiny, tiny_inputs = _tiny_distilbert()
 
     def course_logits(model):  # the book's one prediction path
@@ -504,7 +511,7 @@ def check_fold_temperature(fold_temperature) -> CheckReport:
             report.fail(f"{where}, T={temperature}: logits off by up to {diff:.1e}"
                         + _name_logit_mistake(logits, logits_before, temperature))
             return report
-        fresh = _weights_alone(folded, model)
+        fresh = _weights_alone(folded, model, built)
         reloaded = None if fresh is None else report.call(logits_of, fresh, name="a model with your weights")
         if reloaded is Ellipsis:
             return report
